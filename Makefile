@@ -1,0 +1,45 @@
+# Set-up and everyday commands. Everything installs into $(VENV); nothing global.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of this torch lies on the project's machines; an unpinned torch
+# pulls a multi-GB CUDA build. Override on a GPU host, e.g. TORCH=torch.
+TORCH ?= torch==2.13.0
+
+.PHONY: serve install dev test lint protos bench-encode clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(VENV)/.installed
+$(VENV)/.installed: $(BIN)/python pyproject.toml client/pyproject.toml server/pyproject.toml
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e . -e ./client -e ./server
+	touch $@
+
+dev: $(VENV)/.dev
+$(VENV)/.dev: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# Start the service on embedded defaults: 127.0.0.1:50051, bundled public pool, CUDA if present.
+serve: install
+	$(BIN)/instahide-server
+
+test: dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -rs
+
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/buf lint
+
+# Regenerate the committed stubs after changing protos/ (tests fail when they drift).
+protos: dev
+	$(BIN)/python client/tools/generate_stubs.py
+
+bench-encode: install
+	$(BIN)/python bench/encode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info */*.egg-info
