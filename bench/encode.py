@@ -1,0 +1,226 @@
+"""Encode throughput: numpy reference vs instahide_ops vs the gRPC transport ceiling vs the real stream.
+
+In one run, on one machine, with the same batch shape:
+  (a) numpy reference, written the way the official InstaHide code works (per-row
+      rejection loop for the coefficients, a fresh permutation per slot, a full-size
+      random sign tensor);
+  (b) instahide_ops.encode in-process on --device;
+  (c) a raw-bytes gRPC echo stream carrying the same message sizes (uint8 in, the
+      encoded dtype out): the transport ceiling;
+  (d) the real TransformService.Encode stream end to end (a real instahide-server process).
+Reports images/s (median over --repeats), the ratios b/a and d/c, and for (b) the
+effective bandwidth, counted as (k + 1) float32 tensors of the batch's size per call
+(k images read, one written). The last line of output is one JSON object.
+
+Usage: python bench/encode.py [--device cpu|cuda] [--batch-size 1024] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import numpy as np
+import torch
+from instahide_client._convert import to_tensor
+from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
+
+from instahide_ops import EncodeParams, encode
+from instahide_ops.pool import PublicPool
+
+ECHO_METHOD = "/bench.Echo/Stream"
+MAX_MESSAGE = 256 * 2**20
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+
+
+def numpy_reference(images: np.ndarray, pool: np.ndarray, k: int, upper: float = 0.65, dom: float = 0.3) -> np.ndarray:
+    """The official cross-mode rule as the reference code computes it (float32, Python row loop)."""
+    n = images.shape[0]
+    x = images.astype(np.float32) / 127.5 - 1.0
+    lams = np.random.normal(0, 1, size=(n, k))
+    for i in range(n):
+        lams[i] = np.abs(lams[i]) / np.sum(np.abs(lams[i]))
+        while lams[i].max() > upper or lams[i][0] + lams[i][1] < dom:
+            lams[i] = np.random.normal(0, 1, size=(1, k))
+            lams[i] = np.abs(lams[i]) / np.sum(np.abs(lams[i]))
+    lams = lams.astype(np.float32)
+    mixed = lams[:, 0, None, None, None] * x
+    for slot in range(1, k):
+        source = x if slot < 2 else pool
+        mixed += lams[:, slot, None, None, None] * source[np.random.permutation(n) % len(source)]
+    sign = np.random.randint(2, size=x.shape) * 2.0 - 1
+    return (mixed * sign).astype(np.float32)
+
+
+def timed(fn, repeats: int, items: int) -> float:
+    """Median items/s of ``fn`` over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+# --- (c) the echo server: raw bytes in, a fixed-size bytes reply out -------------------------------
+
+async def _serve_echo(port_file: str, reply_bytes: int) -> None:
+    reply = bytes(reply_bytes)
+
+    async def stream(request_iterator, context):
+        async for _ in request_iterator:
+            yield reply
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Stream": grpc.stream_stream_rpc_method_handler(stream)}
+    )
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    pathlib.Path(port_file).write_text(str(port))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def _start(cmd: list[str], port_file: pathlib.Path, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{cmd[:3]} did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{int(port_file.read_text())}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def stream_rate(call, requests: list, repeats: int, images_per_request: int) -> float:
+    """Median images/s of sending ``requests`` on one stream and reading every reply."""
+
+    def run() -> None:
+        received = sum(1 for _ in call(iter(requests)))
+        assert received == len(requests), f"got {received} replies for {len(requests)} requests"
+
+    return timed(run, repeats, images_per_request * len(requests))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=1024, help="images per message / per call")
+    parser.add_argument("--large-batch", type=int, default=None, help="batch for the in-process bandwidth figure")
+    parser.add_argument("--messages", type=int, default=32, help="messages per stream run")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--k", type=int, default=6)
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float16", help="encoded output dtype")
+    parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
+    parser.add_argument("--serve-echo", nargs=2, metavar=("PORT_FILE", "REPLY_BYTES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_echo:
+        asyncio.run(_serve_echo(args.serve_echo[0], int(args.serve_echo[1])))
+        return
+    if args.quick:
+        args.messages, args.repeats = 8, 3
+
+    n, shape, k = args.batch_size, (32, 32, 3), args.k
+    out_dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n)
+    pool_array = rng.integers(0, 256, size=(4096, *shape), dtype=np.uint8)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    results: dict = {
+        "benchmark": "encode", "device": str(device), "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(), "batch_size": n, "image_shape": list(shape), "k": k, "dtype": args.dtype,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+    # (a) numpy reference
+    pool_float = pool_array.astype(np.float32) / 127.5 - 1.0
+    results["numpy_reference_images_per_s"] = timed(
+        lambda: numpy_reference(images, pool_float, k), args.repeats, n)
+
+    # (b) instahide_ops in-process
+    pool = PublicPool.from_array(pool_array, device=device)
+    params = EncodeParams(k=k)
+    for batch, key in [(n, "ops_images_per_s"), (args.large_batch, "ops_large_batch_images_per_s")]:
+        if not batch:
+            continue
+        x = torch.from_numpy(np.resize(images, (batch, *shape))).to(device)
+        y = torch.from_numpy(np.resize(labels, batch)).to(device)
+
+        def run(x=x, y=y) -> None:
+            encode(x, y, num_classes=10, params=params, pool=pool, out_dtype=out_dtype)
+            sync()
+
+        results[key] = timed(run, args.repeats, batch)
+        results[key.replace("images_per_s", "effective_bytes_per_s")] = results[key] * (k + 1) * 4 * np.prod(shape)
+    results["ops_vs_numpy"] = results["ops_images_per_s"] / results["numpy_reference_images_per_s"]
+
+    # (c) echo ceiling and (d) the real stream, with the same request and reply sizes
+    request = transform_pb2.EncodeRequest(
+        request_id="0", images=to_tensor(images), labels=labels.tolist(),
+        config=transform_pb2.EncodeConfig(
+            k=k, num_classes=10,
+            output_dtype={"float32": 3, "float16": 2}[args.dtype],
+        ),
+    )
+    requests = [request] * args.messages
+    reply_bytes = n * int(np.prod(shape)) * (2 if args.dtype == "float16" else 4) + 10 * 4 * n
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = pathlib.Path(tmp)
+        echo, echo_target = _start(
+            [sys.executable, __file__, "--serve-echo", str(tmp_path / "echo.port"), str(reply_bytes)],
+            tmp_path / "echo.port", tmp_path / "echo.log")
+        try:
+            with grpc.insecure_channel(echo_target, options=CHANNEL_OPTIONS) as channel:
+                call = channel.stream_stream(ECHO_METHOD)
+                raw = [request.SerializeToString()] * args.messages
+                results["echo_images_per_s"] = stream_rate(call, raw, args.repeats, n)
+        finally:
+            _stop(echo)
+        np.save(tmp_path / "pool.npy", pool_array)
+        server, target = _start(
+            [sys.executable, "-m", "instahide_server", "--host", "127.0.0.1", "--port", "0",
+             "--port-file", str(tmp_path / "server.port"), "--device", str(device),
+             "--pool", str(tmp_path / "pool.npy"), "--log-level", "WARNING"],
+            tmp_path / "server.port", tmp_path / "server.log")
+        try:
+            with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+                stub = transform_pb2_grpc.TransformServiceStub(channel)
+                results["encode_stream_images_per_s"] = stream_rate(stub.Encode, requests, args.repeats, n)
+        finally:
+            _stop(server)
+    results["stream_vs_echo"] = results["encode_stream_images_per_s"] / results["echo_images_per_s"]
+
+    for key, value in results.items():
+        if isinstance(value, float):
+            print(f"{key:40s} {value:,.3f}" if value < 100 else f"{key:40s} {value:,.0f}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""One-time InstaHide keys: coefficients, partners, public picks and sign masks.
+
+Every call draws fresh keys. Key material comes from the operating system's
+CSPRNG (``os.urandom``); only a caller that passes an explicit seed gets a
+reproducible (and therefore weak) numpy PCG64 stream, and the keys are then
+flagged ``seeded``. The challenge's "PRNG attack" recovered every key from a
+32-bit seed, so seeded keys are for tests and debugging only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from instahide_ops.errors import InvalidInputError
+
+# Rows whose coefficients break the bounds are redrawn; give up after this many
+# rounds rather than spin on bounds that are feasible but nearly never met.
+MAX_REJECTION_ROUNDS = 1000
+
+
+class RandomSource:
+    """Random bytes from the OS CSPRNG, or from a seeded PCG64 when ``seed`` is given."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seeded = seed is not None
+        self._rng = None if seed is None else np.random.Generator(np.random.PCG64(seed))
+
+    def bytes(self, n: int) -> bytes:
+        return os.urandom(n) if self._rng is None else self._rng.bytes(n)
+
+    def uint64(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.frombuffer(self.bytes(8 * math.prod(shape)), dtype="<u8").reshape(shape)
+
+    def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Floats in the open interval (0, 1), 53 random bits each."""
+        return ((self.uint64(shape) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+    def half_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        """|N(0, 1)| samples by the Box–Muller transform."""
+        u1, u2 = self.uniform(shape), self.uniform(shape)
+        return np.abs(np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2))
+
+    def integers(self, high: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform integers in [0, high); the bias is below high / 2**53."""
+        return np.minimum((self.uniform(shape) * high).astype(np.int64), high - 1)
+
+    def permutation(self, n: int) -> np.ndarray:
+        return np.argsort(self.uint64((n,)), kind="stable")
+
+    def derangement(self, n: int) -> np.ndarray:
+        """A uniformly random permutation with no fixed point (expected e draws)."""
+        if n < 2:
+            raise InvalidInputError(f"need at least 2 images to pick partners, got {n}", field="images.shape")
+        while True:
+            perm = self.permutation(n)
+            if not np.any(perm == np.arange(n)):
+                return perm
+
+
+@dataclass(frozen=True)
+class EncodeKeys:
+    """Everything needed to recompute one encoded batch (all tensors on the CPU).
+
+    Attributes:
+        mode: ``"cross"`` or ``"inside"``.
+        k: images mixed into each encoding.
+        private_per_mix: leading slots that index the batch; later slots index the public pool.
+        coefficients: (N, k) float32; slot 0 is the image itself.
+        indices: (N, k) int64; ``indices[:, 0] == arange(N)``.
+        mask_bits: (N, ceil(D / 8)) uint8 with D = H*W*C, little-endian bit order,
+            1 = sign flipped; None without sign flip.
+        seeded: the keys came from an explicit seed, not the CSPRNG.
+        pool_fingerprint: SHA-256 of the public pool the public slots index ("" when none).
+    """
+
+    mode: str
+    k: int
+    private_per_mix: int
+    coefficients: torch.Tensor
+    indices: torch.Tensor
+    mask_bits: torch.Tensor | None
+    seeded: bool
+    pool_fingerprint: str = ""
+
+
+def draw_coefficients(
+    source: RandomSource,
+    num_rows: int,
+    k: int,
+    *,
+    private_slots: int,
+    max_coefficient: float,
+    min_private_mass: float,
+) -> np.ndarray:
+    """Half-normal coefficients normalised to sum 1, whole rows redrawn until within bounds.
+
+    A row is redrawn while its largest coefficient exceeds ``max_coefficient`` or its
+    first ``private_slots`` coefficients sum below ``min_private_mass`` (the official rule).
+
+    Returns:
+        (num_rows, k) float64, each row summing to 1.
+    """
+    lam = np.empty((num_rows, k))
+    todo = np.arange(num_rows)
+    for _ in range(MAX_REJECTION_ROUNDS):
+        draw = source.half_normal((todo.size, k))
+        draw /= draw.sum(axis=1, keepdims=True)
+        ok = (draw.max(axis=1) <= max_coefficient) & (draw[:, :private_slots].sum(axis=1) >= min_private_mass)
+        lam[todo[ok]] = draw[ok]
+        todo = todo[~ok]
+        if todo.size == 0:
+            return lam
+    raise InvalidInputError(
+        f"coefficient bounds max_coefficient={max_coefficient}, min_private_mass={min_private_mass} "
+        f"with k={k} are met too rarely to sample",
+        field="config.max_coefficient",
+    )
+
+
+def draw_keys(
+    source: RandomSource,
+    *,
+    num_images: int,
+    image_numel: int,
+    mode: str,
+    k: int,
+    private_per_mix: int,
+    max_coefficient: float,
+    min_private_mass: float,
+    sign_flip: bool,
+    pool_size: int,
+    pool_fingerprint: str = "",
+) -> EncodeKeys:
+    """Draw one call's keys. Bounds are checked by the caller (``encode``).
+
+    Private partner slots are independent derangements of the batch, so no image is
+    ever its own partner (a flaw of the reference code); public slots pick pool images
+    uniformly with replacement.
+    """
+    n = num_images
+    lam = draw_coefficients(
+        source,
+        n,
+        k,
+        private_slots=private_per_mix,
+        max_coefficient=max_coefficient,
+        min_private_mass=min_private_mass if mode == "cross" else 0.0,
+    )
+    columns = [np.arange(n)]
+    columns += [source.derangement(n) for _ in range(1, private_per_mix)]
+    if k > private_per_mix:
+        columns.append(source.integers(pool_size, (k - private_per_mix, n)).reshape(-1, n))
+    indices = np.concatenate([np.atleast_2d(c) for c in columns], axis=0).T
+    mask_bits = None
+    if sign_flip:
+        row_bytes = (image_numel + 7) // 8
+        mask_bits = torch.frombuffer(bytearray(source.bytes(n * row_bytes)), dtype=torch.uint8).reshape(n, row_bytes)
+    return EncodeKeys(
+        mode=mode,
+        k=k,
+        private_per_mix=private_per_mix,
+        coefficients=torch.from_numpy(lam.astype(np.float32)),
+        indices=torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64)),
+        mask_bits=mask_bits,
+        seeded=source.seeded,
+        pool_fingerprint=pool_fingerprint if k > private_per_mix else "",
+    )

@@ -1,0 +1,416 @@
+"""Public pools: textured natural-image patches mixed into cross-dataset InstaHide encodings.
+
+The default pool is cropped from colour photos bundled in dependencies (no download), built once
+and cached as ``.npy``; ``load_pool`` reads one from a folder or ``.npy`` file instead, and
+``PublicPool`` holds a pool on the encoder's device.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from instahide_ops.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+# Colour photos that ship inside the installed wheels (never fetched through pooch). skimage's cat()
+# is chelsea() again and motorcycle_right a near-copy of motorcycle_left, so both are left out.
+_SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
+                   "motorcycle_left", "retina", "rocket")
+_SKLEARN_PHOTOS = ("china", "flower")
+BUNDLED_SOURCE_NAMES: tuple[str, ...] = _SKIMAGE_PHOTOS + _SKLEARN_PHOTOS
+
+# SIFT finds keypoints in proportion to crop area: on textured photo regions about 5 per 1000 px²,
+# while a 32-px crop yields 0-2 whatever it shows. So keypoints are counted on the crop at source
+# resolution, before it is shrunk to the output size, and crops are 64-256 px so the reference's
+# bar of 40 keeps its meaning: a textured 96-px crop (astronaut, motorcycle, china) clears it, and
+# flat regions (sky, the retina's black border, the rocket's blank background) fail at every scale.
+DEFAULT_SCALES: tuple[int, ...] = (64, 96, 128, 192, 256)
+DEFAULT_MIN_KEYPOINTS = 40
+DEFAULT_SEED = 0
+# 2048 patches build in about 6 s on two cores (SIFT runs in threads) and load from the cache in ms.
+DEFAULT_POOL_SIZE = 2048
+_FORMAT_VERSION = 1  # part of the cache file name: bump it whenever build_pool changes its output
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def bundled_sources(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Load bundled colour photos by name.
+
+    Args:
+        names: names from ``BUNDLED_SOURCE_NAMES``; None loads all of them, in that order.
+
+    Returns:
+        name -> (H, W, 3) uint8 RGB photo, in the order asked for.
+
+    Raises:
+        ValueError: a name is not a bundled source.
+    """
+    names = BUNDLED_SOURCE_NAMES if names is None else tuple(names)
+    unknown = [name for name in names if name not in BUNDLED_SOURCE_NAMES]
+    if unknown:
+        raise InvalidInputError(f"unknown bundled source {unknown[0]!r}; expected one of "
+                                f"{list(BUNDLED_SOURCE_NAMES)}", field="names")
+    return {name: np.ascontiguousarray(_load_bundled(name)) for name in names}
+
+
+def _load_bundled(name: str) -> np.ndarray:
+    # Imported here: scikit-learn alone would add ~0.7 s to every import of instahide_ops.
+    if name in _SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+    from skimage import data
+
+    return data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(data, name)()
+
+
+def count_keypoints(image: np.ndarray) -> int:
+    """Count the keypoints OpenCV's SIFT (default settings) finds in a uint8 (H, W) or (H, W, 3) RGB image."""
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise InvalidInputError(f"expected uint8 (H, W) or (H, W, 3), got {image.dtype} {list(image.shape)}",
+                                field="image")
+    gray = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return len(cv2.SIFT_create().detect(gray, None))
+
+
+def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 32,
+               count: int = DEFAULT_POOL_SIZE, scales: Sequence[int] = DEFAULT_SCALES,
+               min_keypoints: int = DEFAULT_MIN_KEYPOINTS, seed: int = DEFAULT_SEED,
+               max_attempts: int | None = None) -> np.ndarray:
+    """Crop textured patches at random from source photos.
+
+    Each attempt picks a source, a scale that fits it and a position, all from one seeded
+    generator; the crop keeps the output's aspect ratio (its longer side is the scale), is kept
+    when it has at least ``min_keypoints`` SIFT keypoints, and is resized (``INTER_AREA`` to shrink).
+    Equal arguments give an equal pool.
+
+    Args:
+        sources: (H, W, 3) uint8 RGB photos, each at least as large as the smallest crop.
+        height, width: patch size in pixels.
+        count: number of patches to keep.
+        scales: crop sizes in source pixels (the crop's longer side).
+        min_keypoints: SIFT keypoints a crop needs to be kept (counted before resizing).
+        seed: seed of the crop generator (the pool is public, so a fixed seed is fine).
+        max_attempts: crops to try before giving up; None means ``100 * count``.
+
+    Returns:
+        (count, height, width, 3) uint8 RGB patches.
+
+    Raises:
+        ValueError: malformed arguments, or fewer than ``count`` crops passed in ``max_attempts``.
+    """
+    sources = [np.asarray(source) for source in sources]
+    max_attempts = 100 * count if max_attempts is None else max_attempts
+    if min(height, width, count, max_attempts) < 1:
+        raise InvalidInputError(f"height, width, count and max_attempts must be >= 1, got {height}, {width}, "
+                                f"{count}, {max_attempts}", field="size")
+    if not scales or min(scales) < 1:
+        raise InvalidInputError(f"scales must be positive crop sizes, got {list(scales)}", field="scales")
+    if not sources:
+        raise InvalidInputError("no source images", field="sources")
+    crops = [_crop_size(scale, height, width) for scale in sorted(set(scales))]
+    for i, source in enumerate(sources):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise InvalidInputError(f"source {i}: expected uint8 (H, W, 3), got {source.dtype} "
+                                    f"{list(source.shape)}", field="sources")
+        if source.shape[0] < crops[0][0] or source.shape[1] < crops[0][1]:
+            raise InvalidInputError(f"source {i} is {list(source.shape[:2])}, smaller than the smallest "
+                                    f"crop {list(crops[0])}", field="sources")
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    kept: list[np.ndarray] = []
+    attempts = 0
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as executor:
+        while len(kept) < count and attempts < max_attempts:
+            # Candidates are drawn one by one from the generator and kept in order, so the pool does
+            # not depend on the batch size; batches only let SIFT (which releases the GIL) run in parallel.
+            batch = min(max_attempts - attempts, 128, max(16, 2 * (count - len(kept))))
+            candidates = [_random_crop(sources, crops, rng) for _ in range(batch)]
+            for crop, keypoints in zip(candidates, executor.map(count_keypoints, candidates), strict=True):
+                attempts += 1
+                if keypoints >= min_keypoints:
+                    kept.append(_resize(crop, height, width))
+                    if len(kept) == count:
+                        break
+    if len(kept) < count:
+        raise InvalidInputError(
+            f"only {len(kept)} of {count} crops had >= {min_keypoints} SIFT keypoints after {attempts} "
+            "attempts; lower min_keypoints, use more textured sources or raise max_attempts",
+            field="max_attempts",
+        )
+    logger.info("built public pool of %d %dx%d patches from %d sources in %.2fs (%d attempts)",
+                count, height, width, len(sources), time.perf_counter() - start, attempts)
+    return np.stack(kept)
+
+
+def _crop_size(scale: int, height: int, width: int) -> tuple[int, int]:
+    """(crop height, crop width) with the output's aspect ratio and ``scale`` as the longer side."""
+    longer = max(height, width)
+    return max(1, round(scale * height / longer)), max(1, round(scale * width / longer))
+
+
+def _random_crop(sources: list[np.ndarray], crops: list[tuple[int, int]],
+                 rng: np.random.Generator) -> np.ndarray:
+    source = sources[rng.integers(len(sources))]
+    fitting = [(h, w) for h, w in crops if h <= source.shape[0] and w <= source.shape[1]]
+    crop_h, crop_w = fitting[rng.integers(len(fitting))]
+    y = rng.integers(source.shape[0] - crop_h + 1)
+    x = rng.integers(source.shape[1] - crop_w + 1)
+    return np.ascontiguousarray(source[y : y + crop_h, x : x + crop_w])
+
+
+def default_pool(height: int = 32, width: int = 32, *, count: int = DEFAULT_POOL_SIZE,
+                 cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The server's embedded pool: built from every bundled source once, then read from a cache.
+
+    Args:
+        height, width: patch size in pixels.
+        count: number of patches.
+        cache_dir: cache folder; None means ``$INSTAHIDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/instahide``,
+            else ``~/.cache/instahide``.
+
+    Returns:
+        (count, height, width, 3) uint8 RGB patches.
+    """
+    # Every build parameter is in the file name; the libraries that supply the photos and the SIFT
+    # detector go into a digest, so no parameter or upgrade ever reads a stale pool.
+    libraries = (cv2.__version__, version("scikit-image"), version("scikit-learn"))
+    digest = hashlib.sha256(repr((BUNDLED_SOURCE_NAMES, libraries)).encode()).hexdigest()[:12]
+    scales = ".".join(str(scale) for scale in DEFAULT_SCALES)
+    name = (f"public-pool-v{_FORMAT_VERSION}-{height}x{width}-n{count}-s{scales}-kp{DEFAULT_MIN_KEYPOINTS}"
+            f"-seed{DEFAULT_SEED}-{digest}.npy")
+    path = _resolve_cache_dir(cache_dir) / name
+    expected = (count, height, width, 3)
+    if path.is_file():
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.dtype == np.uint8 and cached.shape == expected:
+                logger.info("loaded public pool %s from cache %s", list(expected), path)
+                return cached
+            logger.warning("cached pool %s is %s %s, rebuilding", path, cached.dtype, list(cached.shape))
+        except (OSError, ValueError, EOFError) as error:
+            logger.warning("cached public pool %s is unreadable (%s), rebuilding", path, error)
+    pool = build_pool(bundled_sources().values(), height=height, width=width, count=count)
+    try:
+        _save_atomic(path, pool)
+    except OSError as error:
+        logger.warning("could not cache the public pool at %s: %s", path, error)
+    return pool
+
+
+def _resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("INSTAHIDE_CACHE_DIR"):
+        return Path(os.environ["INSTAHIDE_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "instahide"
+    return Path.home() / ".cache" / "instahide"
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.save(file, array, allow_pickle=False)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the pool is public and the cache may be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_pool(path: str | os.PathLike) -> np.ndarray:
+    """Read a public pool from a ``.npy`` file or a folder of images.
+
+    Args:
+        path: a ``.npy`` file holding uint8 (P, H, W, C) in [0, 255] or float (P, H, W, C) in [-1, 1],
+            or a folder of ``.png``/``.jpg``/``.jpeg``/``.bmp`` files that all share one size.
+
+    Returns:
+        (P, H, W, C) uint8 patches; C is 3 (RGB) for a folder, 1 or 3 for a ``.npy`` file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: wrong rank, dtype, range or channel count, an empty pool, an unreadable image
+            or images of different sizes.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"public pool {str(path)!r} does not exist")
+    if path.is_dir():
+        pool = _load_folder(path)
+    elif path.suffix.lower() == ".npy":
+        pool = _load_npy(path)
+    else:
+        raise InvalidInputError(f"{str(path)!r} is neither a .npy file nor a folder of images", field="pool")
+    if pool.ndim != 4 or pool.shape[3] not in (1, 3):
+        raise InvalidInputError(f"{str(path)!r} holds shape {list(pool.shape)}; expected rank 4 "
+                                "(P, H, W, C) with C 1 or 3", field="pool")
+    if pool.shape[0] == 0:
+        raise InvalidInputError(f"{str(path)!r} holds an empty pool", field="pool")
+    logger.info("loaded public pool %s from %s", list(pool.shape), path)
+    return pool
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise InvalidInputError(f"cannot read {str(path)!r}: {error}", field="pool") from None
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidInputError(f"{str(path)!r} holds {array.dtype}; expected uint8 or float in [-1, 1]",
+                                field="pool")
+    if array.size and not (np.isfinite(array).all() and array.min() >= -1.0 and array.max() <= 1.0):
+        raise InvalidInputError(f"{str(path)!r} holds floats outside [-1, 1]", field="pool")
+    return np.rint((array.astype(np.float64) + 1.0) * 127.5).astype(np.uint8)
+
+
+def _load_folder(path: Path) -> np.ndarray:
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidInputError(f"{str(path)!r} holds no {'/'.join(_IMAGE_SUFFIXES)} files", field="pool")
+    images = []
+    for file in files:
+        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InvalidInputError(f"cannot read image {str(file)!r}", field="pool")
+        if images and bgr.shape != images[0].shape:
+            raise InvalidInputError(f"{str(file)!r} is {list(bgr.shape[:2])} but {str(files[0])!r} is "
+                                    f"{list(images[0].shape[:2])}; all pool images must share one size",
+                                    field="pool")
+        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(images)
+
+
+def adapt_pool(array: np.ndarray, *, height: int, width: int, channels: int) -> np.ndarray:
+    """Resize a pool and convert its channels to match the images it is mixed with.
+
+    Shrinking uses ``INTER_AREA``, enlarging ``INTER_LINEAR``; 3 -> 1 channels takes the luminance
+    (ITU-R BT.601, as ``cv2.COLOR_RGB2GRAY``), 1 -> 3 repeats the channel.
+
+    Args:
+        array: (P, H, W, C) uint8 with C 1 or 3.
+        height, width, channels: target shape of one image; channels 1 or 3.
+
+    Returns:
+        (P, height, width, channels) uint8; ``array`` itself when it already matches.
+    """
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] not in (1, 3):
+        raise InvalidInputError(f"expected uint8 (P, H, W, C) with C 1 or 3, got {array.dtype} "
+                                f"{list(array.shape)}", field="pool")
+    if channels not in (1, 3) or height < 1 or width < 1:
+        raise InvalidInputError(f"cannot adapt a pool to {height}x{width}x{channels}; expected a positive "
+                                "size and 1 or 3 channels", field="pool")
+    if array.shape[1:] == (height, width, channels):
+        return array
+    out = array
+    if out.shape[1:3] != (height, width):
+        out = np.stack([_resize(image, height, width) for image in out]).reshape(len(out), height, width, -1)
+    if out.shape[3] == 3 and channels == 1:
+        out = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in out])[..., None]
+    elif out.shape[3] == 1 and channels == 3:
+        out = np.repeat(out, 3, axis=3)
+    return out
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize one (H, W[, C]) image: ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging."""
+    shrink = height <= image.shape[0] and width <= image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def to_unit_range(t: torch.Tensor) -> torch.Tensor:
+    """Map images to float32 in [-1, 1]; private images and pools go through this one expression.
+
+    Args:
+        t: uint8 in [0, 255] (mapped as ``x / 127.5 - 1`` in float32), or floating (already in [-1, 1]).
+
+    Returns:
+        float32 tensor of the same shape on the same device (``t`` itself when it is float32).
+    """
+    if t.dtype == torch.uint8:
+        return t.float().div_(127.5).sub_(1.0)
+    if t.is_floating_point():
+        return t.to(torch.float32)
+    raise InvalidInputError(f"expected uint8 or floating images, got {t.dtype}", field="images.dtype")
+
+
+class PublicPool:
+    """A public pool on a device, as the encoder reads it; build one with ``from_array``.
+
+    Attributes:
+        pixels: (P, H, W, C) uint8 on ``device``, as stored (the encoder folds the unit-range map
+            into its weights, so it needs no float copy).
+        fingerprint: SHA-256 hex of the uint8 pool's shape and bytes; names the pool in key records.
+    """
+
+    def __init__(self, pixels: torch.Tensor, fingerprint: str) -> None:
+        self.pixels = pixels
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, *, device: torch.device | str = "cpu") -> PublicPool:
+        """Put a uint8 pool on ``device``.
+
+        Args:
+            array: (P, H, W, C) uint8 with P >= 1.
+            device: where the pool lives.
+
+        Raises:
+            ValueError: ``array`` is not uint8, not rank 4 or empty.
+        """
+        array = np.asarray(array)
+        if array.dtype != np.uint8 or array.ndim != 4:
+            raise InvalidInputError(f"expected a uint8 (P, H, W, C) array, got {array.dtype} "
+                                    f"{list(array.shape)}", field="pool")
+        if array.shape[0] == 0:
+            raise InvalidInputError("the pool is empty; expected at least one image", field="pool")
+        array = np.ascontiguousarray(array)
+        digest = hashlib.sha256(f"uint8{list(array.shape)}".encode())
+        digest.update(memoryview(array).cast("B"))
+        # torch.tensor copies, so a read-only (memory-mapped, cached) array is fine.
+        return cls(torch.tensor(array, device=device), digest.hexdigest())
+
+    @functools.cached_property
+    def images(self) -> torch.Tensor:
+        """(P, H, W, C) float32 in [-1, 1] on ``device`` (``to_unit_range`` of ``pixels``, made once)."""
+        return to_unit_range(self.pixels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        height, width, channels = self.pixels.shape[1:]
+        return height, width, channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def to(self, device: torch.device | str) -> PublicPool:
+        """The same pool (same fingerprint) on another device."""
+        return PublicPool(self.pixels.to(device), self.fingerprint)

@@ -1,0 +1,339 @@
+"""Tests for instahide_ops.pool: bundled sources, the SIFT filter, the cache, loaders and PublicPool."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from instahide_ops import pool as pool_module
+from instahide_ops.pool import (
+    BUNDLED_SOURCE_NAMES,
+    DEFAULT_MIN_KEYPOINTS,
+    PublicPool,
+    adapt_pool,
+    build_pool,
+    bundled_sources,
+    count_keypoints,
+    default_pool,
+    load_pool,
+    to_unit_range,
+)
+
+
+@pytest.fixture(scope="module")
+def textured() -> list[np.ndarray]:
+    """Two textured bundled photos: small builds from them stay fast."""
+    return list(bundled_sources(["astronaut", "immunohistochemistry"]).values())
+
+
+@pytest.fixture
+def flat() -> np.ndarray:
+    """A uniform grey photo: SIFT finds nothing in any crop of it."""
+    return np.full((300, 300, 3), 128, dtype=np.uint8)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("INSTAHIDE_CACHE_DIR", str(path))
+    return path
+
+
+class TestBundledSources:
+    def test_all_sources_load_offline_as_rgb_uint8(self):
+        sources = bundled_sources()
+        assert tuple(sources) == BUNDLED_SOURCE_NAMES
+        assert {"astronaut", "coffee", "chelsea", "china", "flower"} <= set(sources)
+        for name, image in sources.items():
+            assert image.dtype == np.uint8, name
+            assert image.ndim == 3 and image.shape[2] == 3, name
+            assert min(image.shape[:2]) >= 256, name
+
+    def test_subset_keeps_the_order_asked_for(self):
+        assert list(bundled_sources(["flower", "astronaut"])) == ["flower", "astronaut"]
+
+    def test_unknown_name_lists_valid_ones(self):
+        with pytest.raises(ValueError, match=r"unknown bundled source 'lena'.*'astronaut'.*'flower'"):
+            bundled_sources(["astronaut", "lena"])
+
+
+class TestCountKeypoints:
+    def test_flat_image_has_none(self, flat):
+        assert count_keypoints(flat[:128, :128]) == 0
+
+    def test_textured_crop_clears_the_default_bar(self, textured):
+        assert count_keypoints(textured[1][:128, :128]) >= DEFAULT_MIN_KEYPOINTS
+
+    def test_gray_and_rgb_agree(self, textured):
+        crop = textured[0][100:228, 100:228]
+        assert count_keypoints(crop) == count_keypoints(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY))
+
+    def test_rejects_float(self):
+        with pytest.raises(ValueError, match=r"expected uint8 \(H, W\) or \(H, W, 3\), got float32"):
+            count_keypoints(np.zeros((64, 64, 3), dtype=np.float32))
+
+
+class TestBuildPool:
+    def test_shape_dtype(self, textured):
+        pool = build_pool(textured, count=12)
+        assert pool.shape == (12, 32, 32, 3)
+        assert pool.dtype == np.uint8
+
+    @pytest.mark.parametrize(("height", "width"), [(24, 40), (40, 24), (48, 48), (16, 16)])
+    def test_other_sizes(self, textured, height, width):
+        assert build_pool(textured, height=height, width=width, count=4).shape == (4, height, width, 3)
+
+    def test_deterministic_for_a_seed(self, textured):
+        first = build_pool(textured, count=8, seed=3)
+        np.testing.assert_array_equal(first, build_pool(textured, count=8, seed=3))
+        assert not np.array_equal(first, build_pool(textured, count=8, seed=4))
+
+    def test_independent_of_worker_count(self, textured, monkeypatch):
+        pool = build_pool(textured, count=40, seed=5)
+        monkeypatch.setattr(pool_module.os, "cpu_count", lambda: 1)
+        np.testing.assert_array_equal(pool, build_pool(textured, count=40, seed=5))
+
+    def test_every_patch_comes_from_a_crop_that_passed(self, textured, flat, monkeypatch):
+        records: list[tuple[np.ndarray, int]] = []
+        lock = threading.Lock()
+
+        def recording(crop: np.ndarray) -> int:
+            keypoints = count_keypoints(crop)
+            with lock:
+                records.append((crop, keypoints))
+            return keypoints
+
+        monkeypatch.setattr(pool_module, "count_keypoints", recording)
+        pool = build_pool([flat, *textured], height=24, width=40, count=16, min_keypoints=50)
+        passed = {cv2.resize(c, (40, 24), interpolation=cv2.INTER_AREA).tobytes() for c, n in records
+                  if n >= 50}
+        assert all(patch.tobytes() in passed for patch in pool)
+        assert any(n < 50 for _, n in records), "the filter rejected nothing"
+        assert pool.reshape(16, -1).std(axis=1).min() > 0, "a flat patch was kept"
+        # Crops keep the output's aspect ratio, with the scale as their longer side.
+        shapes = {(38, 64), (58, 96), (77, 128), (115, 192), (154, 256)}
+        assert {crop.shape[:2] for crop, _ in records} <= shapes
+
+    def test_exhausted_attempts(self, flat):
+        with pytest.raises(ValueError, match=r"only 0 of 4 crops had >= 40 SIFT keypoints after 20 attempts"):
+            build_pool([flat], count=4, max_attempts=20)
+
+    def test_zero_threshold_keeps_flat_crops(self, flat):
+        pool = build_pool([flat], count=3, min_keypoints=0, max_attempts=3)
+        assert (pool == 128).all()
+
+    def test_rejects_bad_sources(self, flat):
+        with pytest.raises(ValueError, match=r"source 0: expected uint8 \(H, W, 3\), got float64"):
+            build_pool([flat.astype(np.float64)], count=1)
+        with pytest.raises(ValueError, match=r"source 0 is \[50, 50\], smaller than the smallest crop"):
+            build_pool([flat[:50, :50]], count=1)
+        with pytest.raises(ValueError, match="no source images"):
+            build_pool([], count=1)
+
+    def test_rejects_bad_sizes(self, flat):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            build_pool([flat], count=0)
+        with pytest.raises(ValueError, match="scales must be positive"):
+            build_pool([flat], scales=())
+
+
+class TestDefaultPool:
+    def test_built_once_then_loaded_from_cache(self, cache_dir, monkeypatch):
+        pool = default_pool(count=8)
+        assert pool.shape == (8, 32, 32, 3) and pool.dtype == np.uint8
+        (cached,) = cache_dir.iterdir()
+        assert cached.suffix == ".npy" and "32x32" in cached.name and "-n8-" in cached.name
+
+        def no_build(*args, **kwargs):
+            raise AssertionError("rebuilt instead of reading the cache")
+
+        monkeypatch.setattr(pool_module, "build_pool", no_build)
+        np.testing.assert_array_equal(default_pool(count=8), pool)
+
+    def test_parameters_get_their_own_file(self, cache_dir):
+        assert default_pool(24, 40, count=4).shape == (4, 24, 40, 3)
+        default_pool(count=4)
+        assert len(list(cache_dir.iterdir())) == 2
+
+    @pytest.mark.parametrize("content", [b"not a numpy file", b"\x93NUMPY truncated"])
+    def test_corrupt_cache_is_rebuilt(self, cache_dir, content):
+        pool = default_pool(count=4)
+        (cached,) = cache_dir.iterdir()
+        cached.write_bytes(content)
+        np.testing.assert_array_equal(default_pool(count=4), pool)
+        np.testing.assert_array_equal(np.load(cached), pool)
+
+    def test_stale_content_is_rebuilt(self, cache_dir):
+        pool = default_pool(count=4)
+        (cached,) = cache_dir.iterdir()
+        np.save(cached, np.zeros((3, 32, 32, 3), dtype=np.uint8))
+        np.testing.assert_array_equal(default_pool(count=4), pool)
+        assert [p.name for p in cache_dir.iterdir()] == [cached.name], "temporary file left behind"
+
+    def test_cache_dir_fallbacks(self, tmp_path, monkeypatch):
+        monkeypatch.delenv("INSTAHIDE_CACHE_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        default_pool(count=2)
+        assert len(list((tmp_path / "xdg" / "instahide").iterdir())) == 1
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        default_pool(count=2)
+        assert len(list((tmp_path / "home" / ".cache" / "instahide").iterdir())) == 1
+
+    def test_unwritable_cache_still_returns_the_pool(self, tmp_path):
+        blocker = tmp_path / "file"
+        blocker.write_text("a file where the cache folder should be")
+        assert default_pool(count=2, cache_dir=blocker / "sub").shape == (2, 32, 32, 3)
+
+
+class TestLoadPool:
+    def test_uint8_npy(self, tmp_path):
+        array = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+        np.save(tmp_path / "pool.npy", array)
+        np.testing.assert_array_equal(load_pool(tmp_path / "pool.npy"), array)
+
+    def test_float_npy_maps_back_to_uint8(self, tmp_path):
+        array = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+        np.save(tmp_path / "pool.npy", (array / 127.5 - 1).astype(np.float32))
+        loaded = load_pool(str(tmp_path / "pool.npy"))
+        assert loaded.dtype == np.uint8
+        np.testing.assert_array_equal(loaded, array)
+
+    def test_folder_of_pngs_is_rgb(self, tmp_path):
+        red_bgr = np.zeros((10, 12, 3), dtype=np.uint8)
+        red_bgr[..., 2] = 255
+        cv2.imwrite(str(tmp_path / "a.png"), red_bgr)
+        cv2.imwrite(str(tmp_path / "b.PNG"), np.zeros((10, 12, 3), dtype=np.uint8))
+        (tmp_path / "notes.txt").write_text("ignored")
+        pool = load_pool(tmp_path)
+        assert pool.shape == (2, 10, 12, 3)
+        np.testing.assert_array_equal(pool[0, 0, 0], [255, 0, 0])
+
+    def test_folder_size_mismatch_names_the_file(self, tmp_path):
+        cv2.imwrite(str(tmp_path / "a.png"), np.zeros((10, 12, 3), dtype=np.uint8))
+        cv2.imwrite(str(tmp_path / "b.jpg"), np.zeros((11, 12, 3), dtype=np.uint8))
+        with pytest.raises(ValueError, match=r"b\.jpg' is \[11, 12\] but .*a\.png' is \[10, 12\]"):
+            load_pool(tmp_path)
+
+    def test_errors(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_pool(tmp_path / "missing.npy")
+        with pytest.raises(ValueError, match=r"holds no \.png"):
+            load_pool(tmp_path)
+        np.save(tmp_path / "rank3.npy", np.zeros((4, 8, 8), dtype=np.uint8))
+        with pytest.raises(ValueError, match=r"shape \[4, 8, 8\]; expected rank 4"):
+            load_pool(tmp_path / "rank3.npy")
+        np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8, 3), dtype=np.uint8))
+        with pytest.raises(ValueError, match="empty pool"):
+            load_pool(tmp_path / "empty.npy")
+        np.save(tmp_path / "range.npy", np.full((1, 8, 8, 3), 2.0, dtype=np.float32))
+        with pytest.raises(ValueError, match=r"floats outside \[-1, 1\]"):
+            load_pool(tmp_path / "range.npy")
+        np.save(tmp_path / "int.npy", np.zeros((1, 8, 8, 3), dtype=np.int16))
+        with pytest.raises(ValueError, match="holds int16; expected uint8 or float"):
+            load_pool(tmp_path / "int.npy")
+        (tmp_path / "pool.txt").write_text("x")
+        with pytest.raises(ValueError, match=r"neither a \.npy file nor a folder"):
+            load_pool(tmp_path / "pool.txt")
+
+
+class TestAdaptPool:
+    @pytest.fixture
+    def pool(self, textured):
+        return np.stack([textured[0][:32, :32], textured[1][:32, :32]])
+
+    def test_noop_returns_the_same_object(self, pool):
+        assert adapt_pool(pool, height=32, width=32, channels=3) is pool
+
+    def test_shrink_uses_area_and_enlarge_linear(self, pool):
+        small = adapt_pool(pool, height=16, width=24, channels=3)
+        np.testing.assert_array_equal(small[1], cv2.resize(pool[1], (24, 16), interpolation=cv2.INTER_AREA))
+        large = adapt_pool(pool, height=48, width=40, channels=3)
+        np.testing.assert_array_equal(large[0], cv2.resize(pool[0], (40, 48), interpolation=cv2.INTER_LINEAR))
+
+    def test_channels(self, pool):
+        gray = adapt_pool(pool, height=32, width=32, channels=1)
+        assert gray.shape == (2, 32, 32, 1)
+        np.testing.assert_array_equal(gray[0, ..., 0], cv2.cvtColor(pool[0], cv2.COLOR_RGB2GRAY))
+        colour = adapt_pool(gray, height=20, width=20, channels=3)
+        assert colour.shape == (2, 20, 20, 3)
+        np.testing.assert_array_equal(colour[..., 0], colour[..., 2])
+
+    def test_errors(self, pool):
+        with pytest.raises(ValueError, match="expected a positive size and 1 or 3 channels"):
+            adapt_pool(pool, height=32, width=32, channels=4)
+        with pytest.raises(ValueError, match=r"with C 1 or 3, got uint8 \[2, 32, 32, 4\]"):
+            adapt_pool(np.zeros((2, 32, 32, 4), dtype=np.uint8), height=32, width=32, channels=3)
+
+
+class TestToUnitRange:
+    def test_uint8_maps_exactly(self):
+        out = to_unit_range(torch.tensor([0, 51, 255], dtype=torch.uint8))
+        assert out.dtype == torch.float32
+        assert out.tolist() == [-1.0, pytest.approx(51 / 127.5 - 1), 1.0]
+
+    def test_float_passes_through(self):
+        x = torch.rand(4, dtype=torch.float32) * 2 - 1
+        assert to_unit_range(x) is x
+        assert to_unit_range(x.double()).dtype == torch.float32
+
+    def test_rejects_other_integers(self):
+        with pytest.raises(ValueError, match=r"expected uint8 or floating images, got torch.int32"):
+            to_unit_range(torch.zeros(3, dtype=torch.int32))
+
+
+class TestPublicPool:
+    @pytest.fixture
+    def array(self):
+        array = np.random.default_rng(1).integers(0, 256, (6, 8, 10, 3), dtype=np.uint8)
+        array[0, 0, 0] = [0, 255, 128]
+        return array
+
+    def test_images(self, array):
+        pool = PublicPool.from_array(array)
+        assert len(pool) == 6 and pool.image_shape == (8, 10, 3)
+        assert pool.pixels.dtype == torch.uint8 and torch.equal(pool.pixels, torch.from_numpy(array))
+        assert pool.images.dtype == torch.float32 and pool.device == torch.device("cpu")
+        assert pool.images[0, 0, 0].tolist() == [-1.0, 1.0, pytest.approx(128 / 127.5 - 1, abs=1e-6)]
+        expected = torch.from_numpy(array).float().div_(127.5).sub_(1.0)
+        assert torch.equal(pool.images, expected)
+
+    def test_fingerprint(self, array):
+        fingerprint = PublicPool.from_array(array).fingerprint
+        assert len(fingerprint) == 64 and int(fingerprint, 16) >= 0
+        assert PublicPool.from_array(array.copy()).fingerprint == fingerprint
+        changed = array.copy()
+        changed[5, 7, 9, 2] ^= 1
+        assert PublicPool.from_array(changed).fingerprint != fingerprint
+        reshaped = array.reshape(6, 10, 8, 3)
+        assert PublicPool.from_array(reshaped).fingerprint != fingerprint
+
+    def test_read_only_array(self, array):
+        array.flags.writeable = False
+        assert len(PublicPool.from_array(array)) == 6
+
+    def test_to_keeps_fingerprint(self, array):
+        pool = PublicPool.from_array(array)
+        moved = pool.to("cpu")
+        assert moved.fingerprint == pool.fingerprint
+        assert torch.equal(moved.pixels, pool.pixels) and torch.equal(moved.images, pool.images)
+
+    @pytest.mark.cuda
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_cuda(self, array):
+        pool = PublicPool.from_array(array, device="cuda")
+        assert pool.device.type == "cuda"
+        assert torch.equal(pool.to("cpu").images, PublicPool.from_array(array).images)
+        assert pool.to("cpu").fingerprint == pool.fingerprint
+
+    def test_rejects_bad_arrays(self, array):
+        with pytest.raises(ValueError, match=r"uint8 \(P, H, W, C\) array, got float32 \[6, 8, 10, 3\]"):
+            PublicPool.from_array(array.astype(np.float32))
+        with pytest.raises(ValueError, match=r"got uint8 \[8, 10, 3\]"):
+            PublicPool.from_array(array[0])
+        with pytest.raises(ValueError, match="the pool is empty"):
+            PublicPool.from_array(array[:0])
