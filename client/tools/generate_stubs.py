@@ -24,6 +24,8 @@ PACKAGE = "instahide_client"
 DEFAULT_OUTPUT = REPO / "client" / PACKAGE
 
 _IMPORT = re.compile(r"^(from|import) instahide\.v1", re.MULTILINE)
+# The module name messages report (``__module__``): pickling a message imports it.
+_MODULE_NAME = re.compile(r"'instahide\.v1\.(\w+_pb2)'")
 
 
 def proto_files() -> list[pathlib.Path]:
@@ -52,6 +54,7 @@ def generate(output_root: pathlib.Path) -> list[pathlib.Path]:
         written = []
         for src in sorted((pathlib.Path(tmp) / "instahide" / "v1").iterdir()):
             text = _IMPORT.sub(rf"\1 {PACKAGE}.instahide.v1", src.read_text())
+            text = _MODULE_NAME.sub(rf"'{PACKAGE}.instahide.v1.\1'", text)
             dst = target / src.name
             dst.write_text(text)
             written.append(dst)

@@ -1,0 +1,35 @@
+"""Python client for the instahide service: InstaHide encodings over gRPC, no torch needed.
+
+Examples:
+    >>> from instahide_client import InstaHideClient
+    >>> with InstaHideClient("127.0.0.1:50051") as client:  # doctest: +SKIP
+    ...     out = client.encode(images, labels, return_keys=True)
+
+The torch data pipeline lives in ``instahide_client.torch_data`` (the ``[torch]`` extra) and is
+not imported here.
+"""
+
+from importlib import metadata as _metadata
+
+from instahide_client._requests import encode_config
+from instahide_client._stream import EncodeStream
+from instahide_client._types import EncodeBatch, EncodedBatch, EncodeOutput, KeyRecord
+from instahide_client.client import InstaHideClient
+from instahide_client.errors import InstaHideError
+
+try:
+    __version__ = _metadata.version("instahide-client")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "EncodeBatch",
+    "EncodeOutput",
+    "EncodeStream",
+    "EncodedBatch",
+    "InstaHideClient",
+    "InstaHideError",
+    "KeyRecord",
+    "__version__",
+    "encode_config",
+]

@@ -1,0 +1,235 @@
+"""The synchronous client: ``InstaHideClient``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from instahide_client import _health
+from instahide_client._requests import batch_bounds, check_batch, encode_config
+from instahide_client._stream import EncodeStream, OnError
+from instahide_client._types import EncodeBatch, EncodeOutput, KeyRecord, concatenate_keys
+from instahide_client.errors import InstaHideError
+from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """The channel options the client uses.
+
+    gRPC's default 4 MiB receive limit breaks at ~340 float32 32×32×3 images a message, so both
+    directions are raised explicitly (the server sets its own limit the same way). Keepalive pings
+    every 5 minutes during calls notice a dead peer on a long stream; 5 minutes is the server-side
+    default minimum ping interval, so the pings never earn a GOAWAY ("too_many_pings").
+    """
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 300_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.primary_user_agent", "instahide-client"),
+    ]
+
+
+class InstaHideClient:
+    """Client for the instahide service.
+
+    Args:
+        target: "host:port" of the service.
+        token: bearer token sent as ``authorization: Bearer <token>`` on every call.
+        max_message_bytes: largest message sent or received (default 64 MiB); keep it at least as
+            large as one batch (N·H·W·C·4 bytes for float32 output).
+        root_certificates: PEM root certificates; given, the channel uses TLS with them.
+        tls: use TLS with the system's root certificates (implied by ``root_certificates``).
+        options: extra gRPC channel options; they override the defaults.
+
+    Examples:
+        >>> with InstaHideClient("127.0.0.1:50051") as client:  # doctest: +SKIP
+        ...     out = client.encode(images, labels)
+    """
+
+    def __init__(self, target: str, *, token: str | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 root_certificates: bytes | None = None, tls: bool = False,
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        if max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
+        self.target = target
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ())
+        merged = dict(channel_options(max_message_bytes))
+        merged.update(dict(options))
+        if root_certificates is not None or tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, credentials, options=list(merged.items()))
+        else:
+            self._channel = grpc.insecure_channel(target, options=list(merged.items()))
+        self._transform = transform_pb2_grpc.TransformServiceStub(self._channel)
+        self._health_check = self._channel.unary_unary(_health.CHECK_METHOD)  # raw bytes in and out
+
+    def close(self) -> None:
+        """Close the channel; calls in progress are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> InstaHideClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"InstaHideClient({self.target!r})"
+
+    def _call_metadata(self, metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
+        return [*self._metadata, *(metadata or ())]
+
+    def health(self, service: str = "", *, timeout: float | None = 10.0,
+               metadata: Metadata | None = None) -> str:
+        """The serving status from the standard ``grpc.health.v1.Health/Check``.
+
+        Args:
+            service: the service to ask about; "" (default) is the server as a whole.
+
+        Returns:
+            "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN".
+
+        Raises:
+            InstaHideError: the call failed (e.g. UNAVAILABLE when nothing listens at the target,
+                NOT_FOUND when the server does not know ``service``).
+        """
+        try:
+            raw = self._health_check(_health.encode_request(service), timeout=timeout,
+                                     metadata=self._call_metadata(metadata))
+        except grpc.RpcError as exc:
+            error = InstaHideError.from_rpc_error(exc)
+            if error.code is grpc.StatusCode.NOT_FOUND and not exc.details():  # the standard servicer's
+                error = InstaHideError(error.code, f"the server has no health status for service {service!r}")
+            raise error from None
+        try:
+            return _health.status_name(_health.decode_response(raw))
+        except ValueError as exc:
+            raise InstaHideError(grpc.StatusCode.INTERNAL, f"malformed health response: {exc}") from None
+
+    def encode_stream(
+        self,
+        batches: Iterable[tuple[np.ndarray, np.ndarray]] | Iterable[EncodeBatch],
+        *,
+        num_classes: int | None = None,
+        config: transform_pb2.EncodeConfig | None = None,
+        max_in_flight: int = 4,
+        on_error: OnError = "raise",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        **options: Any,
+    ) -> EncodeStream:
+        """Encode a stream of batches over one call; results come back in order.
+
+        Args:
+            batches: ``(images, labels)`` pairs or ``EncodeBatch`` items: images (N, H, W, C)
+                uint8 (or float32/float16 in [-1, 1]), labels (N,) integers. Consumed lazily.
+            num_classes: width of the mixed labels; required unless ``config`` is given.
+            config: a ready ``EncodeConfig`` (from :func:`encode_config`) instead of keyword options.
+            max_in_flight: most requests sent and not yet answered.
+            on_error: "raise" raises the first per-batch error as InstaHideError and ends the
+                call; "yield" yields an ``EncodedBatch`` with ``.error`` set and goes on.
+            timeout: deadline in seconds for the whole stream.
+            metadata: extra call metadata.
+            **options: the other keyword options of :func:`encode_config` (mode, k, ...).
+
+        Returns:
+            An iterator of ``EncodedBatch`` that can be cancelled (see :class:`EncodeStream`).
+
+        Raises:
+            ValueError: bad options or a malformed batch (raised when iteration reaches it).
+            InstaHideError: the call failed, or a batch failed with ``on_error="raise"``.
+        """
+        if config is None:
+            if num_classes is None:
+                raise ValueError("num_classes is required (or pass a ready config)")
+            config = encode_config(num_classes=num_classes, **options)
+        elif num_classes is not None or options:
+            raise ValueError("pass either config or keyword options, not both")
+        if on_error not in ("raise", "yield"):
+            raise ValueError(f"unknown on_error {on_error!r}; expected 'raise' or 'yield'")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        md = self._call_metadata(metadata)
+
+        def start_call(requests: Iterator[transform_pb2.EncodeRequest]) -> Any:
+            return self._transform.Encode(requests, timeout=timeout, metadata=md)
+
+        return EncodeStream(start_call, batches, config, max_in_flight=max_in_flight, on_error=on_error)
+
+    def encode(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int = 1024,
+        num_classes: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        max_in_flight: int = 4,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        **options: Any,
+    ) -> EncodeOutput:
+        """Encode a whole array, batch by batch, over one stream.
+
+        Args:
+            images: (N, H, W, C) uint8 (or float32/float16 in [-1, 1]).
+            labels: (N,) integer labels.
+            batch_size: images per request (keep N·H·W·C·4 bytes under ``max_message_bytes``); a
+                last batch of one image joins the one before (the service mixes at least two).
+            num_classes: label width; inferred as ``labels.max() + 1`` over the whole array.
+            progress: called with the image count of each finished batch (e.g. ``tqdm.update``).
+            **options: keyword options of :func:`encode_config`: mode, k, private_per_mix,
+                max_coefficient, min_private_mass, sign_flip, output_dtype, return_keys, seed.
+
+        Returns:
+            ``EncodeOutput``: encoded (N, H, W, C), mixed_labels (N, num_classes) and, with
+            ``return_keys=True``, one KeyRecord whose private indices index ``images``.
+
+        Raises:
+            ValueError: malformed inputs or options.
+            InstaHideError: the call or a batch failed.
+        """
+        images, labels = check_batch(images, labels)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if num_classes is None:
+            if len(labels) == 0:
+                raise ValueError("cannot infer num_classes from empty labels; pass num_classes")
+            num_classes = int(labels.max()) + 1
+        config = encode_config(num_classes=num_classes, **options)
+        if len(images) == 0:
+            dtype = np.float16 if config.output_dtype == tensor_pb2.DATA_TYPE_FLOAT16 else np.float32
+            return EncodeOutput(np.zeros(images.shape, dtype), np.zeros((0, num_classes), np.float32))
+        bounds = batch_bounds(len(images), batch_size)
+        batches = ((images[start:stop], labels[start:stop]) for start, stop in bounds)
+        encoded, mixed, keys = [], [], []
+        seeded = False
+        with self.encode_stream(batches, config=config, max_in_flight=max_in_flight,
+                                timeout=timeout, metadata=metadata) as stream:
+            for batch in stream:
+                encoded.append(batch.encoded)
+                mixed.append(batch.mixed_labels)
+                seeded = seeded or batch.seeded
+                if batch.keys is not None:
+                    keys.append(batch.keys)
+                if progress is not None:
+                    progress(len(batch.encoded))
+        if len(encoded) != len(bounds):  # cancelled by another thread
+            raise InstaHideError(grpc.StatusCode.CANCELLED, "the encode stream ended early")
+        key_record: KeyRecord | None = None
+        if config.return_keys:
+            if len(keys) != len(encoded):
+                raise InstaHideError(grpc.StatusCode.INTERNAL, "the service returned no keys")
+            key_record = concatenate_keys(keys, [start for start, _ in bounds])
+        return EncodeOutput(np.concatenate(encoded), np.concatenate(mixed), key_record, seeded)
