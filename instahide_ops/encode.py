@@ -221,7 +221,7 @@ def encode(
     num_classes: int,
     params: EncodeParams = EncodeParams(),
     pool: PublicPool | None = None,
-    seed: int | None = None,
+    seed: int | tuple[int, ...] | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> EncodeResult:
     """Encode a batch with fresh one-time keys.
@@ -232,7 +232,8 @@ def encode(
         num_classes: width of the mixed label vectors.
         params: mode, k and coefficient bounds.
         pool: public pool of images shaped like the batch's (required when cross mode has public slots).
-        seed: explicit seed for reproducible (weak) keys; None draws from the OS CSPRNG.
+        seed: explicit seed (an int or a tuple of ints) for reproducible, weak keys; None draws
+            from the OS CSPRNG.
         out_dtype: torch.float32 or torch.float16.
 
     Returns:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +25,13 @@ MAX_REJECTION_ROUNDS = 1000
 
 
 class RandomSource:
-    """Random bytes from the OS CSPRNG, or from a seeded PCG64 when ``seed`` is given."""
+    """Random bytes from the OS CSPRNG, or from a seeded PCG64 when ``seed`` is given.
 
-    def __init__(self, seed: int | None = None) -> None:
+    A seed may be a sequence of non-negative ints, e.g. ``(seed, batch_index)``, to give
+    each batch of a seeded stream its own reproducible keys.
+    """
+
+    def __init__(self, seed: int | Sequence[int] | None = None) -> None:
         self.seeded = seed is not None
         self._rng = None if seed is None else np.random.Generator(np.random.PCG64(seed))
 

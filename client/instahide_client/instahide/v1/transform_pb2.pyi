@@ -86,6 +86,8 @@ class EncodeConfig(_message.Message):
     seed: _builtins.int
     """Explicit seed for reproducible keys. Absent (the default) draws every key
     from the operating system's CSPRNG. A seeded response is flagged `seeded`.
+    On a stream, the i-th request under this config (0 for the request that
+    carries it) gets keys derived from (seed, i), so batches never share keys.
     """
     num_classes: _builtins.int
     """Width of the one-hot label vectors that are mixed. Required: labels must lie in [0, num_classes)."""

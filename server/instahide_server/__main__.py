@@ -1,0 +1,71 @@
+"""``instahide-server`` (``python -m instahide_server``): flags and ``INSTAHIDE_*`` variables → a server.
+
+Every flag has an environment variable (``--max-message-bytes`` ↔ ``INSTAHIDE_MAX_MESSAGE_BYTES``);
+a flag wins over its variable, a variable over the default. Exits 0 after a clean SIGTERM/SIGINT
+drain, 2 on unusable settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from instahide_server.config import MIB, ConfigError, ServerConfig
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every default is None so the config can tell "not given" from a value."""
+    parser = argparse.ArgumentParser(
+        prog="instahide-server",
+        description="InstaHide encoding over gRPC. Each flag also reads INSTAHIDE_<FLAG> "
+                    "(e.g. INSTAHIDE_PORT).",
+    )
+    add = parser.add_argument
+    add("--host", help="address to listen on (default 127.0.0.1)")
+    add("--port", type=int, help="port to listen on; 0 picks a free one (default 50051)")
+    add("--port-file", help="write the bound port to this file once serving")
+    add("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when available, else CPU)")
+    add("--pool", help="public pool: a .npy file or a folder of images (default: the bundled pool)")
+    add("--cache-dir", help="where the bundled pool is cached (default ~/.cache/instahide)")
+    add("--token-file", help="require 'authorization: Bearer <token>' with the token in this file "
+                             "(INSTAHIDE_TOKEN_FILE; or the token itself in INSTAHIDE_TOKEN)")
+    add("--max-message-bytes", type=int, help=f"largest message received or sent (default {64 * MIB})")
+    add("--max-images-per-request", type=int, help="more images in one request answer RESOURCE_EXHAUSTED "
+                                                   "(default 65536)")
+    add("--max-in-flight-per-stream", type=int,
+        help="requests read but not yet answered, per stream (default 4)")
+    add("--max-pool-shapes", type=int, help="public pools (one per image shape) kept at once (default 8)")
+    add("--workers", type=int, help="encoding threads (default: cores, at most 4)")
+    add("--grace-seconds", type=float, help="time in-flight calls get to finish on SIGTERM (default 30)")
+    add("--log-level", help="DEBUG | INFO | WARNING | ERROR (default INFO)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse settings, configure logging and serve until SIGTERM/SIGINT."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = ServerConfig.from_args_and_env(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=config.log_level, format=_LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger(__name__).info("starting with %s", config)
+
+    from instahide_server.server import serve  # heavy imports (torch) after the flags are checked
+
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The server's frozen configuration, built from command-line flags and ``INSTAHIDE_*`` variables.
+
+Precedence, per setting: a flag given on the command line, else its environment variable, else the
+default below. The token is the one setting with two sources: ``--token-file`` /
+``INSTAHIDE_TOKEN_FILE`` (a file holding the token) wins over ``INSTAHIDE_TOKEN`` (the token itself).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+MIB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the flag or variable."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs to start; immutable once built."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 binds an ephemeral port
+    port_file: pathlib.Path | None = None  # the bound port is written here once serving
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    pool: pathlib.Path | None = None  # .npy or folder of images; None = the bundled default pool
+    cache_dir: pathlib.Path | None = None  # where the default pool is cached; None = ops' default
+    token: str | None = field(default=None, repr=False)  # bearer token; None disables auth
+    max_message_bytes: int = 64 * MIB  # applies to received and sent messages
+    max_images_per_request: int = 65536
+    max_in_flight_per_stream: int = 4
+    max_pool_shapes: int = 8  # distinct (H, W, C) pools kept; least recently used dropped beyond
+    workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    grace_seconds: float = 30.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_args_and_env(cls, args: Any, environ: Mapping[str, str] | None = None) -> ServerConfig:
+        """Merge parsed flags (``None`` = not given) with ``INSTAHIDE_*`` variables and defaults.
+
+        Raises:
+            ConfigError: a value that does not parse or is out of range, naming its source.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in _SETTINGS:
+            flag_value = getattr(args, spec.name, None)
+            if flag_value is not None:
+                values[spec.name] = _convert(spec, flag_value, f"--{spec.name.replace('_', '-')}")
+            elif spec.env in environ and environ[spec.env] != "":
+                values[spec.name] = _convert(spec, environ[spec.env], spec.env)
+        token_file = getattr(args, "token_file", None) or environ.get("INSTAHIDE_TOKEN_FILE") or None
+        if token_file is not None:
+            values["token"] = _read_token(pathlib.Path(token_file))
+        elif environ.get("INSTAHIDE_TOKEN"):
+            values["token"] = environ["INSTAHIDE_TOKEN"].strip()
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Raise ConfigError when a setting is out of range."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.device != "auto" and self.device != "cpu" and not _is_cuda_name(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.max_message_bytes < 64 * 1024:
+            raise ConfigError(f"max_message_bytes must be at least 65536, got {self.max_message_bytes}")
+        for name in ("max_images_per_request", "max_in_flight_per_stream", "max_pool_shapes", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.grace_seconds < 0:
+            raise ConfigError(f"grace_seconds must not be negative, got {self.grace_seconds}")
+        if self.token is not None and not self.token:
+            raise ConfigError("the bearer token is empty")
+
+
+@dataclass(frozen=True)
+class _Setting:
+    name: str
+    convert: Callable[[str], Any]
+
+    @property
+    def env(self) -> str:
+        return "INSTAHIDE_" + self.name.upper()
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"unknown log level {value!r}")
+    return level
+
+
+_SETTINGS = (
+    _Setting("host", str),
+    _Setting("port", int),
+    _Setting("port_file", pathlib.Path),
+    _Setting("device", str),
+    _Setting("pool", pathlib.Path),
+    _Setting("cache_dir", pathlib.Path),
+    _Setting("max_message_bytes", int),
+    _Setting("max_images_per_request", int),
+    _Setting("max_in_flight_per_stream", int),
+    _Setting("max_pool_shapes", int),
+    _Setting("workers", int),
+    _Setting("grace_seconds", float),
+    _Setting("log_level", _log_level),
+)
+assert {s.name for s in _SETTINGS} | {"token"} == {f.name for f in fields(ServerConfig)}
+
+
+def _convert(spec: _Setting, value: Any, source: str) -> Any:
+    try:
+        return spec.convert(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: cannot use {value!r}: {exc}") from None
+
+
+def _read_token(path: pathlib.Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"the token file {path} is empty")
+    return token
+
+
+def _is_cuda_name(device: str) -> bool:
+    if device == "cuda":
+        return True
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()

@@ -1,0 +1,1 @@
+"""Server interceptors, one per concern; server.build_server fixes their order."""

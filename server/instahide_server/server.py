@@ -1,0 +1,161 @@
+"""Assembling and running the server: ``build_server`` wires everything, ``serve`` runs it to a drain.
+
+Interceptor order (outermost first, as grpc.aio applies its list):
+  1. ``BearerTokenInterceptor`` (only with a token): refuses unauthenticated calls before any work;
+  2. ``ErrorInterceptor``: maps what escapes a servicer to a status code (INTERNAL for the unexpected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pathlib
+import signal
+import tempfile
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from instahide_ops.pool import load_pool
+from instahide_server import transform_servicer
+from instahide_server.config import ConfigError, ServerConfig
+from instahide_server.encoder import BatchEncoder
+from instahide_server.interceptors.auth import BearerTokenInterceptor
+from instahide_server.interceptors.errors import ErrorInterceptor
+from instahide_server.pools import PoolRegistry
+from instahide_server.validation import Limits
+
+logger = logging.getLogger(__name__)
+
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Services whose health is reported: "" (the whole server) and each API service.
+HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device when there is one, else the CPU; a named device must exist.
+
+    Raises:
+        ConfigError: CUDA asked for but not available, or a device index out of range.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} asked for, but there are only "
+                              f"{torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def build_server(config: ServerConfig, *, executor: Executor | None = None,
+                 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
+    """Create (not start) the server: services, interceptors, limits and the bound port.
+
+    Call from a running event loop. ``executor`` runs the encoding; by default one of
+    ``config.workers`` threads is made (and lives as long as the process).
+
+    Returns:
+        The server, the port it is bound to (the real one when ``config.port`` is 0) and its health
+        servicer, whose statuses are NOT_SERVING until ``serve`` sets them.
+
+    Raises:
+        ConfigError: an unusable device or pool.
+    """
+    device = resolve_device(config.device)
+    source = None
+    if config.pool is not None:
+        try:
+            source = load_pool(config.pool)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--pool {config.pool}: {exc}") from None
+    pools = PoolRegistry(device=device, source=source, cache_dir=config.cache_dir,
+                         max_shapes=config.max_pool_shapes)
+    encoder = BatchEncoder(device=device, pools=pools, limits=Limits(
+        max_images_per_request=config.max_images_per_request, max_message_bytes=config.max_message_bytes))
+    if executor is None:
+        executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
+
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if config.token is not None:
+        interceptors.append(BearerTokenInterceptor(config.token))
+    interceptors.append(ErrorInterceptor())
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
+    ])
+
+    transform_servicer.add_to_server(transform_servicer.TransformServicer(
+        encoder, executor, max_in_flight=config.max_in_flight_per_stream), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (transform_servicer.SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    try:
+        port = server.add_insecure_port(f"{host}:{config.port}")
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        raise ConfigError(f"cannot listen on {host}:{config.port}: {exc}") from None
+    logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
+                config.pool or "bundled default", "on" if config.token else "off", config.max_message_bytes,
+                config.workers)
+    return server, port, health
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain: NOT_SERVING first, then ``stop(grace)``.
+
+    In-flight calls get ``config.grace_seconds`` to finish; new calls are refused meanwhile.
+    """
+    executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
+    try:
+        server, port, health = build_server(config, executor=executor)
+        for service in HEALTH_CHECKED:
+            await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        for service in HEALTH_CHECKED:
+            await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if config.port_file is not None:
+            write_port_file(config.port_file, port)
+        logger.info("serving on %s:%d", config.host, port)
+        try:
+            await stop.wait()
+            logger.info("shutting down: NOT_SERVING, draining for up to %gs", config.grace_seconds)
+            await health.enter_graceful_shutdown()
+            await server.stop(config.grace_seconds)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if config.port_file is not None:
+                with contextlib.suppress(OSError):
+                    config.port_file.unlink()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    logger.info("stopped")
+
+
+def write_port_file(path: pathlib.Path, port: int) -> None:
+    """Write the port atomically: readers see no file or the whole number, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(f"{port}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise

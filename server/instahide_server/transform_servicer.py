@@ -1,0 +1,123 @@
+"""``instahide.v1.TransformService``: the Encode stream, pipelined.
+
+Per stream, a reader task takes requests off the wire and hands each to the encoding thread pool as
+soon as it arrives, while the handler itself yields the finished responses in request order. At most
+``max_in_flight`` requests are read but not yet answered: the reader waits for a free slot before it
+reads the next message, so gRPC's flow control pushes back on a client that sends faster than the
+server encodes, and memory stays bounded. Decoding, encoding and serialization (in threads) overlap
+with network I/O (on the event loop).
+
+Responses are already serialized (``encoder.BatchEncoder`` builds them in the encoding thread), so the
+method is registered with no response serializer; ``add_to_server`` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import grpc
+from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
+
+from instahide_server.encoder import BatchEncoder, Outcome
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = transform_pb2.DESCRIPTOR.services_by_name["TransformService"].full_name
+_END = object()  # the reader's last queue item after the client half-closes
+
+
+@dataclass
+class _StreamStats:
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    batches: int = 0
+    images: int = 0
+    errors: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        self.batches += 1
+        self.images += outcome.images
+        self.errors += outcome.error is not None
+
+
+class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
+    """Encodes streams of image batches; see the module docstring for the pipeline."""
+
+    def __init__(self, encoder: BatchEncoder, executor: Executor, *, max_in_flight: int) -> None:
+        self._encoder = encoder
+        self._executor = executor
+        self._max_in_flight = max_in_flight
+
+    async def Encode(self, request_iterator: AsyncIterator[transform_pb2.EncodeRequest],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        stats = _StreamStats(peer=context.peer())
+        slots = asyncio.Semaphore(self._max_in_flight)
+        pending: asyncio.Queue = asyncio.Queue()  # futures of Outcome, in request order; bounded by slots
+        reader = asyncio.create_task(self._read(request_iterator, slots, pending))
+        outcome = "OK"
+        try:
+            while (item := await pending.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                result: Outcome = await item
+                stats.count(result)
+                yield result.payload
+                slots.release()
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                item = pending.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    item.cancel()  # not yet started: never runs; running: its result is dropped
+            logger.info("Encode peer=%s batches=%d images=%d errors=%d outcome=%s seconds=%.3f", stats.peer,
+                        stats.batches, stats.images, stats.errors, outcome, time.monotonic() - stats.started)
+
+    async def _read(self, requests: AsyncIterator[transform_pb2.EncodeRequest], slots: asyncio.Semaphore,
+                    pending: asyncio.Queue) -> None:
+        """Submit each request to the thread pool as it arrives; a request without config reuses the last."""
+        loop = asyncio.get_running_loop()
+        config = transform_pb2.EncodeConfig()
+        under_config = 0  # requests so far under ``config``: a seeded config seeds each with (seed, i)
+        iterator = aiter(requests)
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    request = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                if request.HasField("config"):
+                    config = transform_pb2.EncodeConfig()
+                    config.CopyFrom(request.config)  # a copy, so the stream does not pin the request's images
+                    under_config = 0
+                pending.put_nowait(
+                    loop.run_in_executor(self._executor, self._encoder.run, request, config, under_config))
+                under_config += 1
+        except Exception as exc:
+            pending.put_nowait(exc)  # answered after the requests already read, then the stream ends
+            return
+        pending.put_nowait(_END)
+
+
+def add_to_server(servicer: TransformServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer; responses go out as the bytes the servicer yields."""
+    handlers = {
+        "Encode": grpc.stream_stream_rpc_method_handler(
+            servicer.Encode,
+            request_deserializer=transform_pb2.EncodeRequest.FromString,
+            response_serializer=None,  # the servicer yields serialized EncodeResponse messages
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -1,0 +1,118 @@
+"""Helpers for the server tests: requests, channels and whole streams over the generated stubs."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import grpc
+import numpy as np
+from instahide_client._convert import to_numpy, to_tensor
+from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
+
+
+def _root_conftest():
+    """tests/conftest.py as a module of its own: ``import conftest`` is ambiguous once another test
+    folder has a conftest.py (pytest drops the previous one from sys.modules)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("instahide_tests_root_conftest", path)
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return module
+
+
+start_server = _root_conftest().start_server
+
+MIB = 1 << 20
+NUM_CLASSES = 10
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
+
+def images(n: int = 8, shape: Sequence[int] = (32, 32, 3), *, seed: int = 0) -> np.ndarray:
+    """A uint8 (n, *shape) batch of random pixels."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def config(**fields) -> transform_pb2.EncodeConfig:
+    """An EncodeConfig with num_classes=NUM_CLASSES unless given."""
+    fields.setdefault("num_classes", NUM_CLASSES)
+    return transform_pb2.EncodeConfig(**fields)
+
+
+def request(request_id: str, batch: np.ndarray | None = None, *, labels: Sequence[int] | None = None,
+            cfg: transform_pb2.EncodeConfig | None = None, tensor: tensor_pb2.Tensor | None = None,
+            ) -> transform_pb2.EncodeRequest:
+    """A request for ``batch`` (default: 8 random 32×32×3 images) with labels i % NUM_CLASSES."""
+    if tensor is None:
+        batch = images() if batch is None else batch
+        tensor = to_tensor(batch)
+    n = int(tensor.shape[0]) if len(tensor.shape) else 0
+    labels = [i % NUM_CLASSES for i in range(n)] if labels is None else list(labels)
+    message = transform_pb2.EncodeRequest(request_id=request_id, images=tensor, labels=labels)
+    if cfg is not None:
+        message.config.CopyFrom(cfg)
+    return message
+
+
+@contextlib.contextmanager
+def channel(target: str, *, max_bytes: int = 64 * MIB) -> Iterator[grpc.Channel]:
+    """An insecure channel with explicit message limits."""
+    options = [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+    with grpc.insecure_channel(target, options=options) as chan:
+        yield chan
+
+
+def encode_all(target: str, requests: Iterable[transform_pb2.EncodeRequest], *, metadata=None,
+               timeout: float = 60.0) -> list[transform_pb2.EncodeResponse]:
+    """Run one Encode stream to the end and return its responses."""
+    with channel(target) as chan:
+        stub = transform_pb2_grpc.TransformServiceStub(chan)
+        return list(stub.Encode(iter(requests), metadata=metadata, timeout=timeout))
+
+
+def ok(response: transform_pb2.EncodeResponse) -> transform_pb2.EncodeResponse:
+    """Assert a response carries no error and return it."""
+    assert not response.HasField("error"), response.error
+    return response
+
+
+def encoded(response: transform_pb2.EncodeResponse) -> np.ndarray:
+    return to_numpy(ok(response).encoded)
+
+
+@contextlib.contextmanager
+def start_env_server(tmp_path: pathlib.Path, env: dict[str, str], timeout: float = 60.0,
+                     ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start ``python -m instahide_server`` with no flags at all: every setting from ``INSTAHIDE_*``."""
+    port_file = tmp_path / "env-port"
+    log_path = tmp_path / "env-server.log"
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "INSTAHIDE_PORT_FILE": str(port_file), **env}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "instahide_server"], stdout=log,
+                                stderr=subprocess.STDOUT, env=full_env)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield f"{env.get('INSTAHIDE_HOST', '127.0.0.1')}:{int(port_file.read_text())}", proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

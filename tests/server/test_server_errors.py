@@ -1,0 +1,134 @@
+"""Bad requests are answered with an error naming the field, and the same stream goes on."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from instahide_client._convert import to_tensor
+from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
+from server_testlib import (
+    INVALID_ARGUMENT,
+    MIB,
+    RESOURCE_EXHAUSTED,
+    channel,
+    config,
+    encode_all,
+    encoded,
+    images,
+    request,
+    start_env_server,
+    start_server,
+)
+
+
+def _float_images(value: float) -> np.ndarray:
+    batch = images(4).astype(np.float32) / 127.5 - 1
+    batch[2, 5, 7, 1] = value
+    return batch
+
+
+def _tensor(**fields) -> tensor_pb2.Tensor:
+    return tensor_pb2.Tensor(**fields)
+
+
+# name -> (request, expected code, expected field)
+BAD_REQUESTS = {
+    "missing images": (transform_pb2.EncodeRequest(request_id="bad", labels=[0, 1], config=config()),
+                       INVALID_ARGUMENT, "images"),
+    "rank 3": (request("bad", tensor=to_tensor(images(1)[0]), labels=[0] * 32, cfg=config()),
+               INVALID_ARGUMENT, "images.shape"),
+    "int64 images": (request("bad", images(4).astype(np.int64), cfg=config()), INVALID_ARGUMENT, "images.dtype"),
+    "unspecified dtype": (request("bad", tensor=_tensor(shape=[4, 2, 2, 3], content=bytes(48)), cfg=config()),
+                          INVALID_ARGUMENT, "images.dtype"),
+    "byte length": (request("bad", tensor=_tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[4, 32, 32, 3],
+                                                  content=bytes(100)), cfg=config()),
+                    INVALID_ARGUMENT, "images.content"),
+    "empty batch": (request("bad", tensor=_tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[0, 32, 32, 3]),
+                            cfg=config()), INVALID_ARGUMENT, "images.shape"),
+    "one image": (request("bad", images(1), cfg=config()), INVALID_ARGUMENT, "images.shape"),
+    "label count": (request("bad", images(4), labels=[0, 1, 2], cfg=config()), INVALID_ARGUMENT, "labels"),
+    "labels out of range": (request("bad", images(4), labels=[0, 1, 2, 10], cfg=config()),
+                            INVALID_ARGUMENT, "labels"),
+    "negative label": (request("bad", images(4), labels=[0, -1, 2, 3], cfg=config()), INVALID_ARGUMENT, "labels"),
+    "num_classes 0": (request("bad", images(4), cfg=config(num_classes=0)), INVALID_ARGUMENT,
+                      "config.num_classes"),
+    "k too large": (request("bad", images(4), cfg=config(k=17)), INVALID_ARGUMENT, "config.k"),
+    "k too small": (request("bad", images(4), cfg=config(mode=transform_pb2.ENCODE_MODE_INSIDE, k=1)),
+                    INVALID_ARGUMENT, "config.k"),
+    "private_per_mix above k": (request("bad", images(4), cfg=config(k=3, private_per_mix=4)),
+                                INVALID_ARGUMENT, "config.private_per_mix"),
+    "max_coefficient 0": (request("bad", images(4), cfg=config(max_coefficient=0.0)), INVALID_ARGUMENT,
+                          "config.max_coefficient"),
+    "min_private_mass above 1": (request("bad", images(4), cfg=config(min_private_mass=1.5)), INVALID_ARGUMENT,
+                                 "config.min_private_mass"),
+    "unknown mode": (request("bad", images(4), cfg=config(mode=7)), INVALID_ARGUMENT, "config.mode"),
+    "uint8 output": (request("bad", images(4), cfg=config(output_dtype=tensor_pb2.DATA_TYPE_UINT8)),
+                     INVALID_ARGUMENT, "config.output_dtype"),
+    "NaN pixel": (request("bad", _float_images(np.nan), cfg=config()), INVALID_ARGUMENT, "images.content"),
+    "Inf pixel": (request("bad", _float_images(np.inf), cfg=config()), INVALID_ARGUMENT, "images.content"),
+    "float out of [-1, 1]": (request("bad", _float_images(3.0), cfg=config()), INVALID_ARGUMENT,
+                             "images.content"),
+    "4 channels in cross mode": (request("bad", images(4, (8, 8, 4)), cfg=config()), INVALID_ARGUMENT,
+                                 "images.shape"),
+    "response over the message limit": (request("bad", images(4), cfg=config(num_classes=10_000_000)),
+                                        RESOURCE_EXHAUSTED, "images"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_request_is_answered_and_the_stream_goes_on(server, name):
+    bad, code, field = BAD_REQUESTS[name]
+    good = request("good", images(5, seed=1), cfg=config())
+    error_response, good_response = encode_all(server.target, [bad, good])
+    assert error_response.request_id == "bad"
+    assert error_response.error.code == code
+    assert error_response.error.field == field
+    assert error_response.error.message.startswith(field + ":"), error_response.error.message
+    assert not error_response.HasField("encoded") and not error_response.HasField("mixed_labels")
+    assert good_response.request_id == "good" and encoded(good_response).shape == (5, 32, 32, 3)
+
+
+def test_a_bad_request_without_config_reuses_the_streams_config(server):
+    responses = encode_all(server.target, [
+        request("first", images(4), labels=[0, 1, 2, 0], cfg=config(num_classes=3)),
+        request("second", images(4), labels=[0, 1, 2, 5]),  # 5 >= the carried-over num_classes
+        request("third", images(4), labels=[0, 1, 2, 2]),
+    ])
+    assert [r.HasField("error") for r in responses] == [False, True, False]
+    assert responses[1].error.field == "labels"
+    assert list(responses[2].mixed_labels.shape) == [4, 3]
+
+
+def test_limits_from_the_environment(tmp_path, small_pool_path):
+    """Every setting from INSTAHIDE_* (no flags): the image limit answers RESOURCE_EXHAUSTED beyond it."""
+    env = {"INSTAHIDE_HOST": "127.0.0.1", "INSTAHIDE_PORT": "0", "INSTAHIDE_DEVICE": "cpu",
+           "INSTAHIDE_POOL": str(small_pool_path), "INSTAHIDE_MAX_IMAGES_PER_REQUEST": "4",
+           "INSTAHIDE_WORKERS": "1", "INSTAHIDE_LOG_LEVEL": "debug"}
+    with start_env_server(tmp_path, env) as (target, _):
+        too_many, just_enough = encode_all(target, [request("five", images(5), cfg=config()),
+                                                    request("four", images(4))])
+        assert too_many.error.code == RESOURCE_EXHAUSTED and too_many.error.field == "images.shape"
+        assert "limit of 4" in too_many.error.message
+        assert encoded(just_enough).shape == (4, 32, 32, 3)
+
+
+def test_message_size_limits(tmp_path, small_pool_path):
+    with start_server(tmp_path, "--pool", str(small_pool_path), "--max-message-bytes", str(MIB)) as server:
+        # 2 MiB in: over the receive limit, so the stream ends with RESOURCE_EXHAUSTED ...
+        oversized = request("huge", images(683), cfg=config())
+        assert oversized.ByteSize() > MIB
+        with channel(server.target) as chan:
+            stub = transform_pb2_grpc.TransformServiceStub(chan)
+            with pytest.raises(grpc.RpcError) as caught:
+                list(stub.Encode(iter([request("small", images(4), cfg=config()), oversized]), timeout=30))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # ... 600 KB in would be 2.4 MB out: refused per request, and the stream goes on ...
+        big_reply, fine = encode_all(server.target, [request("big-reply", images(200), cfg=config()),
+                                                      request("fine", images(50))])
+        assert big_reply.error.code == RESOURCE_EXHAUSTED and big_reply.error.field == "images"
+        assert encoded(fine).shape == (50, 32, 32, 3)
+        # ... and the server still serves new streams.
+        (again,) = encode_all(server.target, [request("again", images(8), cfg=config())])
+        assert encoded(again).shape == (8, 32, 32, 3)
+    assert "Traceback" not in server.log()

@@ -1,0 +1,71 @@
+"""Health checks, reflection and bearer-token authentication."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from server_testlib import channel, config, encode_all, encoded, request, start_server
+
+TOKEN = "s3cret-token-for-tests"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _check(target: str, service: str = "") -> int:
+    with channel(target) as chan:
+        return health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=service),
+                                                      timeout=10).status
+
+
+def test_health_reports_serving(server):
+    assert _check(server.target) == SERVING
+    assert _check(server.target, "instahide.v1.TransformService") == SERVING
+    with pytest.raises(grpc.RpcError) as caught:
+        _check(server.target, "no.such.Service")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_services(server):
+    with channel(server.target) as chan:
+        database = ProtoReflectionDescriptorDatabase(chan)
+        services = set(database.get_services())
+        assert {"instahide.v1.TransformService", "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection"} <= services
+        method = DescriptorPool(database).FindServiceByName("instahide.v1.TransformService").methods_by_name["Encode"]
+        assert method.input_type.full_name == "instahide.v1.EncodeRequest"
+        assert method.client_streaming and method.server_streaming
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory, small_pool_path):
+    tmp_path = tmp_path_factory.mktemp("auth")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with start_server(tmp_path, "--pool", str(small_pool_path), "--token-file", str(token_file)) as proc:
+        yield proc
+    assert TOKEN not in proc.log()
+
+
+@pytest.mark.parametrize("metadata", [None, [("authorization", "Bearer wrong-token")],
+                                      [("authorization", TOKEN)], [("authorization", "Basic " + TOKEN)]],
+                         ids=["none", "wrong", "no-scheme", "basic"])
+def test_calls_without_the_token_are_unauthenticated(auth_server, metadata):
+    with pytest.raises(grpc.RpcError) as caught:
+        encode_all(auth_server.target, [request("r", cfg=config())], metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "token" in caught.value.details() or "Bearer" in caught.value.details()
+
+
+def test_the_right_token_works(auth_server):
+    (response,) = encode_all(auth_server.target, [request("r", cfg=config())],
+                             metadata=[("authorization", f"Bearer {TOKEN}")])
+    assert encoded(response).shape == (8, 32, 32, 3)
+
+
+def test_health_needs_no_token_but_reflection_does(auth_server):
+    assert _check(auth_server.target) == SERVING
+    with channel(auth_server.target) as chan, pytest.raises(grpc.RpcError) as caught:
+        list(ProtoReflectionDescriptorDatabase(chan).get_services())
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,0 +1,188 @@
+"""In-process units: config precedence, the hand-written wire format, the pool registry, the error
+interceptor."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from instahide_client._convert import to_tensor
+from instahide_client.instahide.v1 import transform_pb2
+from instahide_server import wire
+from instahide_server.__main__ import build_parser
+from instahide_server.config import ConfigError, ServerConfig
+from instahide_server.errors import InvalidArgument, Status
+from instahide_server.interceptors.errors import ErrorInterceptor
+from instahide_server.pools import PoolRegistry
+
+
+def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
+    return ServerConfig.from_args_and_env(build_parser().parse_args(argv), env)
+
+
+class TestConfig:
+    def test_defaults(self):
+        config = _config([], {})
+        assert (config.host, config.port, config.device, config.pool, config.token) == (
+            "127.0.0.1", 50051, "auto", None, None)
+        assert config.max_message_bytes == 64 << 20 and config.max_in_flight_per_stream == 4
+
+    def test_flag_wins_over_env_and_env_over_default(self):
+        env = {"INSTAHIDE_PORT": "6000", "INSTAHIDE_MAX_IMAGES_PER_REQUEST": "7", "INSTAHIDE_HOST": "0.0.0.0",
+               "INSTAHIDE_GRACE_SECONDS": "2.5", "INSTAHIDE_LOG_LEVEL": "debug"}
+        config = _config(["--port", "7000"], env)
+        assert config.port == 7000 and config.max_images_per_request == 7 and config.host == "0.0.0.0"
+        assert config.grace_seconds == 2.5 and config.log_level == "DEBUG"
+
+    def test_token_sources(self, tmp_path):
+        token_file = tmp_path / "token"
+        token_file.write_text("from-file\n")
+        assert _config([], {"INSTAHIDE_TOKEN": "from-env"}).token == "from-env"
+        assert _config(["--token-file", str(token_file)], {"INSTAHIDE_TOKEN": "from-env"}).token == "from-file"
+        assert _config([], {"INSTAHIDE_TOKEN_FILE": str(token_file)}).token == "from-file"
+        assert "from-file" not in repr(_config(["--token-file", str(token_file)], {}))
+
+    @pytest.mark.parametrize(("argv", "env", "needle"), [
+        ([], {"INSTAHIDE_PORT": "http"}, "INSTAHIDE_PORT"),
+        (["--port", "70000"], {}, "port"),
+        (["--device", "tpu"], {}, "device"),
+        (["--max-in-flight-per-stream", "0"], {}, "max_in_flight_per_stream"),
+        (["--token-file", "/nonexistent/token"], {}, "token file"),
+        ([], {"INSTAHIDE_LOG_LEVEL": "loud"}, "INSTAHIDE_LOG_LEVEL"),
+    ])
+    def test_bad_settings_name_their_source(self, argv, env, needle):
+        with pytest.raises(ConfigError, match=needle):
+            _config(argv, env)
+
+
+class TestWire:
+    @pytest.mark.parametrize("dtype", [np.float32, np.float16])
+    def test_hand_written_response_parses_like_protobuf(self, dtype):
+        array = np.random.default_rng(0).standard_normal((3, 4, 5, 2)).astype(dtype)
+        rest = transform_pb2.EncodeResponse(mixed_labels=to_tensor(np.eye(3, dtype=np.float32)), seeded=True)
+        expected = transform_pb2.EncodeResponse()
+        expected.CopyFrom(rest)
+        expected.request_id = "id-é"
+        expected.encoded.CopyFrom(to_tensor(array))
+        assert transform_pb2.EncodeResponse.FromString(wire.encode_response("id-é", array, rest)) == expected
+
+    def test_large_content_length(self):
+        array = np.zeros((1, 128, 128, 3), np.float32)  # a multi-byte varint length
+        parsed = transform_pb2.EncodeResponse.FromString(wire.encode_response("x", array,
+                                                                              transform_pb2.EncodeResponse()))
+        assert len(parsed.encoded.content) == array.nbytes and list(parsed.encoded.shape) == [1, 128, 128, 3]
+
+    def test_error_response(self):
+        status = Status(grpc.StatusCode.INVALID_ARGUMENT, "labels: bad", "labels")
+        parsed = transform_pb2.EncodeResponse.FromString(wire.error_response("r", status))
+        assert (parsed.request_id, parsed.error.code, parsed.error.field) == ("r", 3, "labels")
+
+
+class _CountingRegistry(PoolRegistry):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.builds: list[tuple[int, int, int]] = []
+
+    def _build(self, shape):
+        self.builds.append(shape)
+        time.sleep(0.2)
+        return super()._build(shape)
+
+
+class TestPoolRegistry:
+    source = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+
+    def test_concurrent_requests_build_once(self):
+        registry = _CountingRegistry(device=torch.device("cpu"), source=self.source)
+        pools = []
+        threads = [threading.Thread(target=lambda: pools.append(registry.get((8, 8, 3)))) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert registry.builds == [(8, 8, 3)] and len({id(pool) for pool in pools}) == 1
+
+    def test_adapts_the_source_and_drops_the_least_recently_used(self):
+        registry = _CountingRegistry(device=torch.device("cpu"), source=self.source, max_shapes=2)
+        assert registry.get((4, 6, 1)).image_shape == (4, 6, 1)
+        registry.get((8, 8, 3))
+        registry.get((4, 6, 1))
+        registry.get((16, 16, 3))  # drops (8, 8, 3)
+        registry.get((4, 6, 1))
+        registry.get((8, 8, 3))
+        assert registry.builds == [(4, 6, 1), (8, 8, 3), (16, 16, 3), (8, 8, 3)]
+
+    def test_unsupported_channels(self):
+        registry = PoolRegistry(device=torch.device("cpu"), source=self.source)
+        with pytest.raises(InvalidArgument) as caught:
+            registry.get((8, 8, 4))
+        assert caught.value.field == "images.shape"
+
+
+def test_error_interceptor_maps_domain_errors_and_hides_the_unexpected(caplog):
+    async def unary_boom(request, context):
+        raise RuntimeError("secret internal detail")
+
+    async def stream_refuse(request_iterator, context):
+        yield b"first"
+        raise InvalidArgument("config.k: too big", "config.k")
+
+    async def main() -> list[tuple[grpc.StatusCode, str | None, list[bytes]]]:
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Errors", {
+            "Boom": grpc.unary_unary_rpc_method_handler(unary_boom),
+            "Refuse": grpc.stream_stream_rpc_method_handler(stream_refuse),
+        }),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        outcomes = []
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+                try:
+                    await chan.unary_unary("/test.Errors/Boom")(b"x", timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append((exc.code(), exc.details(), []))
+                call = chan.stream_stream("/test.Errors/Refuse")(iter([b"x"]), timeout=10)
+                received = []
+                try:
+                    async for message in call:
+                        received.append(message)
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append((exc.code(), exc.details(), received))
+        finally:
+            await server.stop(None)
+        return outcomes
+
+    boom, refuse = asyncio.run(main())
+    assert boom[0] == grpc.StatusCode.INTERNAL and "secret" not in boom[1]
+    assert "secret internal detail" in caplog.text  # the traceback goes to the log
+    assert refuse == (grpc.StatusCode.INVALID_ARGUMENT, "config.k: too big", [b"first"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_encoder_on_cuda_matches_the_keys():
+    from instahide_server.encoder import BatchEncoder
+    from instahide_server.validation import Limits
+
+    source = np.random.default_rng(2).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    device = torch.device("cuda")
+    encoder = BatchEncoder(device=device, pools=PoolRegistry(device=device, source=source),
+                           limits=Limits(max_images_per_request=1024, max_message_bytes=64 << 20))
+    batch = np.random.default_rng(3).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    request = transform_pb2.EncodeRequest(request_id="gpu", images=to_tensor(batch), labels=[i % 10 for i in range(64)])
+    cfg = transform_pb2.EncodeConfig(num_classes=10, return_keys=True, sign_flip=False)
+    response = transform_pb2.EncodeResponse.FromString(encoder.run(request, cfg).payload)
+    assert not response.HasField("error"), response.error
+    coefficients = np.frombuffer(response.keys.coefficients.content, np.float32).reshape(64, 6)
+    indices = np.frombuffer(response.keys.indices.content, np.int64).reshape(64, 6)
+    private = batch.reshape(64, -1).astype(np.float32) / np.float32(127.5) - 1
+    public = source.reshape(32, -1).astype(np.float32) / np.float32(127.5) - 1
+    expected = sum(coefficients[:, s : s + 1] * (private if s < 2 else public)[indices[:, s]] for s in range(6))
+    got = np.frombuffer(response.encoded.content, np.float32).reshape(64, -1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
