@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-in-flight-per-stream", type=int,
         help="requests read but not yet answered, per stream (default 4)")
     add("--max-pool-shapes", type=int, help="public pools (one per image shape) kept at once (default 8)")
+    add("--warm-shapes", help="image shapes whose public pool is built in the background at start, "
+                              "comma-separated HxWxC, or 'none' (default 32x32x3)")
     add("--workers", type=int, help="encoding threads (default: cores, at most 4)")
     add("--grace-seconds", type=float, help="time in-flight calls get to finish on SIGTERM (default 30)")
     add("--log-level", help="DEBUG | INFO | WARNING | ERROR (default INFO)")

@@ -35,6 +35,7 @@ class ServerConfig:
     max_images_per_request: int = 65536
     max_in_flight_per_stream: int = 4
     max_pool_shapes: int = 8  # distinct (H, W, C) pools kept; least recently used dropped beyond
+    warm_shapes: tuple[tuple[int, int, int], ...] = ((32, 32, 3),)  # pools built in the background at start
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     grace_seconds: float = 30.0
     log_level: str = "INFO"
@@ -90,6 +91,19 @@ class _Setting:
         return "INSTAHIDE_" + self.name.upper()
 
 
+def _shapes(value: str) -> tuple[tuple[int, int, int], ...]:
+    """"32x32x3,64x64x3" → ((32, 32, 3), (64, 64, 3)); "" or "none" → ()."""
+    if value.strip().lower() in ("", "none"):
+        return ()
+    shapes = []
+    for item in value.split(","):
+        dims = item.strip().lower().split("x")
+        if len(dims) != 3 or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise ValueError(f"expected HxWxC shapes like 32x32x3, got {item.strip()!r}")
+        shapes.append((int(dims[0]), int(dims[1]), int(dims[2])))
+    return tuple(shapes)
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -108,6 +122,7 @@ _SETTINGS = (
     _Setting("max_images_per_request", int),
     _Setting("max_in_flight_per_stream", int),
     _Setting("max_pool_shapes", int),
+    _Setting("warm_shapes", _shapes),
     _Setting("workers", int),
     _Setting("grace_seconds", float),
     _Setting("log_level", _log_level),

@@ -83,6 +83,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         max_images_per_request=config.max_images_per_request, max_message_bytes=config.max_message_bytes))
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
+    for shape in config.warm_shapes:  # so the first request of a common shape does not wait for its pool
+        executor.submit(_warm_pool, pools, shape)
 
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if config.token is not None:
@@ -146,6 +148,13 @@ async def serve(config: ServerConfig) -> None:
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")
+
+
+def _warm_pool(pools: PoolRegistry, shape: tuple[int, int, int]) -> None:
+    try:
+        pools.get(shape)
+    except Exception:  # a request for this shape will report the problem to its caller
+        logger.warning("could not build the public pool for images %s at start", list(shape), exc_info=True)
 
 
 def write_port_file(path: pathlib.Path, port: int) -> None:

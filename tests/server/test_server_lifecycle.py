@@ -65,9 +65,13 @@ def test_sigterm_drains_open_streams_and_exits_zero(tmp_path, small_pool_path):
 
 
 def test_bundled_default_pool(tmp_path):
-    """No --pool: the bundled pool is built on first use (cached under INSTAHIDE_CACHE_DIR)."""
+    """No --pool: the bundled pool is built at start for --warm-shapes (cached under INSTAHIDE_CACHE_DIR)."""
     cache = tmp_path / "cache"
-    with start_server(tmp_path, env={"INSTAHIDE_CACHE_DIR": str(cache)}) as server:
+    with start_server(tmp_path, "--warm-shapes", "32x32x3", env={"INSTAHIDE_CACHE_DIR": str(cache)}) as server:
+        deadline = time.monotonic() + 120
+        while "public pool for images [32, 32, 3] ready" not in server.log():  # with no request sent
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
         (response,) = encode_all(server.target, [request("d", images(16), cfg=config(return_keys=True))],
                                  timeout=180)
         assert encoded(response).shape == (16, 32, 32, 3)

@@ -47,7 +47,13 @@ class TestConfig:
         assert _config([], {"INSTAHIDE_TOKEN_FILE": str(token_file)}).token == "from-file"
         assert "from-file" not in repr(_config(["--token-file", str(token_file)], {}))
 
+    def test_warm_shapes(self):
+        assert _config([], {}).warm_shapes == ((32, 32, 3),)
+        assert _config(["--warm-shapes", "24x40x3, 16x16x1"], {}).warm_shapes == ((24, 40, 3), (16, 16, 1))
+        assert _config([], {"INSTAHIDE_WARM_SHAPES": "none"}).warm_shapes == ()
+
     @pytest.mark.parametrize(("argv", "env", "needle"), [
+        (["--warm-shapes", "32x32"], {}, "--warm-shapes"),
         ([], {"INSTAHIDE_PORT": "http"}, "INSTAHIDE_PORT"),
         (["--port", "70000"], {}, "port"),
         (["--device", "tpu"], {}, "device"),
