@@ -32,6 +32,15 @@ def proto_files() -> list[pathlib.Path]:
     return sorted((PROTO_ROOT / "instahide" / "v1").glob("*.proto"))
 
 
+def _plugin(name: str) -> str:
+    """A protoc plugin from this interpreter's environment, which need not be on PATH."""
+    beside = pathlib.Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: install requirements-dev.txt (mypy-protobuf)")
+    return f"--plugin={name}={found}"
+
+
 def generate(output_root: pathlib.Path) -> list[pathlib.Path]:
     """Write the stubs under ``output_root/instahide/v1`` and return their paths."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,6 +48,8 @@ def generate(output_root: pathlib.Path) -> list[pathlib.Path]:
             "protoc",
             f"-I{PROTO_ROOT}",
             f"-I{pathlib.Path(protoc.__file__).parent / '_proto'}",
+            _plugin("protoc-gen-mypy"),
+            _plugin("protoc-gen-mypy_grpc"),
             f"--python_out={tmp}",
             f"--grpc_python_out={tmp}",
             f"--mypy_out={tmp}",
