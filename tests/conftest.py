@@ -42,9 +42,18 @@ def start_server(tmp_path: pathlib.Path, *args: str, env: dict[str, str] | None 
                  timeout: float = 60.0) -> Iterator[ServerProcess]:
     """Start ``python -m instahide_server`` on an ephemeral loopback port; stop it on exit."""
     port_file = tmp_path / "port"
-    log_path = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "instahide_server", "--host", "127.0.0.1", "--port", "0",
-           "--port-file", str(port_file), "--device", "cpu", *args]
+    flags = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--device", "cpu", *args]
+    with run_server(flags, port_file=port_file, log_path=tmp_path / "server.log", env=env,
+                    timeout=timeout) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def run_server(flags: list[str], *, port_file: pathlib.Path, log_path: pathlib.Path,
+               env: dict[str, str] | None = None, host: str = "127.0.0.1",
+               timeout: float = 60.0) -> Iterator[ServerProcess]:
+    """Run ``python -m instahide_server FLAGS`` until it writes ``port_file``; SIGTERM it on exit."""
+    cmd = [sys.executable, "-m", "instahide_server", *flags]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
@@ -56,7 +65,7 @@ def start_server(tmp_path: pathlib.Path, *args: str, env: dict[str, str] | None 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server did not start in {timeout}s:\n{log_path.read_text()}")
             time.sleep(0.05)
-        yield ServerProcess(f"127.0.0.1:{int(port_file.read_text())}", proc, log_path)
+        yield ServerProcess(f"{host}:{int(port_file.read_text())}", proc, log_path)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
@@ -32,6 +29,7 @@ def _root_conftest():
 
 
 start_server = _root_conftest().start_server
+run_server = _root_conftest().run_server
 
 MIB = 1 << 20
 NUM_CLASSES = 10
@@ -96,23 +94,7 @@ def start_env_server(tmp_path: pathlib.Path, env: dict[str, str], timeout: float
                      ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start ``python -m instahide_server`` with no flags at all: every setting from ``INSTAHIDE_*``."""
     port_file = tmp_path / "env-port"
-    log_path = tmp_path / "env-server.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "INSTAHIDE_PORT_FILE": str(port_file), **env}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "instahide_server"], stdout=log,
-                                stderr=subprocess.STDOUT, env=full_env)
-    try:
-        deadline = time.monotonic() + timeout
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
-        yield f"{env.get('INSTAHIDE_HOST', '127.0.0.1')}:{int(port_file.read_text())}", proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with run_server([], port_file=port_file, log_path=tmp_path / "env-server.log",
+                    env={"INSTAHIDE_PORT_FILE": str(port_file), **env},
+                    host=env.get("INSTAHIDE_HOST", "127.0.0.1"), timeout=timeout) as server:
+        yield server.target, server.process
