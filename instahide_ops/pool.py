@@ -175,7 +175,7 @@ def _random_crop(sources: list[np.ndarray], crops: list[tuple[int, int]],
 
 
 def default_pool(height: int = 32, width: int = 32, *, count: int = DEFAULT_POOL_SIZE,
-                 cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+                 cache_dir: str | os.PathLike | None = None, sources: Sequence[str] | None = None) -> np.ndarray:
     """The server's embedded pool: built from every bundled source once, then read from a cache.
 
     Args:
@@ -183,6 +183,8 @@ def default_pool(height: int = 32, width: int = 32, *, count: int = DEFAULT_POOL
         count: number of patches.
         cache_dir: cache folder; None means ``$INSTAHIDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/instahide``,
             else ``~/.cache/instahide``.
+        sources: bundled photos to crop from (``BUNDLED_SOURCE_NAMES`` when None); a benchmark keeps
+            its private images' photos out of its public pool this way.
 
     Returns:
         (count, height, width, 3) uint8 RGB patches.
@@ -190,7 +192,8 @@ def default_pool(height: int = 32, width: int = 32, *, count: int = DEFAULT_POOL
     # Every build parameter is in the file name; the libraries that supply the photos and the SIFT
     # detector go into a digest, so no parameter or upgrade ever reads a stale pool.
     libraries = (cv2.__version__, version("scikit-image"), version("scikit-learn"))
-    digest = hashlib.sha256(repr((BUNDLED_SOURCE_NAMES, libraries)).encode()).hexdigest()[:12]
+    names = BUNDLED_SOURCE_NAMES if sources is None else tuple(sources)
+    digest = hashlib.sha256(repr((names, libraries)).encode()).hexdigest()[:12]
     scales = ".".join(str(scale) for scale in DEFAULT_SCALES)
     name = (f"public-pool-v{_FORMAT_VERSION}-{height}x{width}-n{count}-s{scales}-kp{DEFAULT_MIN_KEYPOINTS}"
             f"-seed{DEFAULT_SEED}-{digest}.npy")
@@ -205,7 +208,7 @@ def default_pool(height: int = 32, width: int = 32, *, count: int = DEFAULT_POOL
             logger.warning("cached pool %s is %s %s, rebuilding", path, cached.dtype, list(cached.shape))
         except (OSError, ValueError, EOFError) as error:
             logger.warning("cached public pool %s is unreadable (%s), rebuilding", path, error)
-    pool = build_pool(bundled_sources().values(), height=height, width=width, count=count)
+    pool = build_pool(bundled_sources(names).values(), height=height, width=width, count=count)
     try:
         _save_atomic(path, pool)
     except OSError as error:

@@ -1,0 +1,111 @@
+"""instahide_ops.challenge: challenge-shaped sets, their files and their ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from instahide_ops import InvalidInputError
+from instahide_ops.challenge import (
+    GROUND_TRUTH_FILE,
+    PRIVATE_SOURCE_NAMES,
+    PUBLIC_SOURCE_NAMES,
+    build_challenge,
+    bundled_private_images,
+    load_challenge,
+    load_ground_truth,
+    save_challenge,
+)
+from instahide_ops.pool import PublicPool
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    images, labels = bundled_private_images(12)
+    pool = PublicPool.from_array(np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+    challenge, truth = build_challenge(images, labels, encodings_per_image=5, pool=pool, seed=3)
+    return images, labels, challenge, truth
+
+
+class TestBundledPrivateImages:
+    def test_shapes_classes_and_determinism(self):
+        images, labels = bundled_private_images(30, seed=1)
+        assert images.shape == (30, 32, 32, 3) and images.dtype == np.uint8
+        assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < 10
+        again, _ = bundled_private_images(30, seed=1)
+        assert np.array_equal(images, again)
+
+    def test_no_two_images_are_the_same_crop(self):
+        images, _ = bundled_private_images(100)
+        flat = images.reshape(100, -1)
+        assert len({row.tobytes() for row in flat}) == 100
+
+    def test_private_and_public_photos_are_disjoint(self):
+        assert not set(PRIVATE_SOURCE_NAMES) & set(PUBLIC_SOURCE_NAMES)
+
+    def test_other_sizes(self):
+        images, _ = bundled_private_images(4, height=24, width=40)
+        assert images.shape == (4, 24, 40, 3)
+
+
+class TestBuildChallenge:
+    def test_shapes(self, small_set):
+        _, _, challenge, truth = small_set
+        assert challenge.encryption.shape == (60, 32, 32, 3) and challenge.encryption.dtype == np.float32
+        assert challenge.labels.shape == (60, 10)
+        assert truth.pair_indices.shape == (60, 2) and truth.coefficients.shape == (60, 6)
+        assert truth.privates.shape == (12, 32, 32, 3)
+        assert (challenge.k, challenge.encodings_per_image, challenge.mode) == (6, 5, "cross")
+
+    def test_every_image_is_slot_zero_once_per_round_and_never_its_own_partner(self, small_set):
+        _, _, _, truth = small_set
+        rounds = truth.pair_indices.reshape(5, 12, 2)
+        assert all(np.array_equal(r[:, 0], np.arange(12)) for r in rounds)
+        assert np.all(truth.pair_indices[:, 0] != truth.pair_indices[:, 1])
+
+    def test_labels_hold_each_private_coefficient_at_its_class(self, small_set):
+        _, labels, challenge, truth = small_set
+        expected = np.zeros((60, 10), np.float32)
+        for e, (a, b) in enumerate(truth.pair_indices):
+            expected[e, labels[a]] += truth.coefficients[e, 0]
+            expected[e, labels[b]] += truth.coefficients[e, 1]
+        np.testing.assert_allclose(challenge.labels, expected, atol=1e-6)
+
+    def test_encodings_carry_their_true_private_pair(self, small_set):
+        _, _, challenge, truth = small_set
+        magnitude = np.abs(challenge.encryption).reshape(60, -1)
+
+        def correlation(pairs: np.ndarray) -> float:
+            private = np.abs(truth.coefficients[:, :1] * truth.privates[pairs[:, 0]].reshape(60, -1)
+                             + truth.coefficients[:, 1:2] * truth.privates[pairs[:, 1]].reshape(60, -1))
+            return float(np.mean([np.corrcoef(m, p)[0, 1] for m, p in zip(magnitude, private, strict=True)]))
+
+        shuffled = np.roll(truth.pair_indices, 1, axis=0)
+        assert correlation(truth.pair_indices) > correlation(shuffled) + 0.2
+        assert float(magnitude.max()) <= 1.0 + 1e-6
+
+    def test_seed_reproduces(self, small_set):
+        images, labels, challenge, _ = small_set
+        pool = PublicPool.from_array(np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+        again, _ = build_challenge(images, labels, encodings_per_image=5, pool=pool, seed=3)
+        assert np.array_equal(again.encryption, challenge.encryption)
+
+    def test_bad_encodings_per_image(self, small_set):
+        images, labels, _, _ = small_set
+        with pytest.raises(InvalidInputError, match="at least 1"):
+            build_challenge(images, labels, encodings_per_image=0)
+
+
+class TestFiles:
+    def test_round_trip_and_the_attack_view_needs_no_truth(self, small_set, tmp_path):
+        _, _, challenge, truth = small_set
+        save_challenge(tmp_path, challenge, truth)
+        (tmp_path / GROUND_TRUTH_FILE).rename(tmp_path.parent / "elsewhere.npz")
+        loaded = load_challenge(tmp_path, k=6, encodings_per_image=5)
+        assert np.array_equal(loaded.encryption, challenge.encryption)
+        assert np.array_equal(loaded.labels, challenge.labels)
+        restored = load_ground_truth(tmp_path.parent / "elsewhere.npz")
+        assert np.array_equal(restored.pair_indices, truth.pair_indices)
+        assert np.array_equal(restored.privates, truth.privates)
+
+
