@@ -23,6 +23,9 @@ from instahide_ops.pool import PublicPool, bundled_sources, default_pool
 PRIVATE_SOURCE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
 PUBLIC_SOURCE_NAMES = ("china", "flower", "hubble_deep_field", "immunohistochemistry", "retina")
 NUM_PSEUDO_CLASSES = 10
+# Grey-level standard deviation (of 255) below which a crop is rejected: flat sky or background
+# patches are near-copies of each other, unlike the object photos of the challenge's CIFAR-10 set.
+MIN_PRIVATE_CONTRAST = 24.0
 ENCRYPTION_FILE = "encryption.npy"
 LABEL_FILE = "label.npy"
 GROUND_TRUTH_FILE = "ground_truth.npz"
@@ -67,8 +70,9 @@ def bundled_private_images(count: int = 100, *, height: int = 32, width: int = 3
     """Private images cut from the bundled photos reserved for privates, with pseudo-classes.
 
     Crops of 48–112 source pixels (square scaled to the output's aspect) never overlap within a
-    photo, so no two private images share pixels. Ten pseudo-classes are derived deterministically:
-    the photo's index times two, plus one when the crop's centre lies in the photo's lower half.
+    photo, so no two private images share pixels, and flat crops (``MIN_PRIVATE_CONTRAST``) are
+    skipped. Ten pseudo-classes are derived deterministically: the photo's index times two, plus one
+    when the crop's centre lies in the photo's lower half.
 
     Returns:
         (count, height, width, 3) uint8 images and (count,) int64 classes in [0, 10).
@@ -95,9 +99,11 @@ def bundled_private_images(count: int = 100, *, height: int = 32, width: int = 3
         box = (top, left, top + crop_h, left + crop_w)
         if any(_overlap(box, other) for other in taken[index]):
             continue
+        crop = cv2.resize(photo[box[0]:box[2], box[1]:box[3]], (width, height), interpolation=cv2.INTER_AREA)
+        if cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).std() < MIN_PRIVATE_CONTRAST:
+            continue
         taken[index].append(box)
-        crop = photo[box[0]:box[2], box[1]:box[3]]
-        images.append(cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA))
+        images.append(crop)
         labels.append((2 * index + int(top + crop_h / 2 >= photo.shape[0] / 2)) % NUM_PSEUDO_CLASSES)
     if len(images) < count:
         raise InvalidInputError(f"could only cut {len(images)} non-overlapping crops", field="count")
@@ -134,7 +140,7 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         seed: reproducible keys (seeded with (seed, round)); None draws them from the CSPRNG.
 
     Returns:
-        The attacker's view and the ground truth; encodings are ordered round by round.
+        The attacker's view and the ground truth, encodings in a random order.
     """
     if encodings_per_image < 1:
         raise InvalidInputError(f"must be at least 1, got {encodings_per_image}", field="encodings_per_image")
@@ -147,17 +153,20 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         pool = challenge_public_pool(height, width, device=device)
     rounds = [encode(images, classes, num_classes=num_classes, params=params, pool=pool,
                      seed=None if seed is None else (seed, t)) for t in range(encodings_per_image)]
+    # Shuffled, so that no attack can lean on the order rounds were made in.
+    order = np.random.default_rng(None if seed is None else (seed, encodings_per_image)).permutation(
+        len(rounds) * len(images))
     private_slots = params.private_slots
     challenge = ChallengeSet(
-        encryption=torch.cat([r.encoded for r in rounds]).cpu().numpy(),
-        labels=torch.cat([r.mixed_labels for r in rounds]).cpu().numpy(),
+        encryption=torch.cat([r.encoded for r in rounds]).cpu().numpy()[order],
+        labels=torch.cat([r.mixed_labels for r in rounds]).cpu().numpy()[order],
         k=params.resolved_k, encodings_per_image=encodings_per_image, mode=mode,
     )
     truth = GroundTruth(
         privates=_unit_range(privates),
         private_labels=np.asarray(labels, dtype=np.int64),
-        pair_indices=torch.cat([r.keys.indices[:, :private_slots] for r in rounds]).numpy(),
-        coefficients=torch.cat([r.keys.coefficients for r in rounds]).numpy(),
+        pair_indices=torch.cat([r.keys.indices[:, :private_slots] for r in rounds]).numpy()[order],
+        coefficients=torch.cat([r.keys.coefficients for r in rounds]).numpy()[order],
     )
     return challenge, truth
 

@@ -59,9 +59,12 @@ class TestBuildChallenge:
 
     def test_every_image_is_slot_zero_once_per_round_and_never_its_own_partner(self, small_set):
         _, _, _, truth = small_set
-        rounds = truth.pair_indices.reshape(5, 12, 2)
-        assert all(np.array_equal(r[:, 0], np.arange(12)) for r in rounds)
+        assert np.array_equal(np.bincount(truth.pair_indices[:, 0]), np.full(12, 5))
         assert np.all(truth.pair_indices[:, 0] != truth.pair_indices[:, 1])
+
+    def test_encodings_are_shuffled(self, small_set):
+        _, _, _, truth = small_set
+        assert not np.array_equal(truth.pair_indices[:12, 0], np.arange(12))
 
     def test_labels_hold_each_private_coefficient_at_its_class(self, small_set):
         _, labels, challenge, truth = small_set
