@@ -1,0 +1,54 @@
+"""Reconstruction attacks on InstaHide, by name.
+
+``create_attack("ciphertext_only")`` is what an audit runs: it sees only the encodings, their mixed
+labels and the public parameters. ``create_attack("key_aware")`` is the bound for an attacker who
+also holds each encoding's private indices and coefficients (a leaked key store, a broken PRNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from instahide_ops.attacks.progress import AttackCancelled, CancelToken, ProgressCallback, StageTracker
+from instahide_ops.attacks.result import AttackResult
+
+_ATTACKS: dict[str, Callable[..., AttackResult]] = {}
+
+
+def register_attack(name: str) -> Callable[[Callable[..., AttackResult]], Callable[..., AttackResult]]:
+    """Decorator: make an attack function available to ``create_attack(name)``."""
+
+    def register(function: Callable[..., AttackResult]) -> Callable[..., AttackResult]:
+        if name in _ATTACKS:
+            raise ValueError(f"attack {name!r} is already registered")
+        _ATTACKS[name] = function
+        return function
+
+    return register
+
+
+def create_attack(name: str) -> Callable[..., AttackResult]:
+    """The attack registered under ``name``; raises ValueError listing the known names."""
+    try:
+        return _ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown attack {name!r}; expected one of {sorted(_ATTACKS)}") from None
+
+
+def attack_names() -> list[str]:
+    return sorted(_ATTACKS)
+
+
+# Registration happens on import of the modules below.
+from instahide_ops.attacks import ciphertext_only, key_aware  # noqa: E402, F401
+
+__all__ = [
+    "AttackCancelled",
+    "AttackResult",
+    "CancelToken",
+    "ProgressCallback",
+    "StageTracker",
+    "attack_names",
+    "create_attack",
+    "register_attack",
+]

@@ -1,0 +1,112 @@
+"""The ciphertext-only attack (after Carlini et al. 2020): what every audit runs.
+
+Input: the challenge-format arrays (encodings and mixed labels) and the public parameters; never
+keys, masks, partners or public images. Stages: similarity of |e| → clusters (one per private
+image) → two clusters per encoding with λ from the labels → recovery by gradient descent →
+orientation and colour.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from instahide_ops.attacks import register_attack
+from instahide_ops.attacks.clustering import assign_clusters, coefficients_from_labels, seed_profiles
+from instahide_ops.attacks.orientation import resolve_orientation
+from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
+from instahide_ops.attacks.recovery import NATURAL_CHANNEL_MEAN, recover_privates
+from instahide_ops.attacks.result import AttackResult
+from instahide_ops.attacks.similarity import class_sets, highpass_features, similarity_matrix
+from instahide_ops.errors import InvalidInputError
+
+STAGES = ("similarity", "clustering", "assignment", "recovery", "orientation")
+
+
+def check_challenge_arrays(encryption: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The arrays as float32 tensors on ``device``; InvalidInputError for shapes that do not fit."""
+    encryption = torch.as_tensor(np.asarray(encryption) if not torch.is_tensor(encryption) else encryption)
+    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    if encryption.ndim != 4:
+        raise InvalidInputError(f"expected (E, H, W, C), got {list(encryption.shape)}", field="encryption")
+    if labels.ndim != 2 or len(labels) != len(encryption):
+        raise InvalidInputError(f"expected ({len(encryption)}, classes), got {list(labels.shape)}", field="labels")
+    return encryption.to(device, torch.float32), labels.to(device, torch.float32)
+
+
+def recovery_options(encryption: torch.Tensor, k: int, steps: int | None,
+                     public_mean: torch.Tensor | float | None) -> dict:
+    """Keyword arguments of ``recover_privates`` shared by the attacks."""
+    if public_mean is None:
+        channels = encryption.shape[-1]
+        public_mean = torch.tensor(NATURAL_CHANNEL_MEAN) if channels == 3 else sum(NATURAL_CHANNEL_MEAN) / 3
+    if torch.is_tensor(public_mean):
+        public_mean = public_mean.to(encryption.device, torch.float32)
+    options = {"public_mean": public_mean, "public_slots": k - 2}
+    if steps is not None:
+        options["steps"] = steps
+    return options
+
+
+def pick_decryption(recovered: torch.Tensor, members: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each encoding's answer: the recovery of its cluster with the larger coefficient."""
+    heavier = members.gather(1, weights.argmax(dim=1, keepdim=True)).squeeze(1)
+    return recovered[heavier]
+
+
+@register_attack("ciphertext_only")
+def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *, k: int,
+                           encodings_per_image: int, mode: str = "cross", device: torch.device | str = "cpu",
+                           progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                           recovery_steps: int | None = None,
+                           public_mean: torch.Tensor | float | None = None) -> AttackResult:
+    """Recover private images from encodings and mixed labels alone.
+
+    Args:
+        encryption: (E, H, W, C) encodings in [-1, 1] (``encryption.npy``).
+        labels: (E, classes) mixed labels (``label.npy``).
+        k, encodings_per_image, mode: public parameters; the private set has E / T images.
+        device: where to compute.
+        progress: called with (stage, fraction) as the attack goes.
+        cancel: stops the attack (AttackCancelled) at its next progress report.
+        recovery_steps: EM iterations of the recovery (None: the recovery's default).
+        public_mean: natural-image pixel mean in [-1, 1] (a float, (C,) or (H, W, C)); the public
+            images' mean breaks the sign symmetry of |e|. None: ImageNet's channel means (RGB).
+
+    Returns:
+        One recovered image per cluster and the challenge's per-encoding ``decryption``.
+    """
+    if mode != "cross":
+        raise InvalidInputError(f"only cross mode is attacked so far, got {mode!r}", field="mode")
+    if k < 3:
+        raise InvalidInputError(f"cross mode with public images needs k >= 3, got {k}", field="k")
+    if encodings_per_image < 1:
+        raise InvalidInputError(f"must be at least 1, got {encodings_per_image}", field="encodings_per_image")
+    device = torch.device(device)
+    encryption, labels = check_challenge_arrays(encryption, labels, device)
+    num_images = max(2, round(len(encryption) / encodings_per_image))
+    tracker = StageTracker(progress, cancel)
+
+    with tracker.stage("similarity") as report:
+        features = highpass_features(encryption)
+        classes = class_sets(labels)
+        similarity = similarity_matrix(features, classes)
+    with tracker.stage("clustering") as report:
+        profiles, cluster_classes = seed_profiles(features, similarity, classes, num_images, report=report)
+        del similarity
+    with tracker.stage("assignment") as report:
+        clustering = assign_clusters(features, profiles, cluster_classes, classes, report=report)
+        weights = coefficients_from_labels(labels, clustering.members, clustering.cluster_classes)
+    with tracker.stage("recovery") as report:
+        recovered = recover_privates(encryption.abs(), clustering.members, weights, num_images=len(profiles),
+                                     report=report, **recovery_options(encryption, k, recovery_steps, public_mean))
+    with tracker.stage("orientation") as report:
+        recovered = resolve_orientation(recovered)
+    return AttackResult(
+        recovered=recovered.cpu().float(),
+        decryption=pick_decryption(recovered, clustering.members, weights).cpu().float(),
+        members=clustering.members.cpu(),
+        stage_seconds=dict(tracker.seconds),
+        device=str(device),
+    )

@@ -1,0 +1,52 @@
+"""The key-aware bound: the same recovery, given each encoding's true private indices and coefficients.
+
+This is what an attacker holding the keys (a leaked key store, a brute-forced 32-bit seed) gets,
+so it bounds what the ciphertext-only attack can reach.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from instahide_ops.attacks import register_attack
+from instahide_ops.attacks.ciphertext_only import check_challenge_arrays, pick_decryption, recovery_options
+from instahide_ops.attacks.orientation import resolve_orientation
+from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
+from instahide_ops.attacks.recovery import recover_privates
+from instahide_ops.attacks.result import AttackResult
+from instahide_ops.errors import InvalidInputError
+
+
+@register_attack("key_aware")
+def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                     pair_indices: np.ndarray | torch.Tensor, coefficients: np.ndarray | torch.Tensor,
+                     num_images: int, device: torch.device | str = "cpu", progress: ProgressCallback | None = None,
+                     cancel: CancelToken | None = None, recovery_steps: int | None = None,
+                     public_mean: torch.Tensor | float | None = None, k: int = 6) -> AttackResult:
+    """Recover the private images knowing which two each encoding holds and with what coefficients.
+
+    Args:
+        encryption: (E, H, W, C) encodings.
+        labels: (E, classes) mixed labels (checked for shape only).
+        pair_indices: (E, 2) each encoding's private images.
+        coefficients: (E, >= 2) their coefficients, private slots first.
+        num_images: the number of private images.
+        public_mean, recovery_steps, k: as for the ciphertext-only attack.
+    """
+    device = torch.device(device)
+    encryption, _ = check_challenge_arrays(encryption, labels, device)
+    members = torch.as_tensor(np.asarray(pair_indices), device=device).long()
+    weights = torch.as_tensor(np.asarray(coefficients), device=device).float()[:, :2]
+    if members.shape != (len(encryption), 2):
+        raise InvalidInputError(f"expected ({len(encryption)}, 2), got {list(members.shape)}", field="pair_indices")
+    if int(members.min()) < 0 or int(members.max()) >= num_images:
+        raise InvalidInputError(f"indices must lie in [0, {num_images})", field="pair_indices")
+    tracker = StageTracker(progress, cancel)
+    with tracker.stage("recovery") as report:
+        recovered = recover_privates(encryption.abs(), members, weights, num_images=num_images, report=report,
+                                     **recovery_options(encryption, k, recovery_steps, public_mean))
+    with tracker.stage("orientation") as report:
+        recovered = resolve_orientation(recovered)
+    return AttackResult(recovered.cpu().float(), pick_decryption(recovered, members, weights).cpu().float(),
+                        members.cpu(), dict(tracker.seconds), str(device))

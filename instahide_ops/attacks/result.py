@@ -1,0 +1,25 @@
+"""What an attack returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Attributes:
+    recovered: (M, H, W, C) float32 in [-1, 1]: one image per private cluster (CPU).
+    decryption: (E, H, W, C) float32: for each encoding, the recovery of its more heavily
+        weighted cluster (the challenge's ``decryption`` array).
+    members: (E, 2) int64 the two clusters of each encoding.
+    stage_seconds: seconds spent per stage, in stage order.
+    device: where the attack ran.
+    """
+
+    recovered: torch.Tensor
+    decryption: torch.Tensor
+    members: torch.Tensor
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
