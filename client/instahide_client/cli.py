@@ -22,6 +22,7 @@ from tqdm import tqdm
 from instahide_client import __version__
 from instahide_client.client import DEFAULT_MAX_MESSAGE_BYTES, InstaHideClient
 from instahide_client.errors import InstaHideError
+from instahide_client.tokens import read_token_file
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -99,13 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _token(args: argparse.Namespace) -> str | None:
     if args.token_file:
         try:
-            with open(args.token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise CliError(f"cannot read token file {args.token_file}: {exc.strerror or exc}") from None
-        if not token:
-            raise CliError(f"token file {args.token_file} is empty")
-        return token
+            return read_token_file(args.token_file)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     return args.token or os.environ.get("INSTAHIDE_TOKEN") or None
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from instahide_client.tokens import read_token_file
+
 MIB = 1 << 20
 
 
@@ -139,12 +141,9 @@ def _convert(spec: _Setting, value: Any, source: str) -> Any:
 
 def _read_token(path: pathlib.Path) -> str:
     try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"the token file {path} is empty")
-    return token
+        return read_token_file(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _is_cuda_name(device: str) -> bool:
