@@ -163,7 +163,7 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         k=params.resolved_k, encodings_per_image=encodings_per_image, mode=mode,
     )
     truth = GroundTruth(
-        privates=_unit_range(privates),
+        privates=unit_range_array(privates),
         private_labels=np.asarray(labels, dtype=np.int64),
         pair_indices=torch.cat([r.keys.indices[:, :private_slots] for r in rounds]).numpy()[order],
         coefficients=torch.cat([r.keys.coefficients for r in rounds]).numpy()[order],
@@ -171,7 +171,8 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
     return challenge, truth
 
 
-def _unit_range(images: np.ndarray) -> np.ndarray:
+def unit_range_array(images: np.ndarray) -> np.ndarray:
+    """uint8 images mapped to float32 [-1, 1] as the encoder maps them; float images as float32."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
         return (images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).astype(np.float32)

@@ -31,25 +31,35 @@ class Clustering:
 def seed_profiles(features: torch.Tensor, similarity: torch.Tensor, classes: torch.Tensor, num_clusters: int,
                   *, core: int = 20, max_overlap: float = 0.3,
                   report: Callable[[float], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``num_clusters`` distinct cluster profiles (M, D) and their classes (M,)."""
+    """Up to ``num_clusters`` distinct cluster profiles (M, D) and their classes (M,).
+
+    Seeds are tried from the most confident encoding down; a seed whose profile correlates above
+    ``max_overlap`` with one already taken is a second copy of that image and skipped. When too few
+    distinct seeds turn up (tiny sets), the bar is raised until there are at least two clusters.
+    """
     confidence = similarity.topk(min(10, len(similarity) - 1), dim=1).values.mean(dim=1)
+    order = torch.argsort(confidence, descending=True).tolist()
+    core = max(2, min(core, len(features) // 2))
     profiles: list[torch.Tensor] = []
     cluster_classes: list[int] = []
-    for step, i in enumerate(torch.argsort(confidence, descending=True).tolist()):
-        if len(profiles) == num_clusters:
+    for bar in (max_overlap, 0.6, float("inf")):
+        for step, i in enumerate(order):
+            if len(profiles) == num_clusters:
+                break
+            if report is not None and step % 64 == 0:
+                report(len(profiles) / num_clusters)
+            j = int(similarity[i].argmax())
+            joint = torch.minimum(similarity[i], similarity[j])
+            joint[i] = joint[j] = 1.0
+            core_members = joint.topk(core).indices
+            profile = features[core_members].mean(dim=0)
+            profile = profile / profile.norm().clamp_min(1e-12)
+            if profiles and float((torch.stack(profiles) @ profile).max()) > bar:
+                continue
+            profiles.append(profile)
+            cluster_classes.append(int(classes[core_members].sum(dim=0).argmax()))
+        if len(profiles) >= 2:
             break
-        if report is not None and step % 64 == 0:
-            report(len(profiles) / num_clusters)
-        j = int(similarity[i].argmax())
-        joint = torch.minimum(similarity[i], similarity[j])
-        joint[i] = joint[j] = 1.0
-        core_members = joint.topk(min(core, len(joint))).indices
-        profile = features[core_members].mean(dim=0)
-        profile = profile / profile.norm().clamp_min(1e-12)
-        if profiles and float((torch.stack(profiles) @ profile).max()) > max_overlap:
-            continue
-        profiles.append(profile)
-        cluster_classes.append(int(classes[core_members].sum(dim=0).argmax()))
     return torch.stack(profiles), torch.tensor(cluster_classes, device=features.device)
 
 

@@ -1,0 +1,191 @@
+"""A leakage audit as one function: simulate the deployment, attack it, score what leaks.
+
+``audit_deployment`` encodes the private images T times with the configuration under audit (the
+same encoder the service's Encode stream uses, fresh keys unless seeded), runs the ciphertext-only
+attack and, optionally, the key-aware bound, and scores both the way the InstaHide Challenge does.
+``audit_encodings`` audits encodings made elsewhere against their originals. ``bench/attack.py`` and
+the audit service both call these, so their numbers agree for the same data and seed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from instahide_ops.attacks import AttackResult, CancelToken, create_attack
+from instahide_ops.attacks.ciphertext_only import STAGES as ATTACK_STAGES
+from instahide_ops.challenge import build_challenge, unit_range_array
+from instahide_ops.errors import InvalidInputError
+from instahide_ops.grid import encode_png, image_grid
+from instahide_ops.metrics import ChallengeScores, RecoveryScores, challenge_scores, pairwise_ssim, recovered_fractions
+from instahide_ops.pool import PublicPool
+
+AuditProgressCallback = Callable[[str, float, float], None]
+"""Called with (stage, fraction of the stage, fraction of the whole audit)."""
+
+# Rough share of an audit's time per stage (CPU, 100 × 50), for the overall fraction.
+STAGE_WEIGHTS = {"encoding": 0.05, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
+                 "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05}
+GRID_PAIRS = 20
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    """How one attack did.
+
+    Attributes:
+        scores: the challenge's four metrics (None for precomputed encodings, whose pairs are unknown).
+        recovery: each private image's best recovery and the fractions above SSIM 0.5 / 0.8.
+        recovered: (M, H, W, C) float32 recovered images.
+        stage_seconds: seconds per attack stage.
+    """
+
+    scores: ChallengeScores | None
+    recovery: RecoveryScores
+    recovered: torch.Tensor
+    stage_seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LeakageReport:
+    """An audit's result: both attacks, the device, a picture and the sizes."""
+
+    ciphertext_only: AttackReport
+    key_aware: AttackReport | None
+    device: str
+    images: int
+    encodings: int
+    grid_png: bytes
+    seconds: float
+
+    def summary(self) -> dict:
+        """The headline numbers, JSON-ready."""
+        out: dict = {"device": self.device, "images": self.images, "encodings": self.encodings,
+                     "seconds": self.seconds}
+        for name, report in (("ciphertext_only", self.ciphertext_only), ("key_aware", self.key_aware)):
+            if report is not None:
+                out[name] = {**(report.scores.to_dict() if report.scores else {}),
+                             **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
+        return out
+
+
+class _Progress:
+    """Turns stage reports into (stage, stage fraction, overall fraction) callbacks."""
+
+    def __init__(self, callback: AuditProgressCallback | None, stages: list[str]) -> None:
+        self._callback = callback
+        total = sum(STAGE_WEIGHTS[s] for s in stages)
+        self._start: dict[str, float] = {}
+        done = 0.0
+        for stage in stages:
+            self._start[stage] = done
+            done += STAGE_WEIGHTS[stage] / total
+        self._weights = {s: STAGE_WEIGHTS[s] / total for s in stages}
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self._callback is not None and stage in self._start:
+            self._callback(stage, fraction, min(1.0, self._start[stage] + self._weights[stage] * fraction))
+
+    def renamed(self, name: str, stages: tuple[str, ...]) -> Callable[[str, float], None]:
+        """A callback reporting a sub-attack's ``stages`` as consecutive parts of the one stage ``name``."""
+        total = sum(STAGE_WEIGHTS[s] for s in stages)
+        starts = {s: sum(STAGE_WEIGHTS[t] for t in stages[:i]) / total for i, s in enumerate(stages)}
+        return lambda stage, fraction: self(name, starts[stage] + STAGE_WEIGHTS[stage] / total * fraction)
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, encodings_per_image: int = 50,
+                     mode: str = "cross", num_classes: int | None = None, pool: PublicPool | None = None,
+                     seed: int | None = None, device: torch.device | str = "cpu", key_aware: bool = True,
+                     progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None,
+                     ) -> LeakageReport:
+    """Simulate shipping ``privates`` encoded with (mode, k), T encodings each, and measure what leaks.
+
+    Args:
+        privates: (N, H, W, C) uint8 images (or float in [-1, 1]).
+        labels: (N,) integer classes.
+        k, encodings_per_image, mode: the configuration under audit.
+        num_classes: label width; None means max(label) + 1.
+        pool: the public pool the deployment mixes in (cross mode); None builds the bundled challenge pool.
+        seed: reproducible keys; None draws them from the CSPRNG, as in production.
+        device: where to encode and attack.
+        key_aware: also run the key-aware bound.
+        progress: (stage, stage fraction, overall fraction) callback.
+        cancel: stops the audit (AttackCancelled) at its next progress report.
+    """
+    start = time.perf_counter()
+    cancel = cancel or CancelToken()
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(privates) < 2 or len(labels) != len(privates):
+        raise InvalidInputError(f"need at least 2 images with one label each, got {len(privates)} images and "
+                                f"{len(labels)} labels", field="images")
+    stages = ["encoding", *ATTACK_STAGES, *(["key_aware"] if key_aware else []), "scoring"]
+    report = _Progress(progress, stages)
+    report("encoding", 0.0)
+    cancel.raise_if_cancelled()
+    challenge, truth = build_challenge(privates, labels, encodings_per_image=encodings_per_image, k=k, mode=mode,
+                                       pool=pool, num_classes=num_classes or int(labels.max()) + 1, seed=seed,
+                                       device=device)
+    report("encoding", 1.0)
+    attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=k,
+                                              encodings_per_image=encodings_per_image, mode=mode, device=device,
+                                              progress=report, cancel=cancel)
+    bound = None
+    if key_aware:
+        bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
+                                           coefficients=truth.coefficients, num_images=len(privates), k=k,
+                                           device=device, cancel=cancel,
+                                           progress=report.renamed("key_aware", ("recovery", "orientation")))
+    report("scoring", 0.0)
+    originals = torch.from_numpy(truth.privates)
+    pairs = torch.from_numpy(truth.pair_indices)
+    reports = [_score(result, originals, pairs) if result is not None else None for result in (attack, bound)]
+    report("scoring", 1.0)
+    return _leakage_report(reports[0], reports[1], originals, device, len(challenge.encryption), start)
+
+
+def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,
+                    encodings_per_image: int, mode: str = "cross", device: torch.device | str = "cpu",
+                    progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None,
+                    ) -> LeakageReport:
+    """Attack encodings made elsewhere and match each recovery to its best original.
+
+    The pairs behind each encoding are unknown here, so the challenge's per-encoding metrics are
+    taken against the encoding's best-matching original(s) instead: Max_SSIM is the decryption's
+    best SSIM over all originals. No key-aware bound (no keys).
+    """
+    start = time.perf_counter()
+    report = _Progress(progress, [*ATTACK_STAGES, "scoring"])
+    attack = create_attack("ciphertext_only")(encryption, labels, k=k, encodings_per_image=encodings_per_image,
+                                              mode=mode, device=device, progress=report, cancel=cancel)
+    report("scoring", 0.0)
+    originals_t = torch.from_numpy(unit_range_array(originals))
+    best_two = pairwise_ssim(attack.decryption, originals_t).topk(min(2, len(originals_t)), dim=1).indices
+    pairs = best_two if best_two.shape[1] == 2 else best_two.repeat(1, 2)
+    scored = _score(attack, originals_t, pairs)
+    report("scoring", 1.0)
+    return _leakage_report(scored, None, originals_t, device, len(encryption), start)
+
+
+def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:
+    return AttackReport(challenge_scores(result.decryption, originals, pairs),
+                        recovered_fractions(result.recovered, originals), result.recovered, result.stage_seconds)
+
+
+def _leakage_report(attack: AttackReport, bound: AttackReport | None, originals: torch.Tensor,
+                    device: torch.device | str, encodings: int, start: float) -> LeakageReport:
+    shown = min(GRID_PAIRS, len(originals))
+    grid = image_grid(originals[:shown], attack.recovered[attack.recovery.best_match[:shown]])
+    return LeakageReport(attack, bound, device_name(device), len(originals), encodings, encode_png(grid),
+                         time.perf_counter() - start)
+

@@ -1,0 +1,84 @@
+"""instahide_ops.audit: one audit end to end, its progress, cancellation and the precomputed path."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from instahide_ops import InvalidInputError
+from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack
+from instahide_ops.audit import audit_deployment, audit_encodings
+from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
+from instahide_ops.metrics import challenge_scores
+
+IMAGES, PER_IMAGE = 16, 6
+
+
+@pytest.fixture(scope="module")
+def privates():
+    return bundled_private_images(IMAGES)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return challenge_public_pool()
+
+
+def test_report_equals_the_steps_run_by_hand(privates, pool):
+    images, classes = privates
+    events: list[tuple[str, float, float]] = []
+    report = audit_deployment(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=4,
+                              progress=lambda *event: events.append(event))
+    challenge, truth = build_challenge(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=4)
+    attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6,
+                                              encodings_per_image=PER_IMAGE)
+    expected = challenge_scores(attack.decryption, torch.from_numpy(truth.privates),
+                                torch.from_numpy(truth.pair_indices))
+    assert report.ciphertext_only.scores.max_ssim == pytest.approx(expected.max_ssim, abs=1e-9)
+    assert report.ciphertext_only.scores.mean_l2 == pytest.approx(expected.mean_l2, abs=1e-9)
+    assert report.key_aware is not None and report.key_aware.scores.max_ssim > 0.3
+    assert (report.images, report.encodings) == (IMAGES, IMAGES * PER_IMAGE)
+    summary = report.summary()
+    assert set(summary["ciphertext_only"]["fractions"]) == {"0.5", "0.8"}
+    overall = [o for _, _, o in events]
+    assert overall == sorted(overall) and overall[-1] == 1.0
+    assert [s for s in dict.fromkeys(s for s, _, _ in events)] == [
+        "encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "key_aware", "scoring"]
+    grid = cv2.imdecode(np.frombuffer(report.grid_png, np.uint8), cv2.IMREAD_COLOR)
+    assert grid is not None and grid.shape[0] > 64 and grid.shape[1] > 64
+
+
+def test_without_the_key_aware_bound(privates, pool):
+    images, classes = privates
+    report = audit_deployment(images, classes, encodings_per_image=3, pool=pool, key_aware=False)
+    assert report.key_aware is None and "key_aware" not in report.summary()
+
+
+def test_cancel(privates, pool):
+    images, classes = privates
+    cancel = CancelToken()
+
+    def progress(stage: str, fraction: float, overall: float) -> None:
+        if stage == "recovery":
+            cancel.cancel()
+
+    with pytest.raises(AttackCancelled):
+        audit_deployment(images, classes, encodings_per_image=3, pool=pool, progress=progress, cancel=cancel)
+
+
+def test_precomputed_encodings_are_matched_to_their_best_originals(privates, pool):
+    images, classes = privates
+    challenge, _ = build_challenge(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=2)
+    report = audit_encodings(challenge.encryption, challenge.labels, images, k=6, encodings_per_image=PER_IMAGE)
+    assert report.key_aware is None
+    # Against the best-matching originals the score is at least what the true pairs give.
+    assert report.ciphertext_only.scores.max_ssim > 0.2
+    assert len(report.ciphertext_only.recovery.best_ssim) == IMAGES
+
+
+def test_bad_input(privates, pool):
+    images, classes = privates
+    with pytest.raises(InvalidInputError, match="one label each"):
+        audit_deployment(images, classes[:3], pool=pool)
