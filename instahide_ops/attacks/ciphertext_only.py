@@ -93,8 +93,8 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
         classes = class_sets(labels)
         similarity = similarity_matrix(features, classes)
     with tracker.stage("clustering") as report:
-        # An image appears in about 2T encodings; its seed core takes the closest 0.8 T of them.
-        core = max(3, min(20, round(0.8 * encodings_per_image)))
+        # An image appears in about 2T encodings; its seed core takes the closest T of them (at most 20).
+        core = max(3, min(20, encodings_per_image))
         profiles, cluster_classes = seed_profiles(features, similarity, classes, num_images, core=core,
                                                   report=report)
         del similarity
