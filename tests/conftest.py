@@ -54,7 +54,9 @@ def run_server(flags: list[str], *, port_file: pathlib.Path, log_path: pathlib.P
                timeout: float = 60.0) -> Iterator[ServerProcess]:
     """Run ``python -m instahide_server FLAGS`` until it writes ``port_file``; SIGTERM it on exit."""
     cmd = [sys.executable, "-m", "instahide_server", *flags]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # Audits are stored beside the log unless a test names its own state folder.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "INSTAHIDE_STATE_DIR": str(log_path.parent / "state"),
+                **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     try:

@@ -4,6 +4,8 @@ Examples:
     >>> from instahide_client import InstaHideClient
     >>> with InstaHideClient("127.0.0.1:50051") as client:  # doctest: +SKIP
     ...     out = client.encode(images, labels, return_keys=True)
+    ...     audit = client.wait_audit(client.start_audit(images, labels, seed=1).name)
+    ...     audit.report.write("report/")
 
 The torch data pipeline lives in ``instahide_client.torch_data`` (the ``[torch]`` extra) and is
 not imported here.
@@ -14,6 +16,7 @@ from importlib import metadata as _metadata
 from instahide_client._requests import encode_config
 from instahide_client._stream import EncodeStream
 from instahide_client._types import EncodeBatch, EncodedBatch, EncodeOutput, KeyRecord
+from instahide_client.audits import AttackScores, Audit, AuditEvent, AuditProgress, AuditReport, AuditSpec
 from instahide_client.client import InstaHideClient
 from instahide_client.errors import InstaHideError
 
@@ -23,6 +26,12 @@ except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "AttackScores",
+    "Audit",
+    "AuditEvent",
+    "AuditProgress",
+    "AuditReport",
+    "AuditSpec",
     "EncodeBatch",
     "EncodeOutput",
     "EncodeStream",

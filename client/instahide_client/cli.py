@@ -1,6 +1,8 @@
-"""The ``instahide`` command: encode an .npz of images through the service, or check its health.
+"""The ``instahide`` command: encode an .npz of images through the service, audit what leaks, or
+check its health.
 
     instahide encode --target HOST:PORT --input in.npz --output out.npz [--return-keys] ...
+    instahide audit start|watch|get|list|cancel|delete ...   (see ``_audit_cli``)
     instahide health --target HOST:PORT [--service NAME]
 
 Exit status: 0 on success, 1 when the RPC, the input or the output fails (or the server is not
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from instahide_client import __version__
+from instahide_client import __version__, _audit_cli
 from instahide_client.client import DEFAULT_MAX_MESSAGE_BYTES, InstaHideClient
 from instahide_client.errors import InstaHideError
 from instahide_client.tokens import read_token_file
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--seed", type=_seed, help="reproducible keys (flagged as seeded); default: CSPRNG")
     encode.add_argument("--no-sign-flip", action="store_true", help="do not apply the random sign mask")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    _audit_cli.add_parser(commands, _connection_arguments)
 
     health = commands.add_parser("health", help="print the server's serving status",
                                  description="Print SERVING / NOT_SERVING / ...; exit 0 only when SERVING.")
@@ -195,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
-    run = {"encode": run_encode, "health": run_health}[args.command]
+    run = {"encode": run_encode, "audit": _audit_cli.run, "health": run_health}[args.command]
     try:
         return run(args)
     except InstaHideError as exc:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
 from instahide_client import _health
+from instahide_client._audit_requests import audit_requests, check_audit_inputs
 from instahide_client._requests import batch_bounds, check_batch, encode_config
 from instahide_client._stream import EncodeStream, OnError
 from instahide_client._types import EncodeBatch, EncodeOutput, KeyRecord, concatenate_keys
+from instahide_client.audits import Audit, AuditEvent, audit_name, state_value
 from instahide_client.errors import InstaHideError
-from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, tensor_pb2, transform_pb2, transform_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 
@@ -62,6 +65,7 @@ class InstaHideClient:
         if max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
         self.target = target
+        self.max_message_bytes = max_message_bytes
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
         merged = dict(channel_options(max_message_bytes))
@@ -72,6 +76,7 @@ class InstaHideClient:
         else:
             self._channel = grpc.insecure_channel(target, options=list(merged.items()))
         self._transform = transform_pb2_grpc.TransformServiceStub(self._channel)
+        self._audits = audit_pb2_grpc.AuditServiceStub(self._channel)
         self._health_check = self._channel.unary_unary(_health.CHECK_METHOD)  # raw bytes in and out
 
     def close(self) -> None:
@@ -233,3 +238,177 @@ class InstaHideClient:
                 raise InstaHideError(grpc.StatusCode.INTERNAL, "the service returned no keys")
             key_record = concatenate_keys(keys, [start for start, _ in bounds])
         return EncodeOutput(np.concatenate(encoded), np.concatenate(mixed), key_record, seeded)
+
+    # -- leakage audits ---------------------------------------------------------------------------
+
+    def start_audit(
+        self,
+        images: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        *,
+        mode: str = "cross",
+        k: int | None = 6,
+        encodings_per_image: int | None = None,
+        num_classes: int | None = None,
+        seed: int | None = None,
+        key_aware_bound: bool = True,
+        dataset: str | None = None,
+        encodings: np.ndarray | None = None,
+        encoding_labels: np.ndarray | None = None,
+        display_name: str = "",
+        chunk_images: int = 1024,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Audit:
+        """Start a leakage audit: the service encodes, attacks and scores; returns the queued audit.
+
+        Give exactly one source:
+
+        - ``images`` (N, H, W, C) uint8 (or float in [-1, 1]) and ``labels`` (N,): the private
+          images; the service encodes each ``encodings_per_image`` times with the configuration
+          under audit (``mode``, ``k``), as a deployment would, then attacks the encodings.
+        - ``encodings`` (E, H, W, C) float and ``encoding_labels`` (E, classes), made elsewhere,
+          with their originals as ``images`` (no ``labels``).
+        - ``dataset``: a server-side .npz (``images``, ``labels``) under the server's data root.
+
+        Args:
+            mode: "cross" (the attacker supports cross-dataset mixing; "inside" is refused by
+                today's service).
+            k: images per mix (None: the service's default, 6).
+            encodings_per_image: T, encodings of each private image (None: the service's default,
+                50; for precomputed encodings, E / N).
+            num_classes: label width (default: max label + 1, inferred by the service).
+            seed: seed of the simulated deployment's keys (reproducible audit); None: fresh keys.
+            key_aware_bound: also run the key-aware bound (the attacker who holds the keys).
+            display_name: a name for people.
+            chunk_images: most images a message; fewer when needed to stay below ``max_message_bytes``.
+
+        Returns:
+            The accepted ``Audit`` (state "queued").
+
+        Raises:
+            ValueError, TypeError: bad inputs or options, found before anything is sent.
+            InstaHideError: the call failed (e.g. INVALID_ARGUMENT, NOT_FOUND for an unknown dataset).
+
+        Examples:
+            >>> audit = client.start_audit(images, labels, k=6, encodings_per_image=50)  # doctest: +SKIP
+            >>> audit = client.wait_audit(audit.name)                                   # doctest: +SKIP
+            >>> audit.report.ciphertext_only.max_ssim                                   # doctest: +SKIP
+        """
+        upload = check_audit_inputs(
+            images, labels, dataset=dataset, encodings=encodings, encoding_labels=encoding_labels,
+            mode=mode, k=k, encodings_per_image=encodings_per_image, num_classes=num_classes, seed=seed,
+            key_aware_bound=key_aware_bound, display_name=display_name)
+        requests = audit_requests(upload, chunk_images=chunk_images, max_message_bytes=self.max_message_bytes)
+        try:
+            response = self._audits.StartAudit(requests, timeout=timeout, metadata=self._call_metadata(metadata))
+        except grpc.RpcError as exc:
+            raise InstaHideError.from_rpc_error(exc) from None
+        return Audit.from_proto(response.audit)
+
+    def watch_audit(self, name_or_id: str, *, timeout: float | None = None,
+                    metadata: Metadata | None = None) -> Iterator[AuditEvent]:
+        """Progress events of an audit from now on; the iterator ends after its final state.
+
+        Leaving the loop early (``break``) cancels the call; the audit itself goes on.
+
+        Raises:
+            InstaHideError: the call failed (NOT_FOUND for an unknown audit), raised while iterating.
+        """
+        call = self._audits.WatchAudit(audit_pb2.WatchAuditRequest(name=audit_name(name_or_id)),
+                                       timeout=timeout, metadata=self._call_metadata(metadata))
+        return _watch_events(call)
+
+    def wait_audit(self, name_or_id: str, *, progress: Callable[[AuditEvent], None] | None = None,
+                   summary_only: bool = False, timeout: float | None = None,
+                   metadata: Metadata | None = None) -> Audit:
+        """Follow an audit until it ends (calling ``progress`` with each event), then read it.
+
+        Returns:
+            The ended audit, with its report when it succeeded.
+        """
+        for event in self.watch_audit(name_or_id, timeout=timeout, metadata=metadata):
+            if progress is not None:
+                progress(event)
+        return self.get_audit(name_or_id, summary_only=summary_only, timeout=timeout, metadata=metadata)
+
+    def get_audit(self, name_or_id: str, *, summary_only: bool = False, timeout: float | None = None,
+                  metadata: Metadata | None = None) -> Audit:
+        """Read one audit (with its report once succeeded; ``summary_only`` leaves out the recovered
+        images and the grid)."""
+        request = audit_pb2.GetAuditRequest(name=audit_name(name_or_id), summary_only=summary_only)
+        try:
+            response = self._audits.GetAudit(request, timeout=timeout, metadata=self._call_metadata(metadata))
+        except grpc.RpcError as exc:
+            raise InstaHideError.from_rpc_error(exc) from None
+        return Audit.from_proto(response.audit)
+
+    def list_audits_page(self, *, state: str | None = None, page_size: int = 50, page_token: str = "",
+                         timeout: float | None = None, metadata: Metadata | None = None
+                         ) -> tuple[list[Audit], str]:
+        """One page of audits, newest first (summaries), and the next page's token ("" on the last)."""
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise ValueError(f"page_size must be an int in [1, 1000], got {page_size!r}")
+        request = audit_pb2.ListAuditsRequest(page_size=page_size, page_token=page_token,
+                                              state=state_value(state) if state else 0)
+        try:
+            response = self._audits.ListAudits(request, timeout=timeout, metadata=self._call_metadata(metadata))
+        except grpc.RpcError as exc:
+            raise InstaHideError.from_rpc_error(exc) from None
+        return [Audit.from_proto(a) for a in response.audits], response.next_page_token
+
+    def list_audits(self, *, state: str | None = None, page_size: int = 50, timeout: float | None = None,
+                    metadata: Metadata | None = None) -> Iterator[Audit]:
+        """Every audit (optionally only those in ``state``), newest first, fetching pages lazily.
+
+        ``timeout`` applies to each page's call.
+        """
+        if state:
+            state_value(state)  # fail now, not at the first next()
+        first = self.list_audits_page(state=state, page_size=page_size, timeout=timeout, metadata=metadata)
+
+        def pages() -> Iterator[Audit]:
+            audits, token = first
+            yield from audits
+            while token:
+                audits, token = self.list_audits_page(state=state, page_size=page_size, page_token=token,
+                                                      timeout=timeout, metadata=metadata)
+                yield from audits
+
+        return pages()
+
+    def cancel_audit(self, name_or_id: str, *, timeout: float | None = None,
+                     metadata: Metadata | None = None) -> Audit:
+        """Stop a queued or running audit; returns it (cancelled, or its state if it had already ended)."""
+        request = audit_pb2.CancelAuditRequest(name=audit_name(name_or_id))
+        try:
+            response = self._audits.CancelAudit(request, timeout=timeout, metadata=self._call_metadata(metadata))
+        except grpc.RpcError as exc:
+            raise InstaHideError.from_rpc_error(exc) from None
+        return Audit.from_proto(response.audit)
+
+    def delete_audit(self, name_or_id: str, *, timeout: float | None = None,
+                     metadata: Metadata | None = None) -> None:
+        """Delete a finished audit and its report."""
+        request = audit_pb2.DeleteAuditRequest(name=audit_name(name_or_id))
+        try:
+            self._audits.DeleteAudit(request, timeout=timeout, metadata=self._call_metadata(metadata))
+        except grpc.RpcError as exc:
+            raise InstaHideError.from_rpc_error(exc) from None
+
+    def write_audit_report(self, name_or_id: str, report_dir: str | Path, *, timeout: float | None = None,
+                           metadata: Metadata | None = None) -> Audit:
+        """Read a succeeded audit in full and write its report folder (see :meth:`AuditReport.write`)."""
+        audit = self.get_audit(name_or_id, timeout=timeout, metadata=metadata)
+        audit.write_report(report_dir)
+        return audit
+
+
+def _watch_events(call: Any) -> Iterator[AuditEvent]:
+    try:
+        for response in call:
+            yield AuditEvent.from_proto(response)
+    except grpc.RpcError as exc:
+        raise InstaHideError.from_rpc_error(exc) from None
+    finally:
+        call.cancel()  # a no-op once the stream has ended; stops it when the caller leaves early

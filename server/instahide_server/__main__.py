@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; every default is None so the config can tell "not given" from a value."""
     parser = argparse.ArgumentParser(
         prog="instahide-server",
-        description="InstaHide encoding over gRPC. Each flag also reads INSTAHIDE_<FLAG> "
+        description="InstaHide encoding and leakage audits over gRPC. Each flag also reads INSTAHIDE_<FLAG> "
                     "(e.g. INSTAHIDE_PORT).",
     )
     add = parser.add_argument
@@ -45,6 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, help="encoding threads (default: cores, at most 4)")
     add("--grace-seconds", type=float, help="time in-flight calls get to finish on SIGTERM (default 30)")
     add("--log-level", help="DEBUG | INFO | WARNING | ERROR (default INFO)")
+    audits = parser.add_argument_group("audits")
+    add = audits.add_argument
+    add("--state-dir", help="folder of the audit database, instahide.db (default $XDG_STATE_HOME/instahide, "
+                            "else ~/.local/state/instahide); must be writable")
+    add("--data-root", help="folder of server-side datasets (.npz with images and labels) that audits may "
+                            "name; default none (audits must upload their images)")
+    add("--audit-workers", type=int, help="audits run at once (default: one per CUDA device, else 1)")
+    add("--audit-queue-size", type=int, help="audits waiting for a worker; more answer RESOURCE_EXHAUSTED "
+                                             "(default 16)")
+    add("--audit-timeout-seconds", type=float, help="a running audit taking longer fails with "
+                                                    "'time limit exceeded' (default 3600)")
+    add("--audit-max-images", type=int, help="images (or encodings) in one audit; more answer "
+                                             "RESOURCE_EXHAUSTED (default 10000)")
+    add("--audit-retention-days", type=float, help="ended audits older than this are deleted; 0 keeps them "
+                                                   "forever (default 30)")
     return parser
 
 

@@ -3,6 +3,8 @@
 Precedence, per setting: a flag given on the command line, else its environment variable, else the
 default below. The token is the one setting with two sources: ``--token-file`` /
 ``INSTAHIDE_TOKEN_FILE`` (a file holding the token) wins over ``INSTAHIDE_TOKEN`` (the token itself).
+The state directory, when neither ``--state-dir`` nor ``INSTAHIDE_STATE_DIR`` is given, is the
+per-user state folder: ``$XDG_STATE_HOME/instahide``, else ``~/.local/state/instahide``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     grace_seconds: float = 30.0
     log_level: str = "INFO"
+    # Audits.
+    state_dir: pathlib.Path | None = None  # the audit database's folder; None = the per-user state folder
+    data_root: pathlib.Path | None = None  # server-side datasets an audit may name; None = none allowed
+    audit_workers: int | None = None  # audits run at once; None = one per CUDA device, else 1
+    audit_queue_size: int = 16  # audits waiting for a worker; more answer RESOURCE_EXHAUSTED
+    audit_timeout_seconds: float = 3600.0  # a running audit past this fails with "time limit exceeded"
+    audit_max_images: int = 10000  # private images (or encodings) in one audit
+    audit_retention_days: float = 30.0  # ended audits older than this are deleted; 0 keeps them forever
 
     @classmethod
     def from_args_and_env(cls, args: Any, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -62,6 +72,8 @@ class ServerConfig:
             values["token"] = _read_token(pathlib.Path(token_file))
         elif environ.get("INSTAHIDE_TOKEN"):
             values["token"] = environ["INSTAHIDE_TOKEN"].strip()
+        if "state_dir" not in values:
+            values["state_dir"] = default_state_dir(environ)
         config = cls(**values)
         config.check()
         return config
@@ -81,6 +93,29 @@ class ServerConfig:
             raise ConfigError(f"grace_seconds must not be negative, got {self.grace_seconds}")
         if self.token is not None and not self.token:
             raise ConfigError("the bearer token is empty")
+        if self.audit_workers is not None and self.audit_workers < 1:
+            raise ConfigError(f"audit_workers must be at least 1, got {self.audit_workers}")
+        if self.audit_queue_size < 1:
+            raise ConfigError(f"audit_queue_size must be at least 1, got {self.audit_queue_size}")
+        if self.audit_max_images < 2:
+            raise ConfigError(f"audit_max_images must be at least 2, got {self.audit_max_images}")
+        if not self.audit_timeout_seconds > 0:
+            raise ConfigError(f"audit_timeout_seconds must be positive, got {self.audit_timeout_seconds}")
+        if not self.audit_retention_days >= 0:
+            raise ConfigError(f"audit_retention_days must not be negative, got {self.audit_retention_days}")
+
+    @property
+    def resolved_state_dir(self) -> pathlib.Path:
+        """``state_dir``, or the per-user state folder when it is not set."""
+        return self.state_dir if self.state_dir is not None else default_state_dir(os.environ)
+
+
+def default_state_dir(environ: Mapping[str, str]) -> pathlib.Path:
+    """``$XDG_STATE_HOME/instahide``, else ``~/.local/state/instahide``."""
+    base = environ.get("XDG_STATE_HOME")
+    if base and pathlib.Path(base).is_absolute():  # the XDG spec ignores relative values
+        return pathlib.Path(base) / "instahide"
+    return pathlib.Path.home() / ".local" / "state" / "instahide"
 
 
 @dataclass(frozen=True)
@@ -128,6 +163,13 @@ _SETTINGS = (
     _Setting("workers", int),
     _Setting("grace_seconds", float),
     _Setting("log_level", _log_level),
+    _Setting("state_dir", pathlib.Path),
+    _Setting("data_root", pathlib.Path),
+    _Setting("audit_workers", int),
+    _Setting("audit_queue_size", int),
+    _Setting("audit_timeout_seconds", float),
+    _Setting("audit_max_images", int),
+    _Setting("audit_retention_days", float),
 )
 assert {s.name for s in _SETTINGS} | {"token"} == {f.name for f in fields(ServerConfig)}
 

@@ -23,13 +23,33 @@ class InvalidArgument(ServiceError):
 
 
 class ResourceExhausted(ServiceError):
-    """The request is well-formed but larger than this server accepts."""
+    """The request is well-formed but larger than this server accepts (or its queue is full)."""
+
+
+class NotFound(ServiceError):
+    """The named resource (an audit, a dataset) does not exist."""
+
+
+class FailedPrecondition(ServiceError):
+    """The resource is not in a state that allows the request (e.g. deleting a running audit)."""
+
+
+class PermissionDenied(ServiceError):
+    """The request names something the server will not touch (e.g. a path outside the data root)."""
+
+
+class Unavailable(ServiceError):
+    """The server cannot take the request now (e.g. it is shutting down); retrying later may work."""
 
 
 # Domain error type -> status code. Subclasses match through their nearest listed base.
 _STATUS: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
     TensorFormatError: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
 }

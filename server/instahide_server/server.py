@@ -1,5 +1,11 @@
 """Assembling and running the server: ``build_server`` wires everything, ``serve`` runs it to a drain.
 
+Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING; the audit runner refuses new audits (UNAVAILABLE),
+stops the queued and running ones and records them FAILED "interrupted by shutdown" (so watchers get
+their last event and nothing is left looking live); then in-flight calls get ``grace_seconds``. An
+audit whose thread does not stop in time, or a server killed outright, is marked FAILED
+"interrupted by restart" at the next start.
+
 Interceptor order (outermost first, as grpc.aio applies its list):
   1. ``BearerTokenInterceptor`` (only with a token): refuses unauthenticated calls before any work;
   2. ``ErrorInterceptor``: maps what escapes a servicer to a status code (INTERNAL for the unexpected).
@@ -23,19 +29,22 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from instahide_ops.pool import load_pool
-from instahide_server import transform_servicer
+from instahide_server import audit_servicer, transform_servicer
 from instahide_server.config import ConfigError, ServerConfig
 from instahide_server.encoder import BatchEncoder
 from instahide_server.interceptors.auth import BearerTokenInterceptor
 from instahide_server.interceptors.errors import ErrorInterceptor
+from instahide_server.jobs import AuditJobs, default_workers
 from instahide_server.pools import PoolRegistry
+from instahide_server.store import AuditStore
 from instahide_server.validation import Limits
 
 logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Services whose health is reported: "" (the whole server) and each API service.
-HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME)
+HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME)
+AUDIT_STOP_SECONDS = 10.0  # how long shutdown waits for running audits to stop
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,18 +66,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_server(config: ServerConfig, *, executor: Executor | None = None,
-                 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
+                 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, AuditJobs]:
     """Create (not start) the server: services, interceptors, limits and the bound port.
 
     Call from a running event loop. ``executor`` runs the encoding; by default one of
-    ``config.workers`` threads is made (and lives as long as the process).
+    ``config.workers`` threads is made (and lives as long as the process). The audit store is
+    opened (and what a previous process left live is marked interrupted) here.
 
     Returns:
-        The server, the port it is bound to (the real one when ``config.port`` is 0) and its health
-        servicer, whose statuses are NOT_SERVING until ``serve`` sets them.
+        The server, the port it is bound to (the real one when ``config.port`` is 0), its health
+        servicer, whose statuses are NOT_SERVING until ``serve`` sets them, and the audit runner
+        (``await jobs.shutdown(...)`` it when stopping).
 
     Raises:
-        ConfigError: an unusable device or pool.
+        ConfigError: an unusable device, pool or state directory.
     """
     device = resolve_device(config.device)
     source = None
@@ -81,6 +92,11 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
                          max_shapes=config.max_pool_shapes)
     encoder = BatchEncoder(device=device, pools=pools, limits=Limits(
         max_images_per_request=config.max_images_per_request, max_message_bytes=config.max_message_bytes))
+    store = AuditStore.open(config.resolved_state_dir)
+    jobs = AuditJobs(store, pools, device=device, workers=config.audit_workers or default_workers(device),
+                     queue_size=config.audit_queue_size, timeout_seconds=config.audit_timeout_seconds,
+                     retention_days=config.audit_retention_days)
+    jobs.recover()
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
     for shape in config.warm_shapes:  # so the first request of a common shape does not wait for its pool
@@ -98,20 +114,25 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
 
     transform_servicer.add_to_server(transform_servicer.TransformServicer(
         encoder, executor, max_in_flight=config.max_in_flight_per_stream), server)
+    audit_servicer.add_to_server(audit_servicer.AuditServicer(
+        jobs, pools, data_root=config.data_root, max_images=config.audit_max_images), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (transform_servicer.SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME,
+                                         HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     host = f"[{config.host}]" if ":" in config.host else config.host
     try:
         port = server.add_insecure_port(f"{host}:{config.port}")
     except RuntimeError as exc:  # grpc's "Failed to bind"
         raise ConfigError(f"cannot listen on {host}:{config.port}: {exc}") from None
+    jobs.start()
+    logger.info("audits: database %s, %d workers, queue %d, data root %s", store.path, jobs.workers,
+                config.audit_queue_size, config.data_root or "none")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
                 config.pool or "bundled default", "on" if config.token else "off", config.max_message_bytes,
                 config.workers)
-    return server, port, health
+    return server, port, health, jobs
 
 
 async def serve(config: ServerConfig) -> None:
@@ -121,7 +142,7 @@ async def serve(config: ServerConfig) -> None:
     """
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
     try:
-        server, port, health = build_server(config, executor=executor)
+        server, port, health, jobs = build_server(config, executor=executor)
         for service in HEALTH_CHECKED:
             await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         stop = asyncio.Event()
@@ -138,6 +159,7 @@ async def serve(config: ServerConfig) -> None:
             await stop.wait()
             logger.info("shutting down: NOT_SERVING, draining for up to %gs", config.grace_seconds)
             await health.enter_graceful_shutdown()
+            await jobs.shutdown(min(AUDIT_STOP_SECONDS, config.grace_seconds))
             await server.stop(config.grace_seconds)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

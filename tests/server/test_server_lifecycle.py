@@ -79,14 +79,15 @@ def test_bundled_default_pool(tmp_path):
     assert list(cache.glob("*.npy")), "the default pool was not cached"
 
 
-def test_unusable_settings_exit_2(small_pool_path):
+def test_unusable_settings_exit_2(small_pool_path, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         for args in (["--port", str(port), "--pool", str(small_pool_path)],
                      ["--port", "0", "--pool", str(small_pool_path.parent / "missing.npy")]):
-            result = subprocess.run([sys.executable, "-m", "instahide_server", "--device", "cpu", *args],
+            result = subprocess.run([sys.executable, "-m", "instahide_server", "--device", "cpu",
+                                     "--state-dir", str(tmp_path / "state"), *args],
                                     capture_output=True, text=True, timeout=60)
             assert result.returncode == 2, result.stderr
             assert "Traceback" not in result.stderr

@@ -1,0 +1,301 @@
+"""``instahide audit ...``: start, watch, get, list, cancel and delete leakage audits.
+
+    instahide audit start --images privates.npz [--k 6 --encodings-per-image 50 ...] [--report-dir DIR]
+    instahide audit watch|get|cancel|delete ID
+    instahide audit list [--state running] [--limit N]
+
+Exit status as for the other commands; a followed audit that fails or is cancelled exits 1, and
+Ctrl-C while following stops following only (exit 130; the audit goes on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from instahide_client import cli
+from instahide_client.audits import STATE_VALUES, Audit, AuditEvent, AuditReport
+from instahide_client.client import InstaHideClient
+
+
+def add_parser(commands: argparse._SubParsersAction,
+               connection_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add the ``audit`` command group to the top-level subparsers."""
+    audit = commands.add_parser(
+        "audit", help="leakage audits: attack a configuration before shipping it",
+        description="The service plays the strongest attacker it has against an InstaHide configuration "
+                    "and reports what leaks: the InstaHide Challenge's four metrics and the fraction "
+                    "of private images recovered, for a ciphertext-only attacker and for one who "
+                    "holds the keys.")
+    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    start = actions.add_parser(
+        "start", help="upload private images and audit them",
+        description="Upload `images` and `labels` from an .npz (or name a server-side --dataset), "
+                    "then follow the audit and print the leakage summary.")
+    connection_arguments(start)
+    source = start.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", metavar="PRIVATES.npz",
+                        help="arrays `images` (uint8 (N,H,W,C)) and `labels` (N,); with --encodings, "
+                             "the originals (`labels` ignored)")
+    source.add_argument("--dataset", metavar="NAME", help="a dataset on the server, under its data root")
+    start.add_argument("--encodings", metavar="ENC.npz",
+                       help="audit encodings made elsewhere: arrays `encodings` (E,H,W,C) and `labels` "
+                            "(mixed, (E, classes)); needs --images for the originals")
+    start.add_argument("--mode", choices=("cross", "inside"), default="cross",
+                       help="mixing mode under audit (default %(default)s)")
+    start.add_argument("--k", type=cli._positive_int, default=6, help="images per mix (default %(default)s)")
+    start.add_argument("--encodings-per-image", type=cli._positive_int, metavar="T",
+                       help="encodings of each private image (default 50; with --encodings: E / N)")
+    start.add_argument("--num-classes", type=cli._positive_int, help="label width (default: max label + 1)")
+    start.add_argument("--seed", type=cli._seed, help="seed of the simulated keys (reproducible audit)")
+    start.add_argument("--no-key-aware", action="store_true",
+                       help="skip the key-aware bound (the attacker who holds the keys)")
+    start.add_argument("--display-name", default="", help="a name for people")
+    start.add_argument("--chunk-images", type=cli._positive_int, default=1024,
+                       help="images per upload message (default %(default)s)")
+    _follow_arguments(start)
+    start.add_argument("--detach", action="store_true", help="print the audit's name and return at once")
+
+    watch = actions.add_parser("watch", help="follow an audit to its end and print the summary")
+    connection_arguments(watch)
+    watch.add_argument("audit", metavar="ID", help="the audit, `ID` or `audits/ID`")
+    _follow_arguments(watch)
+
+    get = actions.add_parser("get", help="print an audit, or write its report with --report-dir")
+    connection_arguments(get)
+    get.add_argument("audit", metavar="ID", help="the audit, `ID` or `audits/ID`")
+    get.add_argument("--report-dir", metavar="DIR",
+                     help="write report.json, grid.png and recoveries.npz here")
+
+    listing = actions.add_parser("list", help="list audits, newest first")
+    connection_arguments(listing)
+    listing.add_argument("--state", choices=tuple(STATE_VALUES), help="only audits in this state")
+    listing.add_argument("--limit", type=cli._positive_int, default=50, help="most audits shown (default %(default)s)")
+
+    for action, text in (("cancel", "stop a queued or running audit"),
+                         ("delete", "delete a finished audit and its report")):
+        parser = actions.add_parser(action, help=text)
+        connection_arguments(parser)
+        parser.add_argument("audit", metavar="ID", help="the audit, `ID` or `audits/ID`")
+
+
+def _follow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report-dir", metavar="DIR",
+                        help="when the audit succeeds, write report.json, grid.png and recoveries.npz here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``instahide audit <action>``."""
+    actions = {"start": _start, "watch": _watch, "get": _get, "list": _list, "cancel": _cancel,
+               "delete": _delete}
+    with cli._client(args) as client:
+        try:
+            return actions[args.audit_command](client, args)
+        except ValueError as exc:  # a malformed audit id or option, found before any call
+            raise cli.CliError(str(exc)) from None
+
+
+def _load(path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise cli.CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # ValueError, BadZipFile, EOFError... for a bad file
+        raise cli.CliError(f"cannot read {path}: not an .npz archive ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise cli.CliError(f"{path} is a single array, not an .npz archive with {', '.join(required)}")
+    with data:
+        missing = [name for name in required if name not in data.files]
+        if missing:
+            raise cli.CliError(f"{path} has no {' or '.join(f'`{m}`' for m in missing)} array "
+                               f"(it has: {', '.join(data.files) or 'nothing'})")
+        try:
+            return {name: data[name] for name in (*required, *optional) if name in data.files}
+        except Exception as exc:
+            raise cli.CliError(f"cannot read {path}: {exc}") from None
+
+
+def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
+    inputs: dict[str, np.ndarray | None] = {}
+    if args.encodings:
+        if not args.images:
+            raise cli.CliError("--encodings needs --images (the original private images)")
+        originals = _load(args.images, ("images",))
+        encoded = _load(args.encodings, ("encodings", "labels"))
+        inputs = {"images": originals["images"], "encodings": encoded["encodings"],
+                  "encoding_labels": encoded["labels"]}
+    elif args.images:
+        inputs = _load(args.images, ("images", "labels"))
+    source = args.encodings or args.images or args.dataset
+    try:
+        audit = client.start_audit(
+            **inputs, dataset=args.dataset, mode=args.mode, k=args.k,
+            encodings_per_image=args.encodings_per_image, num_classes=args.num_classes, seed=args.seed,
+            key_aware_bound=not args.no_key_aware, display_name=args.display_name,
+            chunk_images=args.chunk_images, timeout=args.timeout)
+    except (ValueError, TypeError) as exc:
+        raise cli.CliError(f"{source}: {exc}") from None
+    print(f"started {audit.name}", file=sys.stderr)
+    if args.detach:
+        print(audit.name)
+        print(f"follow it with: instahide audit watch {audit.id} --target {args.target}", file=sys.stderr)
+        return 0
+    return _follow(client, audit.name, args)
+
+
+def _watch(client: InstaHideClient, args: argparse.Namespace) -> int:
+    return _follow(client, args.audit, args)
+
+
+class _ProgressBar:
+    """A tqdm bar over the audit's overall fraction, the stage name as its description.
+
+    Drawn at the first event (so a call that fails at once prints its error line only).
+    """
+
+    def __init__(self, quiet: bool) -> None:
+        self._quiet = quiet
+        self._bar: tqdm | None = None
+        self._label = ""
+
+    def __call__(self, event: AuditEvent) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=100, unit="%", file=sys.stderr, disable=self._quiet,
+                             bar_format="{desc:<12} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+        label = (event.progress.stage or event.state) if event.state == "running" else event.state
+        done = 100.0 if event.state == "succeeded" else min(100.0, max(0.0, 100.0 * event.progress.fraction))
+        self._bar.update(done - self._bar.n)
+        if label != self._label:  # a new stage: show it at once (updates alone are rate-limited)
+            self._label = label
+            self._bar.set_description_str(label, refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _follow(client: InstaHideClient, name: str, args: argparse.Namespace) -> int:
+    """Show the audit's progress until it ends, then its summary (and report folder)."""
+    bar = _ProgressBar(args.quiet)
+    try:
+        audit = client.wait_audit(name, progress=bar, summary_only=not args.report_dir)
+    except KeyboardInterrupt:
+        bar.close()
+        audit_id = name.removeprefix("audits/")
+        print(f"stopped following audits/{audit_id}; it goes on on the server.\n"
+              f"cancel it with: instahide audit cancel {audit_id} --target {args.target}", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    return _finish(audit, args.report_dir)
+
+
+def _finish(audit: Audit, report_dir: str | None) -> int:
+    if audit.state == "succeeded" and audit.report is not None:
+        print(format_summary(audit.report))
+        if report_dir:
+            _write_report(audit, report_dir)
+        return 0
+    reason = f": {audit.error}" if audit.error else ""
+    print(f"error: {audit.name} {audit.state}{reason}", file=sys.stderr)
+    return 1
+
+
+def _write_report(audit: Audit, report_dir: str) -> None:
+    try:
+        paths = audit.write_report(report_dir)
+    except OSError as exc:
+        raise cli.CliError(f"cannot write {report_dir}: {exc.strerror or exc}") from None
+    print(f"wrote {', '.join(p.name for p in paths)} to {report_dir}", file=sys.stderr)
+
+
+def _get(client: InstaHideClient, args: argparse.Namespace) -> int:
+    audit = client.get_audit(args.audit, summary_only=not args.report_dir, timeout=args.timeout)
+    print(format_audit(audit))
+    if args.report_dir:
+        if audit.report is None:
+            raise cli.CliError(f"{audit.name} has no report yet (state {audit.state})")
+        _write_report(audit, args.report_dir)
+    return 0
+
+
+def _list(client: InstaHideClient, args: argparse.Namespace) -> int:
+    audits = []
+    for audit in client.list_audits(state=args.state, page_size=min(args.limit, 1000), timeout=args.timeout):
+        audits.append(audit)
+        if len(audits) >= args.limit:
+            break
+    rows = [(a.name, a.state, _when(a.create_time), str(a.report.images) if a.report else "-",
+             _number(a.report.ciphertext_only.max_ssim) if a.report else "-") for a in audits]
+    print(_table(("name", "state", "created", "images", "Max_SSIM"), rows))
+    return 0
+
+
+def _cancel(client: InstaHideClient, args: argparse.Namespace) -> int:
+    audit = client.cancel_audit(args.audit, timeout=args.timeout)
+    print(f"{audit.name} {audit.state}")
+    return 0
+
+
+def _delete(client: InstaHideClient, args: argparse.Namespace) -> int:
+    client.delete_audit(args.audit, timeout=args.timeout)
+    print(f"deleted audits/{args.audit.removeprefix('audits/')}")
+    return 0
+
+
+# -- formatting ---------------------------------------------------------------------------------------
+
+def _number(value: float, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _when(t) -> str:
+    return "-" if t is None else t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in (header, *rows)]
+    return "\n".join(lines)
+
+
+def format_summary(report: AuditReport) -> str:
+    """The leakage table: one row per attack, then the device and sizes."""
+    names = {"ciphertext_only": "ciphertext-only", "key_aware": "key-aware bound"}
+    rows = [(names[name], _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
+             f"{s.recovered_above_0_5:.1%}", f"{s.recovered_above_0_8:.1%}",
+             f"{sum(s.stage_seconds.values()):.1f}")
+            for name, s in report.attacks().items()]
+    table = _table(("attack", "Max_SSIM", "Mean_SSIM", "Min_L2", "Mean_L2", "recovered>0.5", ">0.8", "seconds"),
+                   rows)
+    return (f"{table}\n"
+            f"device: {report.device}  images: {report.images}  encodings: {report.encodings}  "
+            f"seconds: {report.seconds:.1f}")
+
+
+def format_audit(audit: Audit) -> str:
+    """An audit for people: name, state, times, spec, progress or error, and the summary."""
+    spec = audit.spec
+    source = (f"dataset {spec.dataset}" if spec.dataset else
+              "precomputed encodings" if spec.precomputed_encodings else "uploaded images")
+    lines = [
+        f"{audit.name}  {audit.state}" + (f"  ({spec.display_name})" if spec.display_name else ""),
+        f"created {_when(audit.create_time)}  started {_when(audit.start_time)}  ended {_when(audit.end_time)}",
+        f"{source}; mode {spec.mode}, k {spec.k}, T {spec.encodings_per_image or 'E/N'}, "
+        f"seed {'none' if spec.seed is None else spec.seed}, key-aware bound {'yes' if spec.key_aware_bound else 'no'}",
+    ]
+    if audit.state in ("queued", "running"):
+        lines.append(f"progress: {audit.progress.stage or audit.state} {audit.progress.fraction:.0%}")
+    if audit.error:
+        lines.append(f"error: {audit.error}")
+    if audit.report is not None:
+        lines.append(format_summary(audit.report))
+    return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""Building the StartAudit stream: the spec from keyword options, input checks, then data chunks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from instahide_client._convert import to_tensor
+from instahide_client._requests import IMAGE_DTYPES, MODES, _check_count
+from instahide_client.instahide.v1 import audit_pb2
+
+_UINT64_MAX = 2**64 - 1
+ENCODING_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+# Room for the spec-less message's framing, field tags and the labels next to the tensor bytes.
+_MESSAGE_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class AuditUpload:
+    """Checked inputs of one StartAudit call: the spec and the arrays to stream after it."""
+
+    spec: audit_pb2.AuditSpec
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    encodings: np.ndarray | None = None
+    encoding_labels: np.ndarray | None = None
+
+
+def audit_spec(*, mode: str = "cross", k: int | None = 6, encodings_per_image: int | None = None,
+               num_classes: int | None = None, seed: int | None = None, key_aware_bound: bool = True,
+               dataset: str | None = None, precomputed_encodings: bool = False,
+               display_name: str = "") -> audit_pb2.AuditSpec:
+    """The ``AuditSpec`` message from keyword options (None = the service's default: k 6, T 50, or
+    for precomputed encodings T = E / N).
+
+    Raises:
+        ValueError: an unknown mode or a value out of range.
+        TypeError: a value of the wrong type.
+
+    Examples:
+        >>> audit_spec(k=4, seed=1).seed
+        1
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(map(repr, MODES))}")
+    if dataset is not None and not isinstance(dataset, str):
+        raise TypeError(f"dataset must be a str, got {type(dataset).__name__}")
+    if not isinstance(display_name, str):
+        raise TypeError(f"display_name must be a str, got {type(display_name).__name__}")
+    spec = audit_pb2.AuditSpec(
+        mode=MODES[mode],
+        k=_check_count("k", k, minimum=2),
+        encodings_per_image=_check_count("encodings_per_image", encodings_per_image, minimum=1),
+        num_classes=_check_count("num_classes", num_classes, minimum=1),
+        dataset=dataset or "",
+        precomputed_encodings=bool(precomputed_encodings),
+        key_aware_bound=bool(key_aware_bound),
+        display_name=display_name,
+    )
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not 0 <= seed <= _UINT64_MAX:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        spec.seed = int(seed)
+    return spec
+
+
+def _check_images(images: Any, name: str = "images") -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, H, W, C), got shape {images.shape}")
+    if images.dtype not in IMAGE_DTYPES:
+        raise ValueError(f"{name} must be uint8, float32 or float16, got {images.dtype}")
+    if images.dtype.kind == "f" and images.size and not (np.isfinite(images).all()
+                                                         and np.abs(images).max() <= 1.0 + 1e-3):
+        raise ValueError(f"float {name} must be finite and in [-1, 1] (or pass uint8 in [0, 255])")
+    return images
+
+
+def _check_labels(labels: Any, count: int, num_classes: int | None) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (N,), got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    if len(labels) != count:
+        raise ValueError(f"labels has length {len(labels)} but images has {count}")
+    if count and int(labels.min()) < 0:
+        raise ValueError(f"labels must be non-negative, got {int(labels.min())}")
+    if count and num_classes is not None and int(labels.max()) >= num_classes:
+        raise ValueError(f"labels must be below num_classes={num_classes}, got {int(labels.max())}")
+    return labels.astype(np.int64, copy=False)
+
+
+def check_audit_inputs(images: Any = None, labels: Any = None, *, dataset: str | None = None,
+                       encodings: Any = None, encoding_labels: Any = None,
+                       **spec_options: Any) -> AuditUpload:
+    """Check what :meth:`InstaHideClient.start_audit` was given, before anything is sent.
+
+    Exactly one source: ``images`` with ``labels`` (private images to encode and attack),
+    ``encodings`` with ``encoding_labels`` and the originals as ``images`` (encodings made
+    elsewhere; no ``labels``), or ``dataset`` (a server-side dataset, nothing uploaded).
+
+    Raises:
+        ValueError: a missing or extra source, a wrong rank, dtype, length or value.
+        TypeError: an option of the wrong type.
+    """
+    precomputed = encodings is not None or encoding_labels is not None
+    if dataset:
+        extra = [n for n, v in (("images", images), ("labels", labels), ("encodings", encodings),
+                                ("encoding_labels", encoding_labels)) if v is not None]
+        if extra:
+            raise ValueError(f"dataset={dataset!r} names a server-side dataset; do not also pass "
+                             f"{', '.join(extra)}")
+        return AuditUpload(audit_spec(dataset=dataset, **spec_options))
+    spec = audit_spec(precomputed_encodings=precomputed, **spec_options)
+    num_classes = spec.num_classes or None
+    if images is None:
+        raise ValueError("pass images (with labels), encodings (with encoding_labels and the original "
+                         "images), or a server-side dataset")
+    images = _check_images(images)
+    if not precomputed:
+        if labels is None:
+            raise ValueError("labels are required with images (one class label per image)")
+        if len(images) < 2:
+            raise ValueError(f"an audit needs at least 2 private images, got {len(images)}")
+        return AuditUpload(spec, images, _check_labels(labels, len(images), num_classes))
+    if encodings is None or encoding_labels is None:
+        raise ValueError("precomputed encodings need both encodings and encoding_labels")
+    if labels is not None:
+        raise ValueError("labels are not used with precomputed encodings (their mixed labels go in "
+                         "encoding_labels)")
+    if len(images) < 2:
+        raise ValueError(f"precomputed encodings need at least 2 original images, got {len(images)}")
+    encodings = np.asarray(encodings)
+    if encodings.ndim != 4:
+        raise ValueError(f"encodings must have shape (E, H, W, C), got shape {encodings.shape}")
+    if encodings.dtype not in ENCODING_DTYPES:
+        raise ValueError(f"encodings must be float32 or float16, got {encodings.dtype}")
+    if encodings.shape[1:] != images.shape[1:]:
+        raise ValueError(f"encodings have images of shape {encodings.shape[1:]} but the originals "
+                         f"have {images.shape[1:]}")
+    if len(encodings) < 2:
+        raise ValueError(f"need at least 2 encodings, got {len(encodings)}")
+    if not (np.isfinite(encodings).all() and np.abs(encodings).max() <= 1.0 + 1e-3):
+        raise ValueError("encodings must be finite and in [-1, 1]")
+    encoding_labels = np.asarray(encoding_labels)
+    if encoding_labels.ndim != 2 or encoding_labels.shape[0] != len(encodings):
+        raise ValueError(f"encoding_labels must have shape (E={len(encodings)}, classes), got shape "
+                         f"{encoding_labels.shape}")
+    if encoding_labels.dtype.kind not in "fiu":
+        raise ValueError(f"encoding_labels must be numbers, got {encoding_labels.dtype}")
+    encoding_labels = encoding_labels.astype(np.float32, copy=False)
+    if not np.isfinite(encoding_labels).all():
+        raise ValueError("encoding_labels must be finite (no NaN or Inf)")
+    return AuditUpload(spec, images, None, encodings, encoding_labels)
+
+
+def chunk_rows(row_bytes: int, chunk_images: int, max_message_bytes: int) -> int:
+    """Rows per message: at most ``chunk_images``, and few enough to stay below the message limit.
+
+    Raises:
+        ValueError: one row alone does not fit in a message.
+
+    Examples:
+        >>> chunk_rows(3072, 1024, 64 * 2**20)
+        1024
+        >>> chunk_rows(3072, 1024, 1 * 2**20)
+        320
+    """
+    if chunk_images < 1:
+        raise ValueError(f"chunk_images must be at least 1, got {chunk_images}")
+    budget = max_message_bytes - _MESSAGE_OVERHEAD
+    if budget < row_bytes:
+        raise ValueError(f"one image of {row_bytes} bytes does not fit in a message of "
+                         f"{max_message_bytes} bytes; raise max_message_bytes")
+    return max(1, min(chunk_images, budget // max(row_bytes, 1)))
+
+
+def audit_requests(upload: AuditUpload, *, chunk_images: int = 1024,
+                   max_message_bytes: int = 64 * 2**20) -> Iterator[audit_pb2.StartAuditRequest]:
+    """The StartAudit stream: the spec, then images (+ labels), then encodings (+ their labels).
+
+    The chunk sizes are checked now (ValueError when one image cannot fit in a message); the
+    messages are built lazily, one chunk's copy at a time.
+    """
+    image_rows = encoding_rows = 0
+    if upload.images is not None:
+        row_bytes = math.prod(upload.images.shape[1:]) * upload.images.dtype.itemsize + 10  # + a label
+        image_rows = chunk_rows(row_bytes, chunk_images, max_message_bytes)
+    if upload.encodings is not None and upload.encoding_labels is not None:
+        row_bytes = (math.prod(upload.encodings.shape[1:]) * upload.encodings.dtype.itemsize
+                     + math.prod(upload.encoding_labels.shape[1:]) * 4)
+        encoding_rows = chunk_rows(row_bytes, chunk_images, max_message_bytes)
+    return _requests(upload, image_rows, encoding_rows)
+
+
+def _requests(upload: AuditUpload, image_rows: int, encoding_rows: int) -> Iterator[audit_pb2.StartAuditRequest]:
+    yield audit_pb2.StartAuditRequest(spec=upload.spec)
+    if upload.images is not None:
+        images, labels = upload.images, upload.labels
+        for start in range(0, len(images), image_rows):
+            request = audit_pb2.StartAuditRequest(images=to_tensor(images[start:start + image_rows]))
+            if labels is not None:
+                request.labels.extend(labels[start:start + image_rows].tolist())
+            yield request
+    if upload.encodings is not None and upload.encoding_labels is not None:
+        encodings, mixed = upload.encodings, upload.encoding_labels
+        for start in range(0, len(encodings), encoding_rows):
+            yield audit_pb2.StartAuditRequest(encodings=to_tensor(encodings[start:start + encoding_rows]),
+                                              encoding_labels=to_tensor(mixed[start:start + encoding_rows]))

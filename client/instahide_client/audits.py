@@ -1,0 +1,419 @@
+"""Leakage audits as plain dataclasses: ``Audit``, its ``AuditReport`` and what ``watch_audit`` yields.
+
+Everything here is converted from the ``instahide.v1`` audit messages; nothing holds a proto. The
+report writes itself to a folder (``report.json``, ``grid.png``, ``recoveries.npz``) so anyone can
+read the numbers and rescore the recovered images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from instahide_client._convert import to_numpy
+from instahide_client._types import MODE_NAMES
+from instahide_client.instahide.v1 import audit_pb2
+
+STATES: dict[int, str] = {
+    audit_pb2.AUDIT_STATE_UNSPECIFIED: "unspecified",
+    audit_pb2.AUDIT_STATE_QUEUED: "queued",
+    audit_pb2.AUDIT_STATE_RUNNING: "running",
+    audit_pb2.AUDIT_STATE_SUCCEEDED: "succeeded",
+    audit_pb2.AUDIT_STATE_FAILED: "failed",
+    audit_pb2.AUDIT_STATE_CANCELLED: "cancelled",
+}
+STATE_VALUES: dict[str, int] = {name: value for value, name in STATES.items() if value}
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+ATTACKS = ("ciphertext_only", "key_aware")
+METRICS = ("max_ssim", "mean_ssim", "min_l2", "mean_l2")
+NAME_PREFIX = "audits/"
+
+REPORT_JSON = "report.json"
+GRID_PNG = "grid.png"
+RECOVERIES_NPZ = "recoveries.npz"
+
+
+def audit_name(name_or_id: str) -> str:
+    """The resource name ``audits/{id}`` of ``"audits/{id}"`` or ``"{id}"``.
+
+    Raises:
+        ValueError: an empty id, or a name of another collection.
+
+    Examples:
+        >>> audit_name("abc"), audit_name("audits/abc")
+        ('audits/abc', 'audits/abc')
+    """
+    if not isinstance(name_or_id, str):
+        raise TypeError(f"audit name must be a str, got {type(name_or_id).__name__}")
+    audit_id = name_or_id.strip()
+    if audit_id.startswith(NAME_PREFIX):
+        audit_id = audit_id[len(NAME_PREFIX):]
+    if not audit_id or "/" in audit_id:
+        raise ValueError(f"expected an audit id or 'audits/{{id}}', got {name_or_id!r}")
+    return NAME_PREFIX + audit_id
+
+
+def state_name(value: int) -> str:
+    """"queued", "running", "succeeded", "failed", "cancelled" (or "unspecified")."""
+    return STATES.get(value, f"unknown({value})")
+
+
+def state_value(name: str) -> int:
+    """The ``AuditState`` value of a lowercase state name; ValueError for an unknown one."""
+    try:
+        return STATE_VALUES[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown audit state {name!r}; expected one of "
+                         f"{', '.join(map(repr, STATE_VALUES))}") from None
+
+
+def _time(msg: audit_pb2.Audit, name: str) -> dt.datetime | None:
+    if not msg.HasField(name):
+        return None
+    return getattr(msg, name).ToDatetime(tzinfo=dt.UTC)
+
+
+def json_number(value: float | int | None) -> float | int | None:
+    """A JSON-clean number: NaN and ±inf become None (JSON has neither)."""
+    if value is None:
+        return None
+    if isinstance(value, int | np.integer):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """What an audit was asked to do (proto defaults made explicit).
+
+    Attributes:
+        mode: "cross" or "inside".
+        k: images per mix.
+        encodings_per_image: encodings made of each private image (T); None for precomputed
+            encodings that left it to the service (E / N).
+        num_classes: label width, or None (inferred by the service).
+        dataset: server-side dataset name, "" when the images were uploaded.
+        precomputed_encodings: the upload carried encodings made elsewhere.
+        seed: the simulated deployment's key seed, or None (fresh keys).
+        key_aware_bound: the key-aware bound is run too.
+        display_name: a name for people.
+    """
+
+    mode: str = "cross"
+    k: int = 6
+    encodings_per_image: int | None = 50
+    num_classes: int | None = None
+    dataset: str = ""
+    precomputed_encodings: bool = False
+    seed: int | None = None
+    key_aware_bound: bool = True
+    display_name: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: audit_pb2.AuditSpec) -> AuditSpec:
+        return cls(
+            mode=MODE_NAMES.get(msg.mode, str(msg.mode)),
+            k=int(msg.k) or 6,
+            encodings_per_image=int(msg.encodings_per_image) or (None if msg.precomputed_encodings else 50),
+            num_classes=int(msg.num_classes) or None,
+            dataset=msg.dataset,
+            precomputed_encodings=bool(msg.precomputed_encodings),
+            seed=int(msg.seed) if msg.HasField("seed") else None,
+            key_aware_bound=bool(msg.key_aware_bound) if msg.HasField("key_aware_bound") else True,
+            display_name=msg.display_name,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class AuditProgress:
+    """How far an audit is: the current stage, its fraction done and the whole audit's."""
+
+    stage: str = ""
+    stage_fraction: float = 0.0
+    fraction: float = 0.0
+
+    @classmethod
+    def from_proto(cls, msg: audit_pb2.AuditProgress) -> AuditProgress:
+        return cls(msg.stage, float(msg.stage_fraction), float(msg.fraction))
+
+
+@dataclass(frozen=True)
+class AttackScores:
+    """How one attack did, scored as the InstaHide Challenge scores.
+
+    Attributes:
+        max_ssim: mean over encodings of the best SSIM against the encoding's private images.
+        mean_ssim: mean over encodings of the mean SSIM against its private images.
+        min_l2: mean over encodings of the smaller per-pixel MSE (on [-1, 1]).
+        mean_l2: mean over encodings of the mean per-pixel MSE.
+        recovered_above_0_5: fraction of private images whose best recovery has SSIM above 0.5.
+        recovered_above_0_8: the same above 0.8.
+        histogram: ``(lower, upper, count)`` buckets of the private images' best SSIMs over [-1, 1].
+        stage_seconds: seconds per attack stage.
+        best_ssim: (P,) float64, each private image's best SSIM over all recoveries.
+        best_match: (P,) int64, the index into ``recovered`` of that best recovery.
+        recovered: (M, H, W, C) float32 in [-1, 1], or None in a summary.
+    """
+
+    max_ssim: float
+    mean_ssim: float
+    min_l2: float
+    mean_l2: float
+    recovered_above_0_5: float
+    recovered_above_0_8: float
+    histogram: list[tuple[float, float, int]]
+    stage_seconds: dict[str, float]
+    best_ssim: np.ndarray
+    best_match: np.ndarray
+    recovered: np.ndarray | None
+
+    @classmethod
+    def from_proto(cls, msg: audit_pb2.AttackScores) -> AttackScores:
+        recovered = to_numpy(msg.recovered) if msg.HasField("recovered") else None
+        if recovered is not None and recovered.size == 0:
+            recovered = None
+        return cls(
+            max_ssim=float(msg.max_ssim),
+            mean_ssim=float(msg.mean_ssim),
+            min_l2=float(msg.min_l2),
+            mean_l2=float(msg.mean_l2),
+            recovered_above_0_5=float(msg.recovered_above_0_5),
+            recovered_above_0_8=float(msg.recovered_above_0_8),
+            histogram=[(float(b.lower), float(b.upper), int(b.count)) for b in msg.best_ssim_histogram],
+            stage_seconds={str(k): float(v) for k, v in sorted(msg.stage_seconds.items())},
+            best_ssim=np.asarray(msg.best_ssim, dtype=np.float64),
+            best_match=np.asarray(msg.best_match, dtype=np.int64),
+            recovered=recovered,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers, JSON-clean (NaN → None); the arrays are left to ``recoveries.npz``."""
+        return {
+            **{name: json_number(getattr(self, name)) for name in METRICS},
+            "recovered_above_0_5": json_number(self.recovered_above_0_5),
+            "recovered_above_0_8": json_number(self.recovered_above_0_8),
+            "best_ssim_histogram": [{"lower": json_number(lo), "upper": json_number(hi), "count": int(n)}
+                                    for lo, hi, n in self.histogram],
+            "stage_seconds": {k: json_number(v) for k, v in self.stage_seconds.items()},
+            "seconds": json_number(sum(self.stage_seconds.values())),
+            "private_images": int(self.best_ssim.size),
+            "recovered_images": None if self.recovered is None else int(self.recovered.shape[0]),
+        }
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """``{prefix}_recovered`` (when present), ``{prefix}_best_match`` and ``{prefix}_best_ssim``."""
+        out: dict[str, np.ndarray] = {}
+        if self.recovered is not None:
+            out[f"{prefix}_recovered"] = np.asarray(self.recovered, dtype=np.float32)
+        out[f"{prefix}_best_match"] = self.best_match
+        out[f"{prefix}_best_ssim"] = self.best_ssim
+        return out
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The leakage report of a finished audit.
+
+    Attributes:
+        ciphertext_only: the attack anyone who sees the encodings can run.
+        key_aware: the bound for an attacker holding the keys, or None when not run.
+        device: where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu".
+        grid_png: PNG of private images over their best ciphertext-only recoveries (b"" in a summary).
+        images: private images audited.
+        encodings: encodings attacked.
+        seconds: the whole audit, queue excluded.
+        audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
+    """
+
+    ciphertext_only: AttackScores
+    key_aware: AttackScores | None
+    device: str
+    grid_png: bytes
+    images: int
+    encodings: int
+    seconds: float
+    audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, msg: audit_pb2.AuditReport, *, audit: dict[str, Any] | None = None) -> AuditReport:
+        return cls(
+            ciphertext_only=AttackScores.from_proto(msg.ciphertext_only),
+            key_aware=AttackScores.from_proto(msg.key_aware) if msg.HasField("key_aware") else None,
+            device=msg.device,
+            grid_png=bytes(msg.grid_png),
+            images=int(msg.images),
+            encodings=int(msg.encodings),
+            seconds=float(msg.seconds),
+            audit=dict(audit or {}),
+        )
+
+    def attacks(self) -> dict[str, AttackScores]:
+        """The attacks that ran, by name ("ciphertext_only", then "key_aware" when present)."""
+        out = {"ciphertext_only": self.ciphertext_only}
+        if self.key_aware is not None:
+            out["key_aware"] = self.key_aware
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every number of the report, JSON-clean, with the audit's name, state, times and spec."""
+        out: dict[str, Any] = {}
+        if self.audit:
+            out["audit"] = self.audit
+        out.update({"device": self.device, "images": self.images, "encodings": self.encodings,
+                    "seconds": json_number(self.seconds)})
+        for name, scores in self.attacks().items():
+            out[name] = scores.to_dict()
+        out["files"] = {"grid": GRID_PNG if self.grid_png else None,
+                        "recoveries": RECOVERIES_NPZ}
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of ``recoveries.npz``: ``<attack>_recovered``, ``_best_match``, ``_best_ssim``."""
+        out: dict[str, np.ndarray] = {}
+        for name, scores in self.attacks().items():
+            out.update(scores.arrays(name))
+        return out
+
+    def write(self, report_dir: str | os.PathLike) -> list[Path]:
+        """Write ``report.json``, ``grid.png`` (when the report has one) and ``recoveries.npz``.
+
+        Each file is written to a temporary file beside it and renamed into place, so a reader
+        never sees half a file; the folder is created when missing. Files are readable by their
+        owner only (the recoveries are pictures of private images).
+
+        Returns:
+            The paths written.
+
+        Raises:
+            OSError: the folder or a file cannot be written.
+        """
+        directory = Path(report_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = [_atomic_write(directory / REPORT_JSON,
+                                 (json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n").encode())]
+        if self.grid_png:
+            written.append(_atomic_write(directory / GRID_PNG, self.grid_png))
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.arrays())
+        written.append(_atomic_write(directory / RECOVERIES_NPZ, buffer.getvalue()))
+        return written
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+@dataclass(frozen=True)
+class Audit:
+    """An audit resource.
+
+    Attributes:
+        name: "audits/{id}".
+        id: the id alone.
+        state: "queued", "running", "succeeded", "failed" or "cancelled".
+        create_time, start_time, end_time: timezone-aware UTC datetimes, or None when not reached.
+        spec: what was asked.
+        progress: where it is.
+        error: why it failed ("" otherwise).
+        report: the leakage report once succeeded, else None.
+    """
+
+    name: str
+    id: str
+    state: str
+    create_time: dt.datetime | None
+    start_time: dt.datetime | None
+    end_time: dt.datetime | None
+    spec: AuditSpec
+    progress: AuditProgress
+    error: str = ""
+    report: AuditReport | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the audit has ended (succeeded, failed or cancelled)."""
+        return self.state in FINAL_STATES
+
+    @classmethod
+    def from_proto(cls, msg: audit_pb2.Audit) -> Audit:
+        name = msg.name
+        audit = cls(
+            name=name,
+            id=name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else name,
+            state=state_name(msg.state),
+            create_time=_time(msg, "create_time"),
+            start_time=_time(msg, "start_time"),
+            end_time=_time(msg, "end_time"),
+            spec=AuditSpec.from_proto(msg.spec),
+            progress=AuditProgress.from_proto(msg.progress),
+            error=msg.error,
+        )
+        if msg.HasField("report"):
+            report = AuditReport.from_proto(msg.report, audit=audit.to_dict())
+            audit = replace(audit, report=report)
+        return audit
+
+    def to_dict(self) -> dict[str, Any]:
+        """Name, state, times (ISO 8601), spec, progress and error, JSON-ready (no report)."""
+        def iso(t: dt.datetime | None) -> str | None:
+            return None if t is None else t.isoformat()
+        return {
+            "name": self.name, "state": self.state, "create_time": iso(self.create_time),
+            "start_time": iso(self.start_time), "end_time": iso(self.end_time), "error": self.error,
+            "spec": self.spec.to_dict(),
+            "progress": {"stage": self.progress.stage, "stage_fraction": json_number(self.progress.stage_fraction),
+                         "fraction": json_number(self.progress.fraction)},
+        }
+
+    def write_report(self, report_dir: str | os.PathLike) -> list[Path]:
+        """``self.report.write(report_dir)``; ValueError when the audit has no report."""
+        if self.report is None:
+            raise ValueError(f"{self.name} has no report (state {self.state})")
+        return self.report.write(report_dir)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One progress event of :meth:`InstaHideClient.watch_audit`.
+
+    Attributes:
+        state: the audit's state at this event.
+        progress: its progress at this event.
+        error: set on the last event when the audit failed.
+    """
+
+    state: str
+    progress: AuditProgress
+    error: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @classmethod
+    def from_proto(cls, msg: audit_pb2.WatchAuditResponse) -> AuditEvent:
+        return cls(state_name(msg.state), AuditProgress.from_proto(msg.progress), msg.error)

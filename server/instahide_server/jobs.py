@@ -1,0 +1,428 @@
+"""The audit job runner: a bounded queue, a few worker threads, progress pushed to watchers.
+
+Lifecycle of a job (all bookkeeping on the event loop; the audit itself in a worker thread):
+
+  submit ─► QUEUED ─(a worker slot frees)─► RUNNING ─► SUCCEEDED | FAILED | CANCELLED
+
+- ``submit`` refuses with RESOURCE_EXHAUSTED once ``queue_size`` audits are waiting (running ones
+  do not count), and with UNAVAILABLE while the server shuts down.
+- A job holds a worker slot (an ``asyncio.Semaphore`` of ``workers``; waiters are served in order)
+  and runs ``instahide_ops.audit`` in the audit thread pool, never on the event loop.
+- Progress comes from the worker thread and reaches the loop through ``call_soon_threadsafe``; it
+  is sent to watchers at most every 0.1 s per stage (and at every stage change) and written to the
+  store at most every 0.5 s. Fractions are kept non-decreasing (a sub-attack restarting its
+  fraction does not move the audit backwards).
+- Stopping: CancelAudit, the time limit and shutdown all set the job's ``CancelToken``; the attack
+  raises ``AttackCancelled`` at its next progress report (well under a second). The job then ends
+  CANCELLED (CancelAudit) or FAILED with "time limit exceeded" / "interrupted by shutdown".
+- The private images live in the job object only, and are dropped the moment the job ends.
+- At start, audits the store still shows queued or running (a crash, a SIGKILL) are marked FAILED
+  "interrupted by restart"; ended audits older than the retention are deleted, then once an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from instahide_client.instahide.v1 import audit_pb2
+
+from instahide_ops import InvalidInputError
+from instahide_ops.attacks import AttackCancelled, CancelToken
+from instahide_ops.audit import audit_deployment, audit_encodings
+from instahide_server.audit_inputs import AuditInput
+from instahide_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from instahide_server.pools import PoolRegistry
+from instahide_server.reports import report_message
+from instahide_server.store import ENDED_STATES, AuditStore, audit_name
+
+logger = logging.getLogger(__name__)
+
+QUEUED, RUNNING = audit_pb2.AUDIT_STATE_QUEUED, audit_pb2.AUDIT_STATE_RUNNING
+SUCCEEDED, FAILED, CANCELLED = (audit_pb2.AUDIT_STATE_SUCCEEDED, audit_pb2.AUDIT_STATE_FAILED,
+                                audit_pb2.AUDIT_STATE_CANCELLED)
+TIME_LIMIT_EXCEEDED = "time limit exceeded"
+INTERRUPTED_BY_SHUTDOWN = "interrupted by shutdown"
+INTERRUPTED_BY_RESTART = "interrupted by restart"
+INTERNAL_ERROR = "internal error; the server log has the details"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+WATCH_INTERVAL_SECONDS = 0.1  # progress events sent to watchers, per stage
+PERSIST_INTERVAL_SECONDS = 0.5  # progress written to the store
+PRUNE_INTERVAL_SECONDS = 3600.0
+CANCEL_WAIT_SECONDS = 30.0  # CancelAudit waits this long for a running audit to stop
+_NAME = re.compile(r"audits/([0-9a-f]{32})")
+
+
+def parse_name(name: str) -> str:
+    """``audits/{id}`` → id. Raises InvalidArgument for anything else."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        raise InvalidArgument(f"name: expected audits/{{id}} with a 32-digit hex id, got {name!r}", "name")
+    return match.group(1)
+
+
+def default_workers(device: torch.device) -> int:
+    """One audit per CUDA device, else one."""
+    return max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+
+
+@dataclass(eq=False)
+class _Job:
+    audit: audit_pb2.Audit  # the live state (no report); changed on the event loop only
+    data: AuditInput | None  # the private inputs; None once the job has ended
+    cancel: CancelToken = field(default_factory=CancelToken)
+    stop_reason: str | None = None  # why the token was set when not by CancelAudit
+    watchers: set[asyncio.Queue] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    last_persisted: float = 0.0
+    # Worker-thread side of the progress throttle.
+    last_stage: str = ""
+    last_sent: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.audit.name.removeprefix("audits/")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    state: int
+    error: str = ""
+    report: audit_pb2.AuditReport | None = None
+
+
+class AuditJobs:
+    """Queues, runs, watches, cancels and lists audits; call from the event loop."""
+
+    def __init__(self, store: AuditStore, pools: PoolRegistry, *, device: torch.device, workers: int,
+                 queue_size: int, timeout_seconds: float, retention_days: float) -> None:
+        self._store = store
+        self._pools = pools
+        self._device = device
+        self._workers = workers
+        self._queue_size = queue_size
+        self._timeout = timeout_seconds
+        self._retention_days = retention_days
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instahide-audit")
+        self._live: dict[str, _Job] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pruner: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    def recover(self) -> None:
+        """Start-up housekeeping (blocking, quick): end what a previous process left live; prune."""
+        interrupted = self._store.mark_interrupted(INTERRUPTED_BY_RESTART)
+        if interrupted:
+            logger.warning("%d audits were queued or running when the server last stopped; marked FAILED "
+                           "(%s)", interrupted, INTERRUPTED_BY_RESTART)
+        self._prune()
+
+    def start(self) -> None:
+        """Bind to the running loop (call from it) and start the periodic retention pruning."""
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self._workers)
+        if self._retention_days > 0:
+            self._pruner = asyncio.create_task(self._prune_periodically())
+
+    # Standard methods.
+
+    def submit(self, spec: audit_pb2.AuditSpec, data: AuditInput) -> audit_pb2.Audit:
+        """Queue an audit; returns it (QUEUED).
+
+        Raises:
+            Unavailable: the server is shutting down.
+            ResourceExhausted: the queue is full.
+        """
+        if self._closing or self._loop is None:
+            raise Unavailable("the server is shutting down; retry on another instance", "")
+        waiting = sum(job.audit.state == QUEUED for job in self._live.values())
+        if waiting >= self._queue_size:
+            raise ResourceExhausted(f"the audit queue is full ({waiting} audits waiting); retry later", "")
+        audit = audit_pb2.Audit(name=audit_name(uuid.uuid4().hex), state=QUEUED, spec=spec)
+        audit.create_time.GetCurrentTime()
+        self._store.insert(audit)
+        job = _Job(audit=audit, data=data)
+        self._live[job.id] = job
+        task = asyncio.create_task(self._run(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        logger.info("audit %s queued: %d images, k=%d, T=%d, precomputed=%s", audit.name, len(data.images),
+                    data.params.k, data.params.encodings_per_image, data.params.precomputed)
+        return _copy(audit)
+
+    def get(self, name: str, *, summary_only: bool = False) -> audit_pb2.Audit:
+        audit_id = parse_name(name)
+        job = self._live.get(audit_id)
+        if job is not None:
+            return _copy(job.audit)
+        audit = self._store.get(audit_id, summary_only=summary_only)
+        if audit is None:
+            raise NotFound(f"name: no audit {name!r}", "name")
+        return audit
+
+    def list(self, *, page_size: int, page_token: str, state: int) -> tuple[list[audit_pb2.Audit], str]:
+        """A page of audit summaries, newest first, and the next page's token ("" on the last page)."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size: must not be negative, got {page_size}", "page_size")
+        if state not in audit_pb2.AuditState.values():
+            raise InvalidArgument(f"state: unknown audit state {state}", "state")
+        limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        before = _parse_token(page_token, state) if page_token else None
+        rows = self._store.list(limit=limit + 1, before_seq=before, state=state)
+        page = rows[:limit]
+        audits = []
+        for _, audit in page:
+            job = self._live.get(audit.name.removeprefix("audits/"))
+            audits.append(_copy(job.audit) if job is not None and job.audit.state == audit.state else audit)
+        token = _make_token(page[-1][0], state) if len(rows) > limit else ""
+        return audits, token
+
+    async def cancel(self, name: str) -> audit_pb2.Audit:
+        """Stop a queued (at once) or running (within seconds) audit; an ended one is returned as it is."""
+        audit_id = parse_name(name)
+        job = self._live.get(audit_id)
+        if job is not None:
+            if job.audit.state == QUEUED:
+                await self._end(job, _Outcome(CANCELLED))
+            else:
+                job.cancel.cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(job.ended.wait()), CANCEL_WAIT_SECONDS)
+        return self.get(name, summary_only=True)
+
+    def delete(self, name: str) -> None:
+        audit_id = parse_name(name)
+        job = self._live.get(audit_id)
+        if job is not None:
+            raise FailedPrecondition(f"name: audit {name!r} is {audit_pb2.AuditState.Name(job.audit.state)}; "
+                                     "cancel it (and let it end) before deleting it", "name")
+        if not self._store.delete(audit_id):
+            raise NotFound(f"name: no audit {name!r}", "name")
+        logger.info("audit %s deleted", name)
+
+    async def watch(self, name: str) -> AsyncIterator[audit_pb2.WatchAuditResponse]:
+        """The audit's current state, then every progress event until it ends (last: the final state)."""
+        audit_id = parse_name(name)
+        job = self._live.get(audit_id)
+        if job is None:
+            audit = self._store.get(audit_id, summary_only=True)
+            if audit is None:
+                raise NotFound(f"name: no audit {name!r}", "name")
+            yield _event(audit)
+            return
+        events: asyncio.Queue[audit_pb2.WatchAuditResponse] = asyncio.Queue()
+        job.watchers.add(events)
+        try:
+            yield _event(job.audit)
+            while True:
+                event = await events.get()
+                yield event
+                if event.state in ENDED_STATES:
+                    return
+        finally:
+            job.watchers.discard(events)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Refuse new audits, stop every live one (FAILED "interrupted by shutdown") and close the store."""
+        self._closing = True
+        if self._pruner is not None:
+            self._pruner.cancel()
+        for job in list(self._live.values()):
+            job.stop_reason = INTERRUPTED_BY_SHUTDOWN
+            job.cancel.cancel()
+            if job.audit.state == QUEUED:
+                await self._end(job, _Outcome(FAILED, INTERRUPTED_BY_SHUTDOWN))
+        pending = set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if pending:  # their threads still use the store: leave it open; the next start marks them
+            logger.warning("%d audits did not stop in %gs; they will show as %r after the next start",
+                           len(pending), timeout, INTERRUPTED_BY_RESTART)
+        else:
+            self._store.close()
+
+    # The job itself.
+
+    async def _run(self, job: _Job) -> None:
+        assert self._slots is not None and self._loop is not None
+        async with self._slots:
+            if job.ended.is_set():  # cancelled (or shut down) while queued
+                return
+            job.audit.state = RUNNING
+            job.audit.start_time.GetCurrentTime()
+            self._store.save(job.audit)
+            self._notify(job)
+            logger.info("audit %s running", job.audit.name)
+            timer = self._loop.call_later(self._timeout, self._expire, job)
+            outcome = _Outcome(FAILED, INTERNAL_ERROR)
+            try:
+                outcome = await self._loop.run_in_executor(self._executor, self._execute, job)
+            except asyncio.CancelledError:  # the loop is going away (shutdown)
+                outcome = _Outcome(FAILED, job.stop_reason or INTERRUPTED_BY_SHUTDOWN)
+                raise
+            except Exception:  # the executor refused the job (shut down)
+                logger.exception("audit %s could not run", job.audit.name)
+            finally:
+                timer.cancel()
+                await asyncio.shield(self._end(job, outcome))
+
+    def _execute(self, job: _Job) -> _Outcome:
+        """Run the audit (worker thread)."""
+        data = job.data
+        assert data is not None
+        params = data.params
+        progress = self._progress_callback(job)
+        try:
+            if params.precomputed:
+                report = audit_encodings(data.encodings, data.encoding_labels, data.images, k=params.k,
+                                         encodings_per_image=params.encodings_per_image, mode=params.mode,
+                                         device=self._device, progress=progress, cancel=job.cancel)
+            else:
+                pool = self._pools.get(data.image_shape)
+                report = audit_deployment(data.images, data.labels, k=params.k,
+                                          encodings_per_image=params.encodings_per_image, mode=params.mode,
+                                          num_classes=params.num_classes, pool=pool, seed=params.seed,
+                                          device=self._device, key_aware=params.key_aware, progress=progress,
+                                          cancel=job.cancel)
+            if job.cancel.cancelled:  # stopped after the attack's last check: still honour it
+                raise AttackCancelled("the audit was cancelled")
+            return _Outcome(SUCCEEDED, report=report_message(report))
+        except AttackCancelled:
+            return _Outcome(CANCELLED) if job.stop_reason is None else _Outcome(FAILED, job.stop_reason)
+        except (ServiceError, InvalidInputError) as exc:
+            logger.info("audit %s failed: %s", job.audit.name, exc)
+            return _Outcome(FAILED, str(exc))
+        except Exception:
+            logger.exception("audit %s failed unexpectedly", job.audit.name)
+            return _Outcome(FAILED, INTERNAL_ERROR)
+
+    def _progress_callback(self, job: _Job):
+        loop = self._loop
+        assert loop is not None
+
+        def progress(stage: str, stage_fraction: float, fraction: float) -> None:  # worker thread
+            now = time.monotonic()
+            if stage == job.last_stage and now - job.last_sent < WATCH_INTERVAL_SECONDS and stage_fraction < 1.0:
+                return
+            job.last_stage, job.last_sent = stage, now
+            loop.call_soon_threadsafe(self._on_progress, job, stage, stage_fraction, fraction)
+
+        return progress
+
+    def _on_progress(self, job: _Job, stage: str, stage_fraction: float, fraction: float) -> None:
+        if job.ended.is_set() or job.audit.state != RUNNING:
+            return
+        current = job.audit.progress
+        if stage == current.stage:
+            stage_fraction = max(stage_fraction, current.stage_fraction)
+        current.stage = stage
+        current.stage_fraction = stage_fraction
+        current.fraction = max(fraction, current.fraction)
+        self._notify(job)
+        now = time.monotonic()
+        if now - job.last_persisted >= PERSIST_INTERVAL_SECONDS:
+            job.last_persisted = now
+            self._store.save_progress(job.id, current)
+
+    def _expire(self, job: _Job) -> None:
+        if not job.ended.is_set() and job.stop_reason is None:
+            logger.warning("audit %s ran past its %gs time limit; stopping it", job.audit.name, self._timeout)
+            job.stop_reason = TIME_LIMIT_EXCEEDED
+            job.cancel.cancel()
+
+    async def _end(self, job: _Job, outcome: _Outcome) -> None:
+        """Record the final state (store first, then memory), tell the watchers and forget the inputs."""
+        if job.ended.is_set():
+            return
+        job.data = None
+        final = _copy(job.audit)
+        final.state = outcome.state
+        final.error = outcome.error
+        final.end_time.GetCurrentTime()
+        if outcome.report is not None:
+            final.report.CopyFrom(outcome.report)
+            final.progress.stage_fraction = 1.0
+            final.progress.fraction = 1.0
+        await asyncio.get_running_loop().run_in_executor(None, self._store.save, final)
+        final.ClearField("report")  # the live copy stays small; readers go to the store from now on
+        job.audit = final
+        job.ended.set()
+        self._notify(job)
+        self._live.pop(job.id, None)
+        logger.info("audit %s %s%s", final.name, audit_pb2.AuditState.Name(final.state),
+                    f": {final.error}" if final.error else "")
+
+    def _notify(self, job: _Job) -> None:
+        event = _event(job.audit)
+        for events in job.watchers:
+            events.put_nowait(event)
+
+    def _prune(self) -> int:
+        if self._retention_days <= 0:
+            return 0
+        cutoff = time.time_ns() - int(self._retention_days * 86400 * 1e9)
+        pruned = self._store.prune(cutoff)
+        if pruned:
+            logger.info("deleted %d audits that ended more than %g days ago", pruned, self._retention_days)
+        return pruned
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._prune)
+            except Exception:
+                logger.exception("pruning old audits failed")
+
+
+def _event(audit: audit_pb2.Audit) -> audit_pb2.WatchAuditResponse:
+    return audit_pb2.WatchAuditResponse(state=audit.state, progress=audit.progress, error=audit.error)
+
+
+def _copy(audit: audit_pb2.Audit) -> audit_pb2.Audit:
+    copy = audit_pb2.Audit()
+    copy.CopyFrom(audit)
+    return copy
+
+
+def _make_token(seq: int, state: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{seq}:{state}".encode()).decode()
+
+
+def _parse_token(token: str, state: int) -> int:
+    try:
+        version, seq, token_state = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if version != "v1":
+            raise ValueError(version)
+        seq_value, state_value = int(seq), int(token_state)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument("page_token: not a token this server made", "page_token") from None
+    if state_value != state:
+        raise InvalidArgument("page_token: made for another state filter; list again from the first page",
+                              "page_token")
+    return seq_value

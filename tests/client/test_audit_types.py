@@ -1,0 +1,177 @@
+"""Audit dataclasses from hand-built protos, and the report folder they write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from instahide_client import Audit, AuditEvent, AuditReport
+from instahide_client._convert import to_tensor
+from instahide_client.audits import audit_name
+from instahide_client.instahide.v1 import audit_pb2, transform_pb2
+
+PNG = b"\x89PNG\r\n\x1a\nfake"
+
+
+def attack_scores(seed: int, m: int = 4, p: int = 3, with_recovered: bool = True) -> audit_pb2.AttackScores:
+    rng = np.random.default_rng(seed)
+    msg = audit_pb2.AttackScores(
+        max_ssim=0.41, mean_ssim=0.2, min_l2=0.05, mean_l2=0.09,
+        recovered_above_0_5=1 / 3, recovered_above_0_8=0.0,
+        best_ssim=rng.uniform(-1, 1, p).tolist(), best_match=rng.integers(0, m, p).tolist(),
+    )
+    msg.best_ssim_histogram.extend(audit_pb2.HistogramBucket(lower=lo / 10, upper=lo / 10 + 0.1, count=lo % 3)
+                                   for lo in range(-10, 10))
+    msg.stage_seconds.update({"similarity": 0.5, "recovery": 2.25})
+    if with_recovered:
+        msg.recovered.CopyFrom(to_tensor(rng.uniform(-1, 1, (m, 8, 8, 3)).astype(np.float32)))
+    return msg
+
+
+def audit_proto(state=audit_pb2.AUDIT_STATE_SUCCEEDED, *, key_aware=True, with_recovered=True,
+                report=True) -> audit_pb2.Audit:
+    msg = audit_pb2.Audit(name="audits/a1b2", state=state, error="",
+                          spec=audit_pb2.AuditSpec(mode=transform_pb2.ENCODE_MODE_INSIDE, k=4,
+                                                   encodings_per_image=3, seed=1, display_name="nightly"),
+                          progress=audit_pb2.AuditProgress(stage="scoring", stage_fraction=1.0, fraction=1.0))
+    msg.create_time.FromDatetime(dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    msg.start_time.FromDatetime(dt.datetime(2025, 1, 2, 3, 4, 6, tzinfo=dt.UTC))
+    if state in (audit_pb2.AUDIT_STATE_SUCCEEDED, audit_pb2.AUDIT_STATE_FAILED):
+        msg.end_time.FromDatetime(dt.datetime(2025, 1, 2, 3, 5, 0, tzinfo=dt.UTC))
+    if report:
+        msg.report.CopyFrom(audit_pb2.AuditReport(
+            ciphertext_only=attack_scores(1, with_recovered=with_recovered), device="cpu",
+            grid_png=PNG if with_recovered else b"", images=3, encodings=9, seconds=3.5))
+        if key_aware:
+            msg.report.key_aware.CopyFrom(attack_scores(2, with_recovered=with_recovered))
+    return msg
+
+
+class TestAudit:
+    def test_from_proto(self):
+        audit = Audit.from_proto(audit_proto())
+        assert (audit.name, audit.id, audit.state, audit.done) == ("audits/a1b2", "a1b2", "succeeded", True)
+        assert audit.create_time == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+        assert audit.end_time.tzinfo is not None
+        assert audit.spec.mode == "inside" and audit.spec.k == 4 and audit.spec.encodings_per_image == 3
+        assert audit.spec.seed == 1 and audit.spec.key_aware_bound is True and audit.spec.num_classes is None
+        assert audit.progress.stage == "scoring" and audit.progress.fraction == 1.0
+        report = audit.report
+        assert report is not None and report.device == "cpu" and report.grid_png == PNG
+        assert (report.images, report.encodings, report.seconds) == (3, 9, 3.5)
+        co = report.ciphertext_only
+        assert co.max_ssim == pytest.approx(0.41) and co.recovered_above_0_5 == pytest.approx(1 / 3)
+        assert co.recovered.shape == (4, 8, 8, 3) and co.recovered.dtype == np.float32
+        assert co.best_ssim.dtype == np.float64 and co.best_match.dtype == np.int64
+        assert co.best_ssim.shape == co.best_match.shape == (3,)
+        assert len(co.histogram) == 20 and co.histogram[0] == (-1.0, pytest.approx(-0.9), 2)
+        assert co.stage_seconds == {"recovery": 2.25, "similarity": 0.5}
+        assert report.key_aware is not None and list(report.attacks()) == ["ciphertext_only", "key_aware"]
+
+    def test_proto_defaults_made_explicit(self):
+        audit = Audit.from_proto(audit_pb2.Audit(name="audits/x", state=audit_pb2.AUDIT_STATE_QUEUED))
+        assert audit.state == "queued" and not audit.done
+        assert (audit.start_time, audit.end_time, audit.create_time, audit.report) == (None, None, None, None)
+        assert (audit.spec.mode, audit.spec.k, audit.spec.encodings_per_image) == ("cross", 6, 50)
+        assert audit.spec.seed is None and audit.spec.key_aware_bound is True
+
+    def test_key_aware_unset_and_summary(self):
+        audit = Audit.from_proto(audit_proto(key_aware=False, with_recovered=False))
+        assert audit.report.key_aware is None and list(audit.report.attacks()) == ["ciphertext_only"]
+        assert audit.report.ciphertext_only.recovered is None and audit.report.grid_png == b""
+
+    def test_failed(self):
+        msg = audit_proto(audit_pb2.AUDIT_STATE_FAILED, report=False)
+        msg.error = "interrupted by restart"
+        audit = Audit.from_proto(msg)
+        assert audit.state == "failed" and audit.error == "interrupted by restart" and audit.report is None
+        with pytest.raises(ValueError, match="has no report"):
+            audit.write_report("/nonexistent")
+
+    def test_event(self):
+        event = AuditEvent.from_proto(audit_pb2.WatchAuditResponse(
+            state=audit_pb2.AUDIT_STATE_RUNNING,
+            progress=audit_pb2.AuditProgress(stage="recovery", stage_fraction=0.5, fraction=0.25)))
+        assert event.state == "running" and not event.done
+        assert event.progress.stage == "recovery" and event.progress.fraction == 0.25
+
+    def test_name_roundtrip(self):
+        audit = Audit.from_proto(audit_proto())
+        assert audit_name(audit.id) == audit.name
+
+
+class TestReportWrite:
+    def test_files_and_contents(self, tmp_path):
+        audit = Audit.from_proto(audit_proto())
+        paths = audit.report.write(tmp_path / "new" / "report")
+        folder = tmp_path / "new" / "report"
+        assert sorted(p.name for p in paths) == ["grid.png", "recoveries.npz", "report.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["grid.png", "recoveries.npz", "report.json"]  # no temps
+        assert (folder / "grid.png").read_bytes() == PNG
+        assert (folder / "report.json").stat().st_mode & 0o077 == 0  # owner only
+
+        report = json.loads((folder / "report.json").read_text())
+        assert report["audit"]["name"] == "audits/a1b2" and report["audit"]["state"] == "succeeded"
+        assert report["audit"]["create_time"] == "2025-01-02T03:04:05+00:00"
+        assert report["audit"]["spec"]["k"] == 4 and report["audit"]["spec"]["seed"] == 1
+        assert (report["device"], report["images"], report["encodings"], report["seconds"]) == ("cpu", 3, 9, 3.5)
+        for attack in ("ciphertext_only", "key_aware"):
+            scores = report[attack]
+            assert scores["max_ssim"] == pytest.approx(0.41) and scores["mean_l2"] == pytest.approx(0.09)
+            assert scores["recovered_above_0_5"] == pytest.approx(1 / 3)
+            assert scores["stage_seconds"] == {"recovery": 2.25, "similarity": 0.5} and scores["seconds"] == 2.75
+            assert len(scores["best_ssim_histogram"]) == 20
+            assert scores["best_ssim_histogram"][0] == {"lower": -1.0, "upper": pytest.approx(-0.9), "count": 2}
+            assert (scores["private_images"], scores["recovered_images"]) == (3, 4)
+
+        with np.load(folder / "recoveries.npz") as npz:
+            assert sorted(npz.files) == sorted(f"{a}_{x}" for a in ("ciphertext_only", "key_aware")
+                                               for x in ("recovered", "best_match", "best_ssim"))
+            for attack in ("ciphertext_only", "key_aware"):
+                scores = getattr(audit.report, attack)
+                np.testing.assert_array_equal(npz[f"{attack}_recovered"], scores.recovered)
+                assert npz[f"{attack}_recovered"].dtype == np.float32
+                np.testing.assert_array_equal(npz[f"{attack}_best_match"], scores.best_match)
+                np.testing.assert_array_equal(npz[f"{attack}_best_ssim"], scores.best_ssim)
+
+    def test_json_clean_numbers(self, tmp_path):
+        msg = audit_proto(key_aware=False)
+        msg.report.ciphertext_only.max_ssim = math.nan  # e.g. precomputed encodings: pairs unknown
+        msg.report.ciphertext_only.min_l2 = math.inf
+        audit = Audit.from_proto(msg)
+        audit.write_report(tmp_path)
+        text = (tmp_path / "report.json").read_text()
+        assert "NaN" not in text and "Infinity" not in text
+        report = json.loads(text)
+        assert report["ciphertext_only"]["max_ssim"] is None and report["ciphertext_only"]["min_l2"] is None
+        assert "key_aware" not in report
+        with np.load(tmp_path / "recoveries.npz") as npz:
+            assert not any(name.startswith("key_aware") for name in npz.files)
+
+    def test_summary_report_writes_no_grid(self, tmp_path):
+        audit = Audit.from_proto(audit_proto(with_recovered=False))
+        names = sorted(p.name for p in audit.report.write(tmp_path))
+        assert names == ["recoveries.npz", "report.json"]
+        with np.load(tmp_path / "recoveries.npz") as npz:
+            assert "ciphertext_only_recovered" not in npz.files and "ciphertext_only_best_ssim" in npz.files
+
+    def test_overwrites_atomically(self, tmp_path):
+        (tmp_path / "report.json").write_text("old")
+        Audit.from_proto(audit_proto()).report.write(tmp_path)
+        assert json.loads((tmp_path / "report.json").read_text())["images"] == 3
+
+    def test_unwritable_folder(self, tmp_path):
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(OSError):
+            Audit.from_proto(audit_proto()).report.write(tmp_path / "file" / "sub")
+
+    def test_report_without_audit_context(self, tmp_path):
+        report = AuditReport.from_proto(audit_proto().report)
+        report.write(tmp_path)
+        data = json.loads((tmp_path / "report.json").read_text())
+        assert "audit" not in data and data["device"] == "cpu"
+        np.load(io.BytesIO((tmp_path / "recoveries.npz").read_bytes()))

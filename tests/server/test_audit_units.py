@@ -1,0 +1,109 @@
+"""Audit pieces without a server: settings, the store, names and page tokens."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import pytest
+from instahide_client.instahide.v1 import audit_pb2
+from instahide_server.__main__ import build_parser
+from instahide_server.config import ConfigError, ServerConfig, default_state_dir
+from instahide_server.errors import InvalidArgument
+from instahide_server.jobs import _make_token, _parse_token, parse_name
+from instahide_server.store import AuditStore, summary_of
+
+
+def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
+    return ServerConfig.from_args_and_env(build_parser().parse_args(argv), env)
+
+
+class TestSettings:
+    def test_defaults(self, monkeypatch):
+        config = _config([], {"XDG_STATE_HOME": "/var/state"})
+        assert config.state_dir == pathlib.Path("/var/state/instahide") and config.data_root is None
+        assert (config.audit_workers, config.audit_queue_size, config.audit_timeout_seconds,
+                config.audit_max_images, config.audit_retention_days) == (None, 16, 3600.0, 10000, 30.0)
+        assert default_state_dir({}) == pathlib.Path.home() / ".local/state/instahide"
+        assert default_state_dir({"XDG_STATE_HOME": "relative"}) == pathlib.Path.home() / ".local/state/instahide"
+
+    def test_flags_and_env(self):
+        env = {"INSTAHIDE_STATE_DIR": "/s", "INSTAHIDE_AUDIT_QUEUE_SIZE": "3", "INSTAHIDE_DATA_ROOT": "/d",
+               "INSTAHIDE_AUDIT_RETENTION_DAYS": "0"}
+        config = _config(["--audit-workers", "2", "--audit-timeout-seconds", "1.5", "--audit-max-images", "9",
+                          "--state-dir", "/flag"], env)
+        assert config.state_dir == pathlib.Path("/flag") and config.data_root == pathlib.Path("/d")
+        assert (config.audit_workers, config.audit_queue_size, config.audit_timeout_seconds,
+                config.audit_max_images, config.audit_retention_days) == (2, 3, 1.5, 9, 0.0)
+
+    @pytest.mark.parametrize(("argv", "needle"), [
+        (["--audit-workers", "0"], "audit_workers"),
+        (["--audit-queue-size", "0"], "audit_queue_size"),
+        (["--audit-timeout-seconds", "0"], "audit_timeout_seconds"),
+        (["--audit-max-images", "1"], "audit_max_images"),
+        (["--audit-retention-days", "-1"], "audit_retention_days"),
+    ])
+    def test_bad_settings(self, argv, needle):
+        with pytest.raises(ConfigError, match=needle):
+            _config(argv, {})
+
+
+def _audit(audit_id: str, state: int) -> audit_pb2.Audit:
+    audit = audit_pb2.Audit(name=f"audits/{audit_id}", state=state, spec=audit_pb2.AuditSpec(k=6))
+    audit.create_time.GetCurrentTime()
+    return audit
+
+
+class TestStore:
+    def test_round_trip_interrupt_prune_and_list(self, tmp_path):
+        store = AuditStore.open(tmp_path / "state")
+        ids = [f"{i:032x}" for i in range(5)]
+        for i, audit_id in enumerate(ids):
+            store.insert(_audit(audit_id, audit_pb2.AUDIT_STATE_QUEUED if i < 3 else audit_pb2.AUDIT_STATE_RUNNING))
+        done = _audit(ids[0], audit_pb2.AUDIT_STATE_SUCCEEDED)
+        done.end_time.FromNanoseconds(time.time_ns() - 10 * 86400 * 10**9)  # ended ten days ago
+        done.report.grid_png = b"png"
+        done.report.ciphertext_only.max_ssim = 0.5
+        done.report.ciphertext_only.recovered.shape.extend([1, 2, 2, 3])
+        store.save(done)
+        assert store.get(ids[0]).report == done.report
+        assert store.get(ids[0], summary_only=True).report == summary_of(done.report)
+        assert not summary_of(done.report).grid_png and summary_of(done.report).ciphertext_only.max_ssim == 0.5
+
+        assert store.mark_interrupted("interrupted by restart") == 4
+        assert {store.get(i).error for i in ids[1:]} == {"interrupted by restart"}
+        assert store.get(ids[0]).error == ""
+
+        page = store.list(limit=2)
+        assert [a.name for _, a in page] == [f"audits/{ids[4]}", f"audits/{ids[3]}"]
+        rest = store.list(limit=10, before_seq=page[-1][0])
+        assert [a.name for _, a in rest] == [f"audits/{i}" for i in reversed(ids[:3])]
+        assert [a.name for _, a in store.list(limit=10, state=audit_pb2.AUDIT_STATE_SUCCEEDED)] == [done.name]
+
+        assert store.prune(time.time_ns() - 86400 * 10**9) == 1  # only the one ended over a day ago
+        assert store.get(ids[0]) is None and store.get(ids[1]) is not None
+        assert store.delete(ids[1]) and not store.delete(ids[1])
+        store.close()
+
+    def test_reopening_keeps_the_rows(self, tmp_path):
+        store = AuditStore.open(tmp_path)
+        store.insert(_audit("a" * 32, audit_pb2.AUDIT_STATE_QUEUED))
+        store.close()
+        assert AuditStore.open(tmp_path).get("a" * 32).spec.k == 6
+
+    def test_unusable_folder(self, tmp_path):
+        (tmp_path / "file").write_text("")
+        with pytest.raises(ConfigError, match="--state-dir"):
+            AuditStore.open(tmp_path / "file")
+
+
+def test_names_and_page_tokens():
+    assert parse_name("audits/" + "ab" * 16) == "ab" * 16
+    for bad in ("audits/", "audits/" + "AB" * 16, "audits/" + "a" * 31, "x/" + "a" * 32, "audits/" + "a" * 32 + "/x"):
+        with pytest.raises(InvalidArgument, match="name"):
+            parse_name(bad)
+    token = _make_token(17, audit_pb2.AUDIT_STATE_FAILED)
+    assert _parse_token(token, audit_pb2.AUDIT_STATE_FAILED) == 17
+    for bad, state in ((token, 0), ("%%%", 0), ("djE6eDow", 0)):
+        with pytest.raises(InvalidArgument, match="page_token"):
+            _parse_token(bad, state)
