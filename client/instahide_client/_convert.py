@@ -73,3 +73,11 @@ def to_numpy(tensor: tensor_pb2.Tensor, *, max_elements: int | None = None) -> n
             "content",
         )
     return np.frombuffer(tensor.content, dtype=dtype).reshape(shape)
+
+
+def optional_numpy(message, field: str) -> np.ndarray | None:
+    """The array in ``message.<field>``, or None when that tensor field is unset or empty."""
+    if not message.HasField(field):
+        return None
+    array = to_numpy(getattr(message, field))
+    return array if array.size else None

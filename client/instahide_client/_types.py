@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instahide_client._convert import to_numpy
+from instahide_client._convert import optional_numpy, to_numpy
 from instahide_client.errors import InstaHideError, status_code
 from instahide_client.instahide.v1 import transform_pb2
 
@@ -66,9 +66,7 @@ class KeyRecord:
 
     @classmethod
     def from_proto(cls, msg: transform_pb2.KeyRecord) -> KeyRecord:
-        mask_bits = to_numpy(msg.mask_bits) if msg.HasField("mask_bits") else None
-        if mask_bits is not None and mask_bits.size == 0:
-            mask_bits = None
+        mask_bits = optional_numpy(msg, "mask_bits")
         return cls(
             coefficients=to_numpy(msg.coefficients),
             indices=to_numpy(msg.indices),

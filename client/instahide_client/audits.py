@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from instahide_client._convert import to_numpy
+from instahide_client._convert import optional_numpy
 from instahide_client._types import MODE_NAMES
 from instahide_client.instahide.v1 import audit_pb2
 
@@ -183,9 +183,7 @@ class AttackScores:
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AttackScores) -> AttackScores:
-        recovered = to_numpy(msg.recovered) if msg.HasField("recovered") else None
-        if recovered is not None and recovered.size == 0:
-            recovered = None
+        recovered = optional_numpy(msg, "recovered")
         return cls(
             max_ssim=float(msg.max_ssim),
             mean_ssim=float(msg.mean_ssim),
