@@ -54,9 +54,9 @@ def run_server(flags: list[str], *, port_file: pathlib.Path, log_path: pathlib.P
                timeout: float = 60.0) -> Iterator[ServerProcess]:
     """Run ``python -m instahide_server FLAGS`` until it writes ``port_file``; SIGTERM it on exit."""
     cmd = [sys.executable, "-m", "instahide_server", *flags]
-    # Audits are stored beside the log unless a test names its own state folder.
+    # Audits are stored beside the log and /metrics stays off, unless a test asks otherwise.
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "INSTAHIDE_STATE_DIR": str(log_path.parent / "state"),
-                **(env or {})}
+                "INSTAHIDE_METRICS_PORT": "0", **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     try:

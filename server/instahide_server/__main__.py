@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from instahide_server.config import MIB, ConfigError, ServerConfig
+from instahide_server.config import DEFAULT_METRICS_PORT, MIB, ConfigError, ServerConfig
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, help="encoding threads (default: cores, at most 4)")
     add("--grace-seconds", type=float, help="time in-flight calls get to finish on SIGTERM (default 30)")
     add("--log-level", help="DEBUG | INFO | WARNING | ERROR (default INFO)")
+    metrics = parser.add_argument_group("metrics")
+    add = metrics.add_argument
+    add("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 turns it off, "
+                                         "or with --metrics-port-file binds a free port "
+                                         f"(default {DEFAULT_METRICS_PORT}; when that one is taken, a warning "
+                                         "and no metrics; a port given explicitly must be free)")
+    add("--metrics-host", help="address the metrics endpoint listens on (default: the same as --host)")
+    add("--metrics-port-file", help="write the bound metrics port to this file once serving")
     audits = parser.add_argument_group("audits")
     add = audits.add_argument
     add("--state-dir", help="folder of the audit database, instahide.db (default $XDG_STATE_HOME/instahide, "

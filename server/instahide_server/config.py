@@ -18,6 +18,7 @@ from typing import Any
 from instahide_client.tokens import read_token_file
 
 MIB = 1 << 20
+DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter also defaults to
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,10 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     grace_seconds: float = 30.0
     log_level: str = "INFO"
+    # Metrics (Prometheus text on http://metrics_host:metrics_port/metrics).
+    metrics_port: int | None = None  # None = DEFAULT_METRICS_PORT if free (else a warning); 0 = no endpoint
+    metrics_host: str | None = None  # None = the same as host
+    metrics_port_file: pathlib.Path | None = None  # the bound metrics port is written here once serving
     # Audits.
     state_dir: pathlib.Path | None = None  # the audit database's folder; None = the per-user state folder
     data_root: pathlib.Path | None = None  # server-side datasets an audit may name; None = none allowed
@@ -82,6 +87,8 @@ class ServerConfig:
         """Raise ConfigError when a setting is out of range."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.device != "auto" and self.device != "cpu" and not _is_cuda_name(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.max_message_bytes < 64 * 1024:
@@ -103,6 +110,11 @@ class ServerConfig:
             raise ConfigError(f"audit_timeout_seconds must be positive, got {self.audit_timeout_seconds}")
         if not self.audit_retention_days >= 0:
             raise ConfigError(f"audit_retention_days must not be negative, got {self.audit_retention_days}")
+
+    @property
+    def resolved_metrics_host(self) -> str:
+        """``metrics_host``, or ``host`` when it is not set."""
+        return self.metrics_host if self.metrics_host is not None else self.host
 
     @property
     def resolved_state_dir(self) -> pathlib.Path:
@@ -163,6 +175,9 @@ _SETTINGS = (
     _Setting("workers", int),
     _Setting("grace_seconds", float),
     _Setting("log_level", _log_level),
+    _Setting("metrics_port", int),
+    _Setting("metrics_host", str),
+    _Setting("metrics_port_file", pathlib.Path),
     _Setting("state_dir", pathlib.Path),
     _Setting("data_root", pathlib.Path),
     _Setting("audit_workers", int),

@@ -10,6 +10,7 @@ then means up to W × cores busy threads, which can oversubscribe a small machin
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from instahide_client.instahide.v1 import transform_pb2
 from instahide_ops import EncodeResult, encode
 from instahide_server import wire
 from instahide_server.errors import REQUEST_ERRORS, ResourceExhausted, Status, status_of
+from instahide_server.metrics import ServerMetrics
 from instahide_server.pools import PoolRegistry
 from instahide_server.validation import EncodeJob, Limits, check_request
 
@@ -41,10 +43,12 @@ class Outcome:
 class BatchEncoder:
     """Turns a request and its effective config into a serialized response."""
 
-    def __init__(self, *, device: torch.device, pools: PoolRegistry, limits: Limits) -> None:
+    def __init__(self, *, device: torch.device, pools: PoolRegistry, limits: Limits,
+                 metrics: ServerMetrics | None = None) -> None:
         self._device = device
         self._pools = pools
         self._limits = limits
+        self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
 
     def run(self, request: transform_pb2.EncodeRequest, config: transform_pb2.EncodeConfig,
             position: int = 0) -> Outcome:
@@ -54,6 +58,9 @@ class BatchEncoder:
         the keys of (seed, i), so a seeded stream never repeats keys. Anything unexpected propagates
         (and ends the stream with INTERNAL).
         """
+        metrics = self._metrics
+        started = time.perf_counter()
+        metrics.encode_bytes_received.inc(request.ByteSize())
         try:
             job = check_request(request, config, self._limits)
             result = self._encode(job, position)
@@ -62,8 +69,15 @@ class BatchEncoder:
             assert status is not None
             logger.info("request %r refused: %s %s", request.request_id[:64], status.code.name,
                         status.message)
-            return Outcome(wire.error_response(request.request_id, status), 0, status)
-        return Outcome(self._response(request.request_id, job, result), job.images.shape[0])
+            outcome = Outcome(wire.error_response(request.request_id, status), 0, status)
+        else:
+            outcome = Outcome(self._response(request.request_id, job, result), job.images.shape[0])
+            metrics.images_encoded.labels(job.params.mode).inc(outcome.images)
+            if job.seed is not None:
+                metrics.seeded_batches.inc()
+            metrics.encode_batch_seconds.observe(time.perf_counter() - started)
+        metrics.encode_bytes_sent.inc(len(outcome.payload))
+        return outcome
 
     def _encode(self, job: EncodeJob, position: int) -> EncodeResult:
         job.params.validate()  # before a pool is built for parameters encode would refuse

@@ -49,6 +49,7 @@ from instahide_server.errors import (
     ServiceError,
     Unavailable,
 )
+from instahide_server.metrics import ServerMetrics
 from instahide_server.pools import PoolRegistry
 from instahide_server.reports import report_message
 from instahide_server.store import ENDED_STATES, AuditStore, audit_name
@@ -92,6 +93,7 @@ class _Job:
     stop_reason: str | None = None  # why the token was set when not by CancelAudit
     watchers: set[asyncio.Queue] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    running_since: float | None = None  # time.monotonic() when it started running
     last_persisted: float = 0.0
     # Worker-thread side of the progress throttle.
     last_stage: str = ""
@@ -113,8 +115,10 @@ class AuditJobs:
     """Queues, runs, watches, cancels and lists audits; call from the event loop."""
 
     def __init__(self, store: AuditStore, pools: PoolRegistry, *, device: torch.device, workers: int,
-                 queue_size: int, timeout_seconds: float, retention_days: float) -> None:
+                 queue_size: int, timeout_seconds: float, retention_days: float,
+                 metrics: ServerMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
         self._pools = pools
         self._device = device
         self._workers = workers
@@ -170,6 +174,7 @@ class AuditJobs:
         task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._count_queued()
         logger.info("audit %s queued: %d images, k=%d, T=%d, precomputed=%s", audit.name, len(data.images),
                     data.params.k, data.params.encodings_per_image, data.params.precomputed)
         return _copy(audit)
@@ -275,6 +280,8 @@ class AuditJobs:
                 return
             job.audit.state = RUNNING
             job.audit.start_time.GetCurrentTime()
+            job.running_since = time.monotonic()
+            self._count_queued()
             self._store.save(job.audit)
             self._notify(job)
             logger.info("audit %s running", job.audit.name)
@@ -374,8 +381,21 @@ class AuditJobs:
         job.ended.set()
         self._notify(job)
         self._live.pop(job.id, None)
+        self._count_ended(job, outcome)
         logger.info("audit %s %s%s", final.name, audit_pb2.AuditState.Name(final.state),
                     f": {final.error}" if final.error else "")
+
+    def _count_queued(self) -> None:
+        self._metrics.audit_queue_depth.set(sum(job.audit.state == QUEUED for job in self._live.values()))
+
+    def _count_ended(self, job: _Job, outcome: _Outcome) -> None:
+        metrics = self._metrics
+        metrics.audits.labels(audit_pb2.AuditState.Name(outcome.state).removeprefix("AUDIT_STATE_").lower()).inc()
+        if job.running_since is not None:
+            metrics.audit_seconds.observe(time.monotonic() - job.running_since)
+        if outcome.state == SUCCEEDED and outcome.report is not None:
+            metrics.audit_max_ssim.observe(outcome.report.ciphertext_only.max_ssim)
+        self._count_queued()
 
     def _notify(self, job: _Job) -> None:
         event = _event(job.audit)

@@ -7,8 +7,13 @@ audit whose thread does not stop in time, or a server killed outright, is marked
 "interrupted by restart" at the next start.
 
 Interceptor order (outermost first, as grpc.aio applies its list):
-  1. ``BearerTokenInterceptor`` (only with a token): refuses unauthenticated calls before any work;
-  2. ``ErrorInterceptor``: maps what escapes a servicer to a status code (INTERNAL for the unexpected).
+  1. ``MetricsInterceptor``: the ``grpc_server_*`` family; outermost, so it sees every call with its
+     final code, refused (UNAUTHENTICATED) and failed (mapped by 2.) ones included;
+  2. ``BearerTokenInterceptor`` (only with a token): refuses unauthenticated calls before any work;
+  3. ``ErrorInterceptor``: maps what escapes a servicer to a status code (INTERNAL for the unexpected).
+
+Metrics: one ``ServerMetrics`` (its own registry) made in ``build_server`` and passed to what updates
+it; ``serve`` exposes it on ``/metrics`` (``--metrics-port``) before the gRPC port starts serving.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from grpc_reflection.v1alpha import reflection
 
 from instahide_ops.pool import load_pool
 from instahide_server import audit_servicer, transform_servicer
-from instahide_server.config import ConfigError, ServerConfig
+from instahide_server.config import DEFAULT_METRICS_PORT, ConfigError, ServerConfig
 from instahide_server.encoder import BatchEncoder
 from instahide_server.interceptors.auth import BearerTokenInterceptor
 from instahide_server.interceptors.errors import ErrorInterceptor
+from instahide_server.interceptors.metrics import MetricsInterceptor
 from instahide_server.jobs import AuditJobs, default_workers
+from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
 from instahide_server.pools import PoolRegistry
 from instahide_server.store import AuditStore
 from instahide_server.validation import Limits
@@ -66,7 +73,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_server(config: ServerConfig, *, executor: Executor | None = None,
-                 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, AuditJobs]:
+                 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, AuditJobs, ServerMetrics]:
     """Create (not start) the server: services, interceptors, limits and the bound port.
 
     Call from a running event loop. ``executor`` runs the encoding; by default one of
@@ -76,12 +83,13 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     Returns:
         The server, the port it is bound to (the real one when ``config.port`` is 0), its health
         servicer, whose statuses are NOT_SERVING until ``serve`` sets them, and the audit runner
-        (``await jobs.shutdown(...)`` it when stopping).
+        (``await jobs.shutdown(...)`` it when stopping), and the metrics every piece updates.
 
     Raises:
         ConfigError: an unusable device, pool or state directory.
     """
     device = resolve_device(config.device)
+    metrics = ServerMetrics(device=device)
     source = None
     if config.pool is not None:
         try:
@@ -90,19 +98,20 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
             raise ConfigError(f"--pool {config.pool}: {exc}") from None
     pools = PoolRegistry(device=device, source=source, cache_dir=config.cache_dir,
                          max_shapes=config.max_pool_shapes)
-    encoder = BatchEncoder(device=device, pools=pools, limits=Limits(
-        max_images_per_request=config.max_images_per_request, max_message_bytes=config.max_message_bytes))
+    limits = Limits(max_images_per_request=config.max_images_per_request,
+                    max_message_bytes=config.max_message_bytes)
+    encoder = BatchEncoder(device=device, pools=pools, limits=limits, metrics=metrics)
     store = AuditStore.open(config.resolved_state_dir)
     jobs = AuditJobs(store, pools, device=device, workers=config.audit_workers or default_workers(device),
                      queue_size=config.audit_queue_size, timeout_seconds=config.audit_timeout_seconds,
-                     retention_days=config.audit_retention_days)
+                     retention_days=config.audit_retention_days, metrics=metrics)
     jobs.recover()
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
     for shape in config.warm_shapes:  # so the first request of a common shape does not wait for its pool
         executor.submit(_warm_pool, pools, shape)
 
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics.grpc)]
     if config.token is not None:
         interceptors.append(BearerTokenInterceptor(config.token))
     interceptors.append(ErrorInterceptor())
@@ -113,7 +122,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     ])
 
     transform_servicer.add_to_server(transform_servicer.TransformServicer(
-        encoder, executor, max_in_flight=config.max_in_flight_per_stream), server)
+        encoder, executor, max_in_flight=config.max_in_flight_per_stream, metrics=metrics), server)
     audit_servicer.add_to_server(audit_servicer.AuditServicer(
         jobs, pools, data_root=config.data_root, max_images=config.audit_max_images), server)
     health = health_aio.HealthServicer()
@@ -132,7 +141,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
                 config.pool or "bundled default", "on" if config.token else "off", config.max_message_bytes,
                 config.workers)
-    return server, port, health, jobs
+    return server, port, health, jobs, metrics
 
 
 async def serve(config: ServerConfig) -> None:
@@ -142,7 +151,8 @@ async def serve(config: ServerConfig) -> None:
     """
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
     try:
-        server, port, health, jobs = build_server(config, executor=executor)
+        server, port, health, jobs, metrics = build_server(config, executor=executor)
+        endpoint = open_metrics_endpoint(config, metrics)
         for service in HEALTH_CHECKED:
             await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         stop = asyncio.Event()
@@ -152,6 +162,8 @@ async def serve(config: ServerConfig) -> None:
         await server.start()
         for service in HEALTH_CHECKED:
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if endpoint is not None and config.metrics_port_file is not None:
+            write_port_file(config.metrics_port_file, endpoint.port)
         if config.port_file is not None:
             write_port_file(config.port_file, port)
         logger.info("serving on %s:%d", config.host, port)
@@ -164,12 +176,43 @@ async def serve(config: ServerConfig) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            if config.port_file is not None:
-                with contextlib.suppress(OSError):
-                    config.port_file.unlink()
+            if endpoint is not None:
+                endpoint.close()
+            for path in (config.port_file, config.metrics_port_file if endpoint is not None else None):
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")
+
+
+def open_metrics_endpoint(config: ServerConfig, metrics: ServerMetrics) -> MetricsEndpoint | None:
+    """Serve ``/metrics`` as configured, or return None when it is off.
+
+    Port 0 turns the endpoint off, unless a metrics port file is given: then a free port is bound and
+    written there (as ``--port 0 --port-file`` do for gRPC; tests use it). The default port, when taken
+    (say by a second server on the host), gives a warning and no endpoint; a port given explicitly must
+    be free.
+
+    Raises:
+        ConfigError: an explicitly given metrics port that cannot be bound.
+    """
+    port = DEFAULT_METRICS_PORT if config.metrics_port is None else config.metrics_port
+    if port == 0 and config.metrics_port_file is None:
+        logger.info("metrics endpoint off (--metrics-port 0)")
+        return None
+    host = config.resolved_metrics_host
+    try:
+        endpoint = start_endpoint(metrics, host, port)
+    except OSError as exc:
+        if config.metrics_port is None:
+            logger.warning("metrics endpoint off: cannot listen on %s:%d (%s); give --metrics-port to choose "
+                           "another port, or 0 to turn it off", host, port, exc)
+            return None
+        raise ConfigError(f"--metrics-port: cannot listen on {host}:{port}: {exc}") from None
+    logger.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, endpoint.port)
+    return endpoint
 
 
 def _warm_pool(pools: PoolRegistry, shape: tuple[int, int, int]) -> None:

@@ -24,6 +24,7 @@ import grpc
 from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
 
 from instahide_server.encoder import BatchEncoder, Outcome
+from instahide_server.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,12 @@ class _StreamStats:
 class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
     """Encodes streams of image batches; see the module docstring for the pipeline."""
 
-    def __init__(self, encoder: BatchEncoder, executor: Executor, *, max_in_flight: int) -> None:
+    def __init__(self, encoder: BatchEncoder, executor: Executor, *, max_in_flight: int,
+                 metrics: ServerMetrics | None = None) -> None:
         self._encoder = encoder
         self._executor = executor
         self._max_in_flight = max_in_flight
+        self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
 
     async def Encode(self, request_iterator: AsyncIterator[transform_pb2.EncodeRequest],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -60,6 +63,8 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
         pending: asyncio.Queue = asyncio.Queue()  # futures of Outcome, in request order; bounded by slots
         reader = asyncio.create_task(self._read(request_iterator, slots, pending))
         outcome = "OK"
+        in_flight = self._metrics.encode_streams_in_flight
+        in_flight.inc()
         try:
             while (item := await pending.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -75,6 +80,7 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
             outcome = type(exc).__name__
             raise
         finally:
+            in_flight.dec()
             reader.cancel()
             while not pending.empty():
                 item = pending.get_nowait()
