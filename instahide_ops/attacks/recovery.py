@@ -16,6 +16,25 @@ A non-zero public mean makes ``|λP + N|`` asymmetric in P's sign, which orients
 far from zero (on the bundled pool: green, blue). Channels with a weak mean are bootstrapped from the
 best-oriented one (re-initialised from its solution half-way through), because EM started at zero drives
 every image of a weak channel to one sign.
+
+Two natural-image priors enter the M-step (both exact, through the eigenbases of ``AᵀDA`` and of the
+pixel grid's Laplacian, so a step stays a few small matrix products), and the E-step is annealed:
+
+- colour: red is poorly oriented by its mean, so its solve adds ``w·‖R − (a·G + b·B + c)‖²`` with (a, b, c)
+  fitted on natural images; it takes red's correlation with the truth from 0.50 to 0.79;
+- smoothness: a Gaussian MRF ``β·Σ (P(p) − P(p'))²`` over neighbouring pixels of every image;
+- annealing: the E-step's noise variance starts (1 + anneal) times too high and falls linearly to the
+  model's over the run, so sign posteriors stay soft instead of locking in the first guess.
+
+Measured on the bundled 100 images × 50 encodings with the true mapping (2 CPU cores, 60 steps, ~14 s):
+per-private SSIM 0.633 with none of these (per-channel correlation with the truth R 0.50, G 0.94, B 0.96),
+0.672 with the colour prior (w = 227), 0.684 adding smoothness (β = 10), 0.713 adding annealing that ends
+half-way (anneal = 3), 0.720 at w = 100, β = 20, and 0.744 with the annealing spread over the whole run (the
+defaults; R 0.88, G 0.97, B 0.98; 30 steps: 0.740 in half the time, 80: 0.745). Annealing with smoothness
+but no colour prior reaches 0.675. Tried and dropped: a joint 3-channel Gaussian colour prior (0.63-0.57:
+wrongly signed red data then drags green and blue), freeing the colour prior's per-image red offset (0.66),
+hotter annealing (half-way schedule, anneal = 5: 0.70, 10: 0.40, 30: loses every channel's orientation;
+whole-run anneal = 4: 0.741).
 """
 
 from __future__ import annotations
@@ -34,6 +53,22 @@ NATURAL_CHANNEL_MEAN = (2 * 0.485 - 1, 2 * 0.456 - 1, 2 * 0.406 - 1)
 DEFAULT_PUBLIC_STD = 0.6
 """Pixel standard deviation of natural images in [-1, 1] (the bundled pool measures 0.60)."""
 
+NATURAL_RED_FROM_GREEN_BLUE = (2.164, -1.169, -0.016)
+"""(a, b, c) of the least-squares fit R ≈ a·G + b·B + c on natural pixels in [-1, 1] (the bundled public
+pool; residual variance 0.044)."""
+
+DEFAULT_COLOUR_WEIGHT = 100.0
+"""Weight w of the red colour prior, ~4.5 / the fit's residual variance (with β = 10 and anneal = 3 the
+per-private SSIM measured 0.702 at w = 50, 0.719 at 100, 0.713 at 227)."""
+
+DEFAULT_SMOOTHNESS = 20.0
+"""Weight β of the neighbouring-pixel prior (without annealing: 0.678 at 3, 0.684 at 10, 0.675 at 30;
+with it and w = 100: 0.719 at 10, 0.720 at 20)."""
+
+DEFAULT_ANNEAL = 3.0
+"""Initial excess of the E-step's noise variance (cooling over the whole run; cooling by half-way measured
+2: 0.711, 3: 0.713, 5: 0.700 with w = 227, β = 10)."""
+
 
 def public_noise_ratio(public_slots: int) -> float:
     """E[Σ λj²] / E[(Σ λj)²] over ``public_slots`` half-normal draws: the public mix's variance per r²."""
@@ -45,7 +80,8 @@ def public_noise_ratio(public_slots: int) -> float:
 def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, num_images: int,
                      steps: int = 60, report: Callable[[float], None] | None = None,
                      public_mean: Tensor | float | None = None, public_std: Tensor | float = DEFAULT_PUBLIC_STD,
-                     public_slots: int = 4, bootstrap: bool = True) -> Tensor:
+                     public_slots: int = 4, bootstrap: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
+                     smoothness: float = DEFAULT_SMOOTHNESS, anneal: float = DEFAULT_ANNEAL) -> Tensor:
     """Estimate every private image from |encodings| and each encoding's two members and coefficients.
 
     Args:
@@ -61,13 +97,18 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
         public_std: natural-image pixel standard deviation, a float or broadcastable to (H, W, C).
         public_slots: number of public images in each mix (k − 2 in cross mode).
         bootstrap: re-initialise weakly oriented channels from the best-oriented one half-way through.
+        colour_weight: weight of the prior pulling red toward ``NATURAL_RED_FROM_GREEN_BLUE`` applied to
+            green and blue (3-channel images only); 0 turns it off.
+        smoothness: weight of the prior on differences between neighbouring pixels; 0 turns it off.
+        anneal: the E-step's noise variance starts at (1 + anneal) times the model's and falls linearly
+            to it over the ``steps`` iterations; 0 turns annealing off.
 
     Returns:
         (M, H, W, C) images in [-1, 1], on the magnitudes' device and dtype. Images no encoding
         mentions come back as zeros.
 
     Raises:
-        ValueError: malformed shapes, ids out of range or bad coefficients.
+        ValueError: malformed shapes, ids out of range, bad coefficients or negative prior weights.
 
     Examples:
         >>> mags = torch.rand(6, 4, 4, 3)
@@ -76,6 +117,9 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
         torch.Size([3, 4, 4, 3])
     """
     _check_inputs(magnitudes, members, weights, num_images, steps)
+    for name, value in (("colour_weight", colour_weight), ("smoothness", smoothness), ("anneal", anneal)):
+        if not math.isfinite(value) or value < 0:
+            raise InvalidInputError(f"must be finite and non-negative, got {value}", field=name)
     num_enc, height, width, channels = magnitudes.shape
     device, dtype = magnitudes.device, magnitudes.dtype
     y = magnitudes.abs().reshape(num_enc, height * width, channels)
@@ -92,8 +136,11 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
     design.index_put_((rows, members[:, 0]), lam[:, 0], accumulate=True)
     design.index_put_((rows, members[:, 1]), lam[:, 1], accumulate=True)
     ridge = 1e-4 * torch.eye(num_images, device=device, dtype=torch.float64)
-    solvers = [torch.linalg.inv((design.T @ (design * precision[:, c, None])).double() + ridge).to(dtype)
-               for c in range(channels)]
+    normal = [torch.linalg.eigh((design.T @ (design * precision[:, c, None])).double() + ridge)
+              for c in range(channels)]
+    normal = [(values.to(dtype), vectors.to(dtype)) for values, vectors in normal]
+    grid = _grid_laplacian_eigen(height, width, like=y)
+    colour = colour_weight if channels == 3 and colour_weight > 0 else 0.0
     images = torch.zeros(num_images, height * width, channels, device=device, dtype=dtype)
     strength = (mean.abs() / std).mean(dim=0)  # C: how strongly the public mean orients a channel
     for step in range(steps):
@@ -103,13 +150,64 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
             images[..., weak] = images[..., best : best + 1]
         predicted = lam[:, 0, None, None] * images[members[:, 0]] + lam[:, 1, None, None] * images[members[:, 1]]
         predicted += offset
-        signed = y * torch.tanh(y * predicted / noise) - offset
+        signed = y * torch.tanh(y * predicted / (noise * _temperature(step, steps, anneal))) - offset
         for c in range(channels):
-            images[..., c] = solvers[c] @ (design.T @ (signed[..., c] * precision[:, c, None]))
+            rhs = design.T @ (signed[..., c] * precision[:, c, None])
+            images[..., c] = _solve_with_priors(rhs, normal[c], grid, smoothness, (height, width))
+        if colour:
+            rhs = design.T @ (signed[..., 0] * precision[:, 0, None]) + colour * _red_from_green_blue(images)
+            images[..., 0] = _solve_with_priors(rhs, normal[0], grid, smoothness, (height, width), extra=colour)
         images.clamp_(-1.0, 1.0)
         if report is not None:
             report((step + 1) / steps)
     return images.reshape(num_images, height, width, channels)
+
+
+def _temperature(step: int, steps: int, anneal: float) -> float:
+    """Factor on the E-step's noise variance: 1 + anneal at the start, falling linearly toward 1 at the end.
+
+    Cooling over the whole run beat cooling by half-way (0.744 vs 0.720) or by three quarters (0.733).
+    """
+    return 1.0 + anneal * (1.0 - step / steps)
+
+
+def _red_from_green_blue(images: Tensor) -> Tensor:
+    """(M, HW) natural-colour prediction of red from the green and blue of (M, HW, 3) images."""
+    a, b, c = NATURAL_RED_FROM_GREEN_BLUE
+    return a * images[..., 1] + b * images[..., 2] + c
+
+
+def _grid_laplacian_eigen(height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eigenvalues (H, W) and the row and column eigenbases of the 4-neighbour grid Laplacian.
+
+    The grid's Laplacian is the Kronecker sum of two path-graph Laplacians, so its eigenbasis is the
+    product of theirs (a DCT) and never has to be formed as an HW × HW matrix.
+    """
+    def path(n: int) -> tuple[Tensor, Tensor]:
+        links, zero = torch.ones(n - 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        laplacian = torch.diag(torch.cat([links, zero]) + torch.cat([zero, links]))
+        laplacian -= torch.diag(links, 1) + torch.diag(links, -1)
+        values, vectors = torch.linalg.eigh(laplacian)
+        return values.clamp_min(0.0), vectors
+
+    (row_values, rows), (col_values, cols) = path(height), path(width)
+    values = row_values[:, None] + col_values[None, :]
+    return tuple(t.to(device=like.device, dtype=like.dtype) for t in (values, rows, cols))
+
+
+def _solve_with_priors(rhs: Tensor, normal: tuple[Tensor, Tensor], grid: tuple[Tensor, Tensor, Tensor],
+                       smoothness: float, size: tuple[int, int], extra: float = 0.0) -> Tensor:
+    """Solve ``(N ⊗ I + extra·I + smoothness · I ⊗ L) P = rhs`` for P (M, HW), N = AᵀDA = U diag(n) Uᵀ."""
+    values, vectors = normal
+    z = vectors.T @ rhs
+    if smoothness > 0:
+        grid_values, rows, cols = grid
+        z = rows.T @ z.reshape(-1, *size) @ cols
+        z = z / (values[:, None, None] + extra + smoothness * grid_values)
+        z = (rows @ z @ cols.T).reshape(rhs.shape)
+    else:
+        z = z / (values[:, None] + extra)
+    return vectors @ z
 
 
 def _field(value: Tensor | float, shape: tuple[int, int, int], like: Tensor, name: str) -> Tensor:
