@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pulls a multi-GB CUDA build. Override on a GPU host, e.g. TORCH=torch.
 TORCH ?= torch==2.13.0
 
-.PHONY: serve install dev test lint protos bench-encode clean
+.PHONY: serve install dev system-deps test lint protos bench-encode clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ $(VENV)/.dev: $(VENV)/.installed requirements-dev.txt
 serve: install
 	$(BIN)/instahide-server
 
-test: dev
+# Debian's prometheus package (prometheus + promtool) for the real-scrape tests (tests/test_prometheus.py).
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "install Debian's prometheus package (prometheus, promtool) for tests/test_prometheus.py"; fi; }
+
+test: dev system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs
 

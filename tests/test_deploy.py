@@ -6,7 +6,6 @@ exposition is the reference for the names that alerts.yml and the Grafana dashbo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import re
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from serverproc import start_server
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -39,18 +39,6 @@ TARGET_LABELS = {"job", "instance", "le"}
 
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or",
                 "unless", "inf", "nan"}
-
-
-def _root_conftest():
-    """tests/conftest.py as a module of its own, as tests/server/server_testlib.py loads it."""
-    path = ROOT / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("instahide_tests_root_conftest", path)
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 def yaml_files() -> list[pathlib.Path]:
@@ -130,7 +118,6 @@ def exposition(tmp_path_factory, small_pool_path) -> dict[str, set[str]]:
 
     tmp_path = tmp_path_factory.mktemp("deploy")
     port_file = tmp_path / "mport"
-    start_server = _root_conftest().start_server
     with start_server(tmp_path, "--pool", str(small_pool_path), "--metrics-port", "0",
                       "--metrics-port-file", str(port_file)) as server:
         rng = np.random.default_rng(0)

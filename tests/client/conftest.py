@@ -5,19 +5,13 @@ from __future__ import annotations
 import socket
 
 import pytest
+from serverproc import start_server
 
 
 @pytest.fixture(scope="session")
-def launch_server(request):
-    """tests/conftest.py's ``start_server`` context manager.
-
-    Found through the plugin manager: non-package conftest modules all import as ``conftest``,
-    so ``from conftest import start_server`` could pick up another folder's.
-    """
-    for plugin in request.config.pluginmanager.get_plugins():
-        if callable(getattr(plugin, "start_server", None)) and hasattr(plugin, "ServerProcess"):
-            return plugin.start_server
-    raise LookupError("tests/conftest.py's start_server not found")
+def launch_server():
+    """The ``serverproc.start_server`` context manager, as a fixture."""
+    return start_server
 
 
 @pytest.fixture

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import pathlib
 import subprocess
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
 from instahide_client._convert import to_numpy, to_tensor
 from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
-
-
-def _root_conftest():
-    """tests/conftest.py as a module of its own: ``import conftest`` is ambiguous once another test
-    folder has a conftest.py (pytest drops the previous one from sys.modules)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("instahide_tests_root_conftest", path)
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return module
-
-
-start_server = _root_conftest().start_server
-run_server = _root_conftest().run_server
+from serverproc import run_server, start_server  # noqa: F401 - re-exported to the server tests
 
 MIB = 1 << 20
 NUM_CLASSES = 10
