@@ -35,3 +35,21 @@ def test_debug_logs_carry_no_key_mask_pixel_or_token(tmp_path, small_pool_path):
     # Pixels: no run of 16 private pixel values in any common rendering.
     row = images[0, 0, :6].ravel()[:16]
     assert str(row.tolist())[1:-1] not in log and row.tobytes().hex() not in log
+
+
+def test_two_servers_started_in_the_same_instant_never_share_keys(tmp_path, small_pool_path):
+    images = np.random.default_rng(5).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(8) % 10
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with start_server(tmp_path / "a", "--pool", str(small_pool_path)) as first, \
+            start_server(tmp_path / "b", "--pool", str(small_pool_path)) as second:
+        outputs = []
+        for server in (first, second):
+            with InstaHideClient(server.target) as client:
+                outputs.append(client.encode(images, labels, return_keys=True))
+    a, b = (out.keys for out in outputs)
+    assert not a.seeded and not b.seeded
+    assert not np.array_equal(a.mask_bits, b.mask_bits)
+    assert not np.array_equal(a.coefficients, b.coefficients)
+    assert not np.array_equal(outputs[0].encoded, outputs[1].encoded)
