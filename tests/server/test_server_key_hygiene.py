@@ -37,7 +37,7 @@ def test_debug_logs_carry_no_key_mask_pixel_or_token(tmp_path, small_pool_path):
     assert str(row.tolist())[1:-1] not in log and row.tobytes().hex() not in log
 
 
-def test_two_servers_started_in_the_same_instant_never_share_keys(tmp_path, small_pool_path):
+def test_two_servers_side_by_side_never_share_keys(tmp_path, small_pool_path):
     images = np.random.default_rng(5).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(8) % 10
     (tmp_path / "a").mkdir()
