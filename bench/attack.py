@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="seed of the set's keys (the attack never sees it)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="folder for the challenge files and grid.png (default: temp)")
+    parser.add_argument("--out", default=None,
+                        help="folder for grid.png (default: temp); given, it also gets the challenge files")
     args = parser.parse_args()
     images = args.images or (30 if args.quick else 100)
     per_image = args.encodings_per_image or (20 if args.quick else 50)
@@ -51,9 +52,9 @@ def main() -> None:
         privates, classes, k=args.k, encodings_per_image=per_image, pool=pool, seed=args.seed, device=args.device,
         progress=lambda stage, fraction, overall: print(f"  {overall:6.1%}  {stage:12s} {fraction:6.1%}",
                                                          end="\r", flush=True))
-    # The same set, written in the challenge's format for anyone to attack or rescore.
-    save_challenge(out, *build_challenge(privates, classes, encodings_per_image=per_image, k=args.k, pool=pool,
-                                         seed=args.seed, device=args.device))
+    if args.out:  # the same set (same seed), in the challenge's format for anyone to attack or rescore
+        save_challenge(out, *build_challenge(privates, classes, encodings_per_image=per_image, k=args.k, pool=pool,
+                                             seed=args.seed, device=args.device))
     (out / "grid.png").write_bytes(report.grid_png)
 
     results = {"benchmark": "attack", "cpu": platform.machine(), "cores": os.cpu_count(),
