@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 @dataclass
 class ServerProcess:
-    """A running server: its ``target`` (host:port), process and log file."""
+    """A running server: its ``target`` (host:port), process and log file, and its health-only port's
+    target when it was started with one."""
 
     target: str
     process: subprocess.Popen
     log_path: pathlib.Path
+    health_target: str | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -31,12 +33,21 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def start_server(tmp_path: pathlib.Path, *args: str, env: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> Iterator[ServerProcess]:
-    """Start ``python -m instahide_server`` on an ephemeral loopback port; stop it on exit."""
+                 timeout: float = 60.0, health_port: bool = False) -> Iterator[ServerProcess]:
+    """Start ``python -m instahide_server`` on an ephemeral loopback port; stop it on exit.
+
+    ``health_port=True`` also opens the plaintext health-only port (``--health-port 0``) and fills
+    ``health_target``.
+    """
     port_file = tmp_path / "port"
     flags = ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--device", "cpu", *args]
+    health_port_file = tmp_path / "health-port"
+    if health_port:
+        flags += ["--health-port", "0", "--health-port-file", str(health_port_file)]
     with run_server(flags, port_file=port_file, log_path=tmp_path / "server.log", env=env,
                     timeout=timeout) as server:
+        if health_port:  # written before the main port file
+            server.health_target = f"127.0.0.1:{int(health_port_file.read_text())}"
         yield server
 
 

@@ -5,6 +5,9 @@ check its health.
     instahide audit start|watch|get|list|cancel|delete ...   (see ``_audit_cli``)
     instahide health --target HOST:PORT [--service NAME]
 
+Every command takes the connection options: --target, --token/--token-file, TLS (--ca-file, --tls,
+--cert-file/--key-file for mutual TLS, --server-name) and --timeout; most also read INSTAHIDE_* variables.
+
 Exit status: 0 on success, 1 when the RPC, the input or the output fails (or the server is not
 SERVING), 2 for a usage error. Expected failures print one line, ``error: ...``, on stderr.
 """
@@ -58,7 +61,19 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, metavar="SECONDS",
                        help="deadline of the call (for encode: the whole stream); default none "
                             "(health: 10 s)")
-    group.add_argument("--ca-file", metavar="PATH", help="PEM root certificates; enables TLS")
+    group.add_argument("--ca-file", metavar="PATH", default=os.environ.get("INSTAHIDE_CA_FILE"),
+                       help="PEM root certificates the server's certificate must chain to; enables TLS "
+                            "(env INSTAHIDE_CA_FILE)")
+    group.add_argument("--tls", action="store_true",
+                       help="TLS with the system's root certificates (implied by --ca-file and --cert-file)")
+    group.add_argument("--cert-file", metavar="PATH", default=os.environ.get("INSTAHIDE_CERT_FILE"),
+                       help="PEM client certificate, for a server that requires mutual TLS; needs --key-file "
+                            "(env INSTAHIDE_CERT_FILE)")
+    group.add_argument("--key-file", metavar="PATH", default=os.environ.get("INSTAHIDE_KEY_FILE"),
+                       help="PEM private key of --cert-file (env INSTAHIDE_KEY_FILE)")
+    group.add_argument("--server-name", metavar="NAME", default=os.environ.get("INSTAHIDE_SERVER_NAME"),
+                       help="name the server's certificate must carry, when it differs from the target's host "
+                            "(env INSTAHIDE_SERVER_NAME)")
     group.add_argument("--max-message-bytes", type=_positive_int, default=DEFAULT_MAX_MESSAGE_BYTES,
                        help="largest gRPC message sent or received (default %(default)s)")
 
@@ -110,16 +125,31 @@ def _token(args: argparse.Namespace) -> str | None:
     return args.token or os.environ.get("INSTAHIDE_TOKEN") or None
 
 
+def _read_pem(path: str | None, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:  # the message names the file, never its content
+        raise CliError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _check_tls_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for TLS options that cannot work together."""
+    if bool(args.cert_file) != bool(args.key_file):
+        given, missing = ("--cert-file", "--key-file") if args.cert_file else ("--key-file", "--cert-file")
+        parser.error(f"{given} needs {missing} too (a client certificate and its key; "
+                     "env INSTAHIDE_CERT_FILE / INSTAHIDE_KEY_FILE)")
+    if args.server_name and not (args.tls or args.ca_file or args.cert_file):
+        parser.error("--server-name applies to TLS only; give --ca-file or --tls")
+
+
 def _client(args: argparse.Namespace) -> InstaHideClient:
-    root_certificates = None
-    if args.ca_file:
-        try:
-            with open(args.ca_file, "rb") as f:
-                root_certificates = f.read()
-        except OSError as exc:
-            raise CliError(f"cannot read CA file {args.ca_file}: {exc.strerror or exc}") from None
     return InstaHideClient(args.target, token=_token(args), max_message_bytes=args.max_message_bytes,
-                           root_certificates=root_certificates)
+                           root_certificates=_read_pem(args.ca_file, "CA file"), tls=args.tls,
+                           certificate_chain=_read_pem(args.cert_file, "certificate file"),
+                           private_key=_read_pem(args.key_file, "key file"), server_name=args.server_name or None)
 
 
 def load_input(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -197,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _check_tls_arguments(parser, args)
     except SystemExit as exc:  # --help, --version, usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
     run = {"encode": run_encode, "audit": _audit_cli.run, "health": run_health}[args.command]

@@ -49,8 +49,14 @@ class InstaHideClient:
         token: bearer token sent as ``authorization: Bearer <token>`` on every call.
         max_message_bytes: largest message sent or received (default 64 MiB); keep it at least as
             large as one batch (N·H·W·C·4 bytes for float32 output).
-        root_certificates: PEM root certificates; given, the channel uses TLS with them.
-        tls: use TLS with the system's root certificates (implied by ``root_certificates``).
+        root_certificates: PEM root certificates the server's certificate must chain to; given, the
+            channel uses TLS with them.
+        tls: use TLS with the system's root certificates (implied by any of the TLS arguments).
+        certificate_chain: PEM client certificate chain, for a server that requires mutual TLS;
+            needs ``private_key``.
+        private_key: PEM private key of ``certificate_chain``.
+        server_name: the name the server's certificate must carry when it differs from the target's
+            host (e.g. dialling an IP address or a port-forward); TLS only.
         options: extra gRPC channel options; they override the defaults.
 
     Examples:
@@ -61,17 +67,27 @@ class InstaHideClient:
     def __init__(self, target: str, *, token: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  root_certificates: bytes | None = None, tls: bool = False,
+                 certificate_chain: bytes | None = None, private_key: bytes | None = None,
+                 server_name: str | None = None,
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         if max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
+        if (certificate_chain is None) != (private_key is None):
+            raise ValueError("certificate_chain and private_key go together (a client certificate and its key)")
+        tls = tls or root_certificates is not None or certificate_chain is not None
+        if server_name is not None and not tls:
+            raise ValueError("server_name applies to TLS only; give root_certificates or tls=True")
         self.target = target
         self.max_message_bytes = max_message_bytes
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
         merged = dict(channel_options(max_message_bytes))
+        if server_name is not None:
+            merged["grpc.ssl_target_name_override"] = server_name
         merged.update(dict(options))
-        if root_certificates is not None or tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        if tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=private_key,
+                                                       certificate_chain=certificate_chain)
             self._channel = grpc.secure_channel(target, credentials, options=list(merged.items()))
         else:
             self._channel = grpc.insecure_channel(target, options=list(merged.items()))

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from instahide_server.config import DEFAULT_METRICS_PORT, MIB, ConfigError, ServerConfig
+from instahide_server.tls import load_tls
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -39,12 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default 65536)")
     add("--max-in-flight-per-stream", type=int,
         help="requests read but not yet answered, per stream (default 4)")
+    add("--max-concurrent-rpcs", type=int,
+        help="calls in progress at once, server-wide (an Encode or WatchAudit stream counts for its whole "
+             "life); more answer RESOURCE_EXHAUSTED, health checks included (default: no limit)")
+    add("--max-concurrent-streams", type=int,
+        help="HTTP/2 streams (calls) at once on one client connection; a client queues the rest until "
+             "one ends (default: gRPC's, no limit)")
     add("--max-pool-shapes", type=int, help="public pools (one per image shape) kept at once (default 8)")
     add("--warm-shapes", help="image shapes whose public pool is built in the background at start, "
                               "comma-separated HxWxC, or 'none' (default 32x32x3)")
     add("--workers", type=int, help="encoding threads (default: cores, at most 4)")
     add("--grace-seconds", type=float, help="time in-flight calls get to finish on SIGTERM (default 30)")
     add("--log-level", help="DEBUG | INFO | WARNING | ERROR (default INFO)")
+    security = parser.add_argument_group("transport security", "PEM files; without them the port is "
+                                         "plaintext (fine on loopback, a warning on any other address)")
+    add = security.add_argument
+    add("--tls-cert-file", help="serve TLS with this certificate chain (leaf first); needs --tls-key-file")
+    add("--tls-key-file", help="the certificate's private key, unencrypted PEM (keep it readable by the "
+                               "service user only; it is never logged)")
+    add("--tls-client-ca-file", help="mutual TLS: require a client certificate signed by a CA in this file "
+                                     "(needs --tls-cert-file and --tls-key-file)")
+    add("--health-port", type=int,
+        help="also serve grpc.health.v1 alone, in plaintext, on this port: for probes that cannot present "
+             "a client certificate or trust the CA, and outside --max-concurrent-rpcs; 0 picks a free port "
+             "(default: none, health is on the main port only)")
+    add("--health-port-file", help="write the bound health port to this file once serving")
     metrics = parser.add_argument_group("metrics")
     add = metrics.add_argument
     add("--metrics-port", type=int, help="serve Prometheus metrics on http://HOST:PORT/metrics; 0 turns it off, "
@@ -77,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = ServerConfig.from_args_and_env(args)
+        load_tls(config)  # fail now, before the slow imports, on a missing or mismatched certificate or key
     except ConfigError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=config.log_level, format=_LOG_FORMAT, stream=sys.stderr)

@@ -36,9 +36,19 @@ class ServerConfig:
     pool: pathlib.Path | None = None  # .npy or folder of images; None = the bundled default pool
     cache_dir: pathlib.Path | None = None  # where the default pool is cached; None = ops' default
     token: str | None = field(default=None, repr=False)  # bearer token; None disables auth
+    # Transport security: PEM files (read and checked by tls.load_tls). Paths only; the key never sits here.
+    tls_cert_file: pathlib.Path | None = None  # certificate chain, leaf first; with tls_key_file turns TLS on
+    tls_key_file: pathlib.Path | None = None
+    tls_client_ca_file: pathlib.Path | None = None  # mutual TLS: client certificates signed by this CA required
     max_message_bytes: int = 64 * MIB  # applies to received and sent messages
     max_images_per_request: int = 65536
     max_in_flight_per_stream: int = 4
+    max_concurrent_rpcs: int | None = None  # calls in progress at once, server-wide; None = unlimited
+    max_concurrent_streams: int | None = None  # HTTP/2 streams per client connection; None = gRPC's (no limit)
+    # A second, plaintext port serving grpc.health.v1 only: reachable by probes that cannot do (m)TLS and
+    # not counted against max_concurrent_rpcs. None = no such port; 0 = a free one (see health_port_file).
+    health_port: int | None = None
+    health_port_file: pathlib.Path | None = None  # the bound health port is written here once serving
     max_pool_shapes: int = 8  # distinct (H, W, C) pools kept; least recently used dropped beyond
     warm_shapes: tuple[tuple[int, int, int], ...] = ((32, 32, 3),)  # pools built in the background at start
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
@@ -87,6 +97,10 @@ class ServerConfig:
         """Raise ConfigError when a setting is out of range."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.health_port is not None and not 0 <= self.health_port <= 65535:
+            raise ConfigError(f"health_port must be in [0, 65535], got {self.health_port}")
+        if self.health_port_file is not None and self.health_port is None:
+            raise ConfigError("--health-port-file needs --health-port (0 picks a free port)")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if self.device != "auto" and self.device != "cpu" and not _is_cuda_name(self.device):
@@ -96,6 +110,17 @@ class ServerConfig:
         for name in ("max_images_per_request", "max_in_flight_per_stream", "max_pool_shapes", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_concurrent_rpcs", "max_concurrent_streams"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (leave it unset for no limit), "
+                                  f"got {getattr(self, name)}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (("--tls-cert-file", "--tls-key-file") if self.tls_key_file is None
+                              else ("--tls-key-file", "--tls-cert-file"))
+            raise ConfigError(f"{given} needs {missing} too (TLS takes a certificate and its key)")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file: "
+                              "the server must have its own certificate")
         if self.grace_seconds < 0:
             raise ConfigError(f"grace_seconds must not be negative, got {self.grace_seconds}")
         if self.token is not None and not self.token:
@@ -170,6 +195,13 @@ _SETTINGS = (
     _Setting("max_message_bytes", int),
     _Setting("max_images_per_request", int),
     _Setting("max_in_flight_per_stream", int),
+    _Setting("max_concurrent_rpcs", int),
+    _Setting("max_concurrent_streams", int),
+    _Setting("tls_cert_file", pathlib.Path),
+    _Setting("tls_key_file", pathlib.Path),
+    _Setting("tls_client_ca_file", pathlib.Path),
+    _Setting("health_port", int),
+    _Setting("health_port_file", pathlib.Path),
     _Setting("max_pool_shapes", int),
     _Setting("warm_shapes", _shapes),
     _Setting("workers", int),

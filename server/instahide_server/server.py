@@ -12,6 +12,12 @@ Interceptor order (outermost first, as grpc.aio applies its list):
   2. ``BearerTokenInterceptor`` (only with a token): refuses unauthenticated calls before any work;
   3. ``ErrorInterceptor``: maps what escapes a servicer to a status code (INTERNAL for the unexpected).
 
+Transport: plaintext, TLS or mutual TLS on the one port, as ``tls.load_tls`` reads the flags; the
+optional ``--health-port`` serves health alone in plaintext. Limits: ``--max-concurrent-rpcs`` is gRPC's
+server-wide ``maximum_concurrent_rpcs`` (beyond it gRPC answers RESOURCE_EXHAUSTED before any
+interceptor runs, so those refusals are not in ``grpc_server_*``); ``--max-concurrent-streams`` is the
+HTTP/2 per-connection setting (clients queue beyond it).
+
 Metrics: one ``ServerMetrics`` (its own registry) made in ``build_server`` and passed to what updates
 it; ``serve`` exposes it on ``/metrics`` (``--metrics-port``) before the gRPC port starts serving.
 """
@@ -44,6 +50,7 @@ from instahide_server.jobs import AuditJobs, default_workers
 from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
 from instahide_server.pools import PoolRegistry
 from instahide_server.store import AuditStore
+from instahide_server.tls import load_tls, log_transport
 from instahide_server.validation import Limits
 
 logger = logging.getLogger(__name__)
@@ -86,9 +93,10 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         (``await jobs.shutdown(...)`` it when stopping), and the metrics every piece updates.
 
     Raises:
-        ConfigError: an unusable device, pool or state directory.
+        ConfigError: an unusable device, pool, state directory or TLS file.
     """
     device = resolve_device(config.device)
+    tls = load_tls(config)  # before anything is opened: a bad file leaves nothing to clean up
     metrics = ServerMetrics(device=device)
     source = None
     if config.pool is not None:
@@ -115,11 +123,15 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     if config.token is not None:
         interceptors.append(BearerTokenInterceptor(config.token))
     interceptors.append(ErrorInterceptor())
-    server = grpc.aio.server(interceptors=interceptors, options=[
+    options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
-    ])
+    ]
+    if config.max_concurrent_streams is not None:  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, per connection
+        options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+    server = grpc.aio.server(interceptors=interceptors, options=options,
+                             maximum_concurrent_rpcs=config.max_concurrent_rpcs)
 
     transform_servicer.add_to_server(transform_servicer.TransformServicer(
         encoder, executor, max_in_flight=config.max_in_flight_per_stream, metrics=metrics), server)
@@ -132,15 +144,22 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
 
     host = f"[{config.host}]" if ":" in config.host else config.host
     try:
-        port = server.add_insecure_port(f"{host}:{config.port}")
+        if tls is None:
+            port = server.add_insecure_port(f"{host}:{config.port}")
+        else:
+            port = server.add_secure_port(f"{host}:{config.port}", tls.server_credentials())
     except RuntimeError as exc:  # grpc's "Failed to bind"
         raise ConfigError(f"cannot listen on {host}:{config.port}: {exc}") from None
+    log_transport(config, tls)
     jobs.start()
     logger.info("audits: database %s, %d workers, queue %d, data root %s", store.path, jobs.workers,
                 config.audit_queue_size, config.data_root or "none")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
                 config.pool or "bundled default", "on" if config.token else "off", config.max_message_bytes,
                 config.workers)
+    logger.info("limits: %s concurrent calls, %s streams per connection, %d in flight per stream",
+                config.max_concurrent_rpcs or "unlimited", config.max_concurrent_streams or "unlimited",
+                config.max_in_flight_per_stream)
     return server, port, health, jobs, metrics
 
 
@@ -152,6 +171,7 @@ async def serve(config: ServerConfig) -> None:
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
     try:
         server, port, health, jobs, metrics = build_server(config, executor=executor)
+        health_only = build_health_server(config, health)
         endpoint = open_metrics_endpoint(config, metrics)
         for service in HEALTH_CHECKED:
             await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -159,11 +179,15 @@ async def serve(config: ServerConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if health_only is not None:
+            await health_only[0].start()
         await server.start()
         for service in HEALTH_CHECKED:
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if endpoint is not None and config.metrics_port_file is not None:
             write_port_file(config.metrics_port_file, endpoint.port)
+        if health_only is not None and config.health_port_file is not None:
+            write_port_file(config.health_port_file, health_only[1])
         if config.port_file is not None:
             write_port_file(config.port_file, port)
         logger.info("serving on %s:%d", config.host, port)
@@ -176,15 +200,43 @@ async def serve(config: ServerConfig) -> None:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if health_only is not None:  # last: probes see NOT_SERVING for the whole drain
+                await health_only[0].stop(0)
             if endpoint is not None:
                 endpoint.close()
-            for path in (config.port_file, config.metrics_port_file if endpoint is not None else None):
+            for path in (config.port_file, config.metrics_port_file if endpoint is not None else None,
+                         config.health_port_file if health_only is not None else None):
                 if path is not None:
                     with contextlib.suppress(OSError):
                         path.unlink()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")
+
+
+def build_health_server(config: ServerConfig, health: health_aio.HealthServicer,
+                        ) -> tuple[grpc.aio.Server, int] | None:
+    """The health-only port (``--health-port``), or None when it is off; created, not started.
+
+    Plaintext and ``grpc.health.v1`` alone (no reflection, nothing else): it tells a prober whether the
+    server is serving and nothing more, so probes that cannot do TLS or present a client certificate
+    (kubelet's gRPC probes) still reach it, and it is outside the main port's ``--max-concurrent-rpcs``.
+    It shares ``health`` with the main port, so both report the same status.
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    if config.health_port is None:
+        return None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    try:
+        port = server.add_insecure_port(f"{host}:{config.health_port}")
+    except RuntimeError as exc:
+        raise ConfigError(f"--health-port: cannot listen on {host}:{config.health_port}: {exc}") from None
+    logger.info("health only, plaintext, on %s:%d", config.host, port)
+    return server, port
 
 
 def open_metrics_endpoint(config: ServerConfig, metrics: ServerMetrics) -> MetricsEndpoint | None:
