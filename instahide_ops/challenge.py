@@ -9,14 +9,14 @@ public pool's photos, so no public patch is a crop of a private image's photo.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from instahide_ops.encode import EncodeParams, encode
+from instahide_ops.encode import EncodeParams, apply_keys, encode
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import PublicPool, bundled_sources, default_pool
 
@@ -57,12 +57,15 @@ class GroundTruth:
         private_labels: (N,) int64 classes.
         pair_indices: (E, private_per_mix) int64: each encoding's private images, slot order.
         coefficients: (E, k) float32: each encoding's coefficients, slot order.
+        sum_signs: (E, H, W, C) int8 sign of every unmasked sum (what the masks hide), only when
+            ``build_challenge`` was asked for it; not saved with the ground truth.
     """
 
     privates: np.ndarray
     private_labels: np.ndarray
     pair_indices: np.ndarray
     coefficients: np.ndarray
+    sum_signs: np.ndarray | None = None
 
 
 def bundled_private_images(count: int = 100, *, height: int = 32, width: int = 32,
@@ -123,7 +126,7 @@ def challenge_public_pool(height: int = 32, width: int = 32, *, device: torch.de
 
 def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_image: int = 50, k: int = 6,
                     mode: str = "cross", pool: PublicPool | None = None, num_classes: int = NUM_PSEUDO_CLASSES,
-                    seed: int | None = None, device: torch.device | str = "cpu",
+                    seed: int | None = None, device: torch.device | str = "cpu", with_sum_signs: bool = False,
                     ) -> tuple[ChallengeSet, GroundTruth]:
     """Encode every private image T times with fresh keys, the way the challenge was made.
 
@@ -138,6 +141,8 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         k, mode: the encoding's public parameters (2 private images per mix in cross mode).
         pool: public pool (cross mode); None builds ``challenge_public_pool`` for the images' size.
         seed: reproducible keys (seeded with (seed, round)); None draws them from the CSPRNG.
+        with_sum_signs: also record the sign of every unmasked sum in the ground truth (for the
+            recovery's ceiling: an attacker who holds the masks too).
 
     Returns:
         The attacker's view and the ground truth, encodings in a random order.
@@ -167,8 +172,15 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         private_labels=np.asarray(labels, dtype=np.int64),
         pair_indices=torch.cat([r.keys.indices[:, :private_slots] for r in rounds]).numpy()[order],
         coefficients=torch.cat([r.keys.coefficients for r in rounds]).numpy()[order],
+        sum_signs=_sum_signs(images, rounds, pool)[order] if with_sum_signs else None,
     )
     return challenge, truth
+
+
+def _sum_signs(images: torch.Tensor, rounds: list, pool: PublicPool | None) -> np.ndarray:
+    """Sign of each round's mix before its mask: the same keys applied with the mask left out."""
+    unmasked = [apply_keys(images, replace(r.keys, mask_bits=None), pool) for r in rounds]
+    return torch.cat(unmasked).sign().to(torch.int8).cpu().numpy()
 
 
 def unit_range_array(images: np.ndarray) -> np.ndarray:

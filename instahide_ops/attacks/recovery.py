@@ -81,7 +81,8 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
                      steps: int = 60, report: Callable[[float], None] | None = None,
                      public_mean: Tensor | float | None = None, public_std: Tensor | float = DEFAULT_PUBLIC_STD,
                      public_slots: int = 4, bootstrap: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
-                     smoothness: float = DEFAULT_SMOOTHNESS, anneal: float = DEFAULT_ANNEAL) -> Tensor:
+                     smoothness: float = DEFAULT_SMOOTHNESS, anneal: float = DEFAULT_ANNEAL,
+                     known_signs: Tensor | None = None) -> Tensor:
     """Estimate every private image from |encodings| and each encoding's two members and coefficients.
 
     Args:
@@ -102,6 +103,9 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
         smoothness: weight of the prior on differences between neighbouring pixels; 0 turns it off.
         anneal: the E-step's noise variance starts at (1 + anneal) times the model's and falls linearly
             to it over the ``steps`` iterations; 0 turns annealing off.
+        known_signs: (E, H, W, C) the true sign (±1) of every unmasked sum, which only an attacker
+            holding the masks as well has; the E-step then uses them instead of its posterior, which
+            makes this the ceiling of the recovery (``bench/recovery_ceiling.py``).
 
     Returns:
         (M, H, W, C) images in [-1, 1], on the magnitudes' device and dtype. Images no encoding
@@ -123,6 +127,11 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
     num_enc, height, width, channels = magnitudes.shape
     device, dtype = magnitudes.device, magnitudes.dtype
     y = magnitudes.abs().reshape(num_enc, height * width, channels)
+    if known_signs is not None:
+        if not isinstance(known_signs, Tensor) or known_signs.shape != magnitudes.shape:
+            raise InvalidInputError(f"expected shape {list(magnitudes.shape)}, got "
+                                    f"{getattr(known_signs, 'shape', type(known_signs).__name__)}", field="known_signs")
+        known_signs = known_signs.to(device=device, dtype=dtype).sign().reshape(y.shape)
     members = members.to(device=device, dtype=torch.long)
     lam = weights.to(device=device, dtype=dtype)
     mean = _field(public_mean if public_mean is not None else 0.0, (height, width, channels), y, "public_mean")
@@ -150,7 +159,10 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
             images[..., weak] = images[..., best : best + 1]
         predicted = lam[:, 0, None, None] * images[members[:, 0]] + lam[:, 1, None, None] * images[members[:, 1]]
         predicted += offset
-        signed = y * torch.tanh(y * predicted / (noise * _temperature(step, steps, anneal))) - offset
+        if known_signs is None:
+            signed = y * torch.tanh(y * predicted / (noise * _temperature(step, steps, anneal))) - offset
+        else:
+            signed = y * known_signs - offset
         for c in range(channels):
             rhs = design.T @ (signed[..., c] * precision[:, c, None])
             images[..., c] = _solve_with_priors(rhs, normal[c], grid, smoothness, (height, width))

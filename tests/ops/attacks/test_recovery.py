@@ -17,7 +17,7 @@ FLOOR = 0.5  # measured 0.57-0.62 over seeds 0-3 (20 images x 20 encodings, k = 
 @pytest.fixture(scope="module")
 def small_set():
     images, labels = bundled_private_images(20)
-    challenge, truth = build_challenge(images, labels, encodings_per_image=20, k=6, seed=0)
+    challenge, truth = build_challenge(images, labels, encodings_per_image=20, k=6, seed=0, with_sum_signs=True)
     mean = challenge_public_pool().images.float().mean(dim=0)
     return challenge, truth, mean
 
@@ -39,6 +39,25 @@ class TestRecoverPrivates:
         assert recovered.shape == (20, 32, 32, 3)
         assert float(recovered.abs().max()) <= 1.0
         assert _mean_ssim(recovered.numpy(), truth.privates) > FLOOR
+
+    def test_known_signs_lift_the_recovery(self, small_set):
+        challenge, truth, mean = small_set
+        inferred = recover_privates(*_inputs(challenge, truth), num_images=20, public_mean=mean)
+        known = recover_privates(*_inputs(challenge, truth), num_images=20, public_mean=mean, colour_weight=0.0,
+                                 known_signs=torch.from_numpy(truth.sum_signs))
+        assert _mean_ssim(known.numpy(), truth.privates) > _mean_ssim(inferred.numpy(), truth.privates) + 0.05
+
+    def test_sum_signs_are_the_unmasked_signs(self, small_set):
+        challenge, truth, _ = small_set
+        assert truth.sum_signs.shape == challenge.encryption.shape and truth.sum_signs.dtype == np.int8
+        # |e| times the unmasked sum's sign is the sum itself: its mean is the public mix's mean, not 0.
+        sums = np.abs(challenge.encryption) * truth.sum_signs
+        assert abs(float(challenge.encryption.mean())) < 0.01 < abs(float(sums.mean()))
+
+    def test_known_signs_shape_checked(self):
+        with pytest.raises(ValueError, match="known_signs"):
+            recover_privates(torch.rand(2, 4, 4, 3), torch.tensor([[0, 1], [1, 0]]), torch.full((2, 2), 0.3),
+                             num_images=2, known_signs=torch.ones(2, 4, 4))
 
     def test_report_fractions_increase(self, small_set):
         challenge, truth, _ = small_set
