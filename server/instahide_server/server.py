@@ -10,7 +10,9 @@ Interceptor order (outermost first, as grpc.aio applies its list):
   1. ``MetricsInterceptor``: the ``grpc_server_*`` family; outermost, so it sees every call with its
      final code, refused (UNAUTHENTICATED) and failed (mapped by 2.) ones included;
   2. ``BearerTokenInterceptor`` (only with a token): refuses unauthenticated calls before any work;
-  3. ``ErrorInterceptor``: maps what escapes a servicer to a status code (INTERNAL for the unexpected).
+  3. ``ErrorInterceptor``: maps what escapes a servicer to a status code (INTERNAL for the unexpected);
+  4. ``MalformedMessageInterceptor``: request bytes that do not parse raise INVALID_ARGUMENT, inside 3.
+     so that 3. maps it (gRPC itself would answer UNKNOWN, or INTERNAL on a stream).
 
 Transport: plaintext, TLS or mutual TLS on the one port, as ``tls.load_tls`` reads the flags; the
 optional ``--health-port`` serves health alone in plaintext. Limits: ``--max-concurrent-rpcs`` is gRPC's
@@ -45,6 +47,7 @@ from instahide_server.config import DEFAULT_METRICS_PORT, ConfigError, ServerCon
 from instahide_server.encoder import BatchEncoder
 from instahide_server.interceptors.auth import BearerTokenInterceptor
 from instahide_server.interceptors.errors import ErrorInterceptor
+from instahide_server.interceptors.malformed import MalformedMessageInterceptor
 from instahide_server.interceptors.metrics import MetricsInterceptor
 from instahide_server.jobs import AuditJobs, default_workers
 from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
@@ -122,7 +125,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics.grpc)]
     if config.token is not None:
         interceptors.append(BearerTokenInterceptor(config.token))
-    interceptors.append(ErrorInterceptor())
+    interceptors += [ErrorInterceptor(), MalformedMessageInterceptor()]
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),

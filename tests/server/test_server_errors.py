@@ -132,3 +132,49 @@ def test_message_size_limits(tmp_path, small_pool_path):
         (again,) = encode_all(server.target, [request("again", images(8), cfg=config())])
         assert encoded(again).shape == (8, 32, 32, 3)
     assert "Traceback" not in server.log()
+
+
+# Bytes that parse as no message: field 1 announces 5 bytes and only 2 follow.
+UNDECODABLE = b"\x0a\x05ab"
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+def test_undecodable_bytes_end_an_encode_stream_with_invalid_argument_after_the_good_requests(server):
+    good = request("good", images(4), cfg=config()).SerializeToString()
+    responses = []
+    with channel(server.target) as chan:
+        encode = chan.stream_stream("/instahide.v1.TransformService/Encode", request_serializer=_raw,
+                                    response_deserializer=transform_pb2.EncodeResponse.FromString)
+        with pytest.raises(grpc.RpcError) as caught:
+            for response in encode(iter([good, UNDECODABLE, good]), timeout=30):
+                responses.append(response)
+    assert [r.request_id for r in responses] == ["good"] and encoded(responses[0]).shape == (4, 32, 32, 3)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("request: cannot parse the message")
+    assert "instahide.v1.EncodeRequest" in caught.value.details()
+    (again,) = encode_all(server.target, [request("again", images(4), cfg=config())])
+    assert encoded(again).shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("method, kind, message", [
+    ("/instahide.v1.AuditService/GetAudit", "unary_unary", "instahide.v1.GetAuditRequest"),
+    ("/instahide.v1.AuditService/ListAudits", "unary_unary", "instahide.v1.ListAuditsRequest"),
+    ("/instahide.v1.AuditService/WatchAudit", "unary_stream", "instahide.v1.WatchAuditRequest"),
+    ("/instahide.v1.AuditService/StartAudit", "stream_unary", "instahide.v1.StartAuditRequest"),
+    ("/grpc.health.v1.Health/Check", "unary_unary", "grpc.health.v1.HealthCheckRequest"),
+])
+def test_undecodable_bytes_are_invalid_argument_on_every_kind_of_method(server, method, kind, message):
+    """Not gRPC's own UNKNOWN (unary) or INTERNAL (streams), and not the exception's class in the message."""
+    with channel(server.target) as chan:
+        call = getattr(chan, kind)(method, request_serializer=_raw, response_deserializer=_raw)
+        payload = iter([UNDECODABLE]) if kind.startswith("stream") else UNDECODABLE
+        with pytest.raises(grpc.RpcError) as caught:
+            result = call(payload, timeout=30)
+            if kind == "unary_stream":
+                list(result)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert caught.value.details().startswith("request: cannot parse the message")
+    assert message in caught.value.details() and "DecodeError" not in caught.value.details()
