@@ -70,6 +70,7 @@ PERSIST_INTERVAL_SECONDS = 0.5  # progress written to the store
 PRUNE_INTERVAL_SECONDS = 3600.0
 CANCEL_WAIT_SECONDS = 30.0  # CancelAudit waits this long for a running audit to stop
 _NAME = re.compile(r"audits/([0-9a-f]{32})")
+_MAX_SEQ = 2**63 - 1  # SQLite's largest INTEGER (the store's row sequence)
 
 
 def parse_name(name: str) -> str:
@@ -442,6 +443,8 @@ def _parse_token(token: str, state: int) -> int:
         seq_value, state_value = int(seq), int(token_state)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgument("page_token: not a token this server made", "page_token") from None
+    if not 0 < seq_value <= _MAX_SEQ:  # a forged number; SQLite cannot even compare one past int64
+        raise InvalidArgument("page_token: not a token this server made", "page_token")
     if state_value != state:
         raise InvalidArgument("page_token: made for another state filter; list again from the first page",
                               "page_token")

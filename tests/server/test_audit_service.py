@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import pathlib
@@ -296,11 +297,15 @@ def test_list_pages_newest_first_and_filters_by_state(stub):
     assert set(mine) <= {a.name for a in succeeded}
 
     first = stub.ListAudits(audit_pb2.ListAuditsRequest(page_size=1), timeout=30)
-    for request in (audit_pb2.ListAuditsRequest(page_token="garbage!"),
-                    audit_pb2.ListAuditsRequest(page_token=first.next_page_token, state=audit_pb2.AUDIT_STATE_FAILED),
-                    audit_pb2.ListAuditsRequest(page_size=-1),
-                    audit_pb2.ListAuditsRequest(state=42)):
-        assert code_of(stub.ListAudits, request)[0] == C.INVALID_ARGUMENT, request
+    forged = [base64.urlsafe_b64encode(f"v1:{seq}:0".encode()).decode() for seq in (2**63, 10**30, 0, -5)]
+    for request, field in ((audit_pb2.ListAuditsRequest(page_token="garbage!"), "page_token"),
+                           *((audit_pb2.ListAuditsRequest(page_token=token), "page_token") for token in forged),
+                           (audit_pb2.ListAuditsRequest(page_token=first.next_page_token,
+                                                        state=audit_pb2.AUDIT_STATE_FAILED), "page_token"),
+                           (audit_pb2.ListAuditsRequest(page_size=-1), "page_size"),
+                           (audit_pb2.ListAuditsRequest(state=42), "state")):
+        code, details = code_of(stub.ListAudits, request)
+        assert code == C.INVALID_ARGUMENT and details.startswith(field + ":"), (request, code, details)
 
 
 # Refusals.

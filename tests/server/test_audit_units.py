@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import pathlib
 import time
 
@@ -104,6 +105,7 @@ def test_names_and_page_tokens():
             parse_name(bad)
     token = _make_token(17, audit_pb2.AUDIT_STATE_FAILED)
     assert _parse_token(token, audit_pb2.AUDIT_STATE_FAILED) == 17
-    for bad, state in ((token, 0), ("%%%", 0), ("djE6eDow", 0)):
+    forged = [base64.urlsafe_b64encode(f"v1:{seq}:0".encode()).decode() for seq in (2**63, 0, -1)]
+    for bad, state in ((token, 0), ("%%%", 0), ("djE6eDow", 0), *((f, 0) for f in forged)):
         with pytest.raises(InvalidArgument, match="page_token"):
             _parse_token(bad, state)
