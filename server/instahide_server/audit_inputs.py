@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -216,40 +218,61 @@ def load_dataset(data_root: pathlib.Path | None, name: str, params: AuditParams,
         FailedPrecondition: the server has no data root.
         PermissionDenied: the name is absolute or leads out of the data root (``..``, a symlink).
         NotFound: no such file.
-        InvalidArgument: the file is not a .npz with usable ``images`` and ``labels``.
+        InvalidArgument: a name no file can have, or a file that is not a .npz with usable ``images`` and
+            ``labels``.
         ResourceExhausted: more images than the server's limit.
     """
     if data_root is None:
         raise FailedPrecondition("spec.dataset: this server has no --data-root; upload the images instead",
                                  "spec.dataset")
+    if "\0" in name:
+        raise InvalidArgument("spec.dataset: a file name cannot hold a NUL character", "spec.dataset")
     relative = pathlib.PurePosixPath(name)
     if relative.is_absolute() or os.path.isabs(name) or ".." in relative.parts:
         raise PermissionDenied(f"spec.dataset: {name!r} must be a relative path inside the data root",
                                "spec.dataset")
     root = data_root.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
+    try:
+        path = (root / relative).resolve()
+        inside = path.is_relative_to(root)
+        found = inside and path.is_file()
+    except OSError as exc:  # e.g. ENAMETOOLONG
+        raise InvalidArgument(f"spec.dataset: not a usable file name ({exc.strerror})", "spec.dataset") from None
+    if not inside:
         raise PermissionDenied(f"spec.dataset: {name!r} leads outside the data root", "spec.dataset")
-    if not path.is_file():
+    if not found:
         raise NotFound(f"spec.dataset: no dataset {name!r} under the data root", "spec.dataset")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"images", "labels"} - set(data.files)
-            if missing:
-                raise InvalidArgument(f"spec.dataset: {name!r} lacks {sorted(missing)}", "spec.dataset")
-            if data["images"].ndim != 4 or data["images"].dtype not in (np.uint8, np.float16, np.float32):
-                raise InvalidArgument(f"spec.dataset: {name!r} images must be (N, H, W, C) uint8 or float, got "
-                                      f"{data['images'].dtype} {list(data['images'].shape)}", "spec.dataset")
-            if len(data["images"]) > max_images:
-                raise ResourceExhausted(f"spec.dataset: {len(data['images'])} images, more than this server's "
-                                        f"limit of {max_images} per audit", "spec.dataset")
-            images = np.asarray(data["images"])
-            labels = np.asarray(data["labels"]).reshape(-1).astype(np.int64)
-    except (OSError, ValueError) as exc:  # not a zip, a pickled array, a corrupt member
+        images, labels = _read_npz(path, name, max_images)
+    except _UNREADABLE as exc:  # not a zip, an empty file, a pickled array, a corrupt member
         raise InvalidArgument(f"spec.dataset: cannot read {name!r} as a .npz: {exc}", "spec.dataset") from None
     if images.dtype != np.uint8:
         _check_unit_range(images, "spec.dataset")
     return checked_images(params, images, labels)
+
+
+# What reading an untrusted .npz can raise besides our own refusals.
+_UNREADABLE = (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_npz(path: pathlib.Path, name: str, max_images: int) -> tuple[np.ndarray, np.ndarray]:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array under a .npz name
+        raise InvalidArgument(f"spec.dataset: {name!r} holds one array, not a .npz with images and labels",
+                              "spec.dataset")
+    with loaded as data:
+        missing = {"images", "labels"} - set(data.files)
+        if missing:
+            raise InvalidArgument(f"spec.dataset: {name!r} lacks {sorted(missing)}", "spec.dataset")
+        images = data["images"]
+        if images.ndim != 4 or 0 in images.shape[1:] or images.dtype not in (np.uint8, np.float16, np.float32):
+            raise InvalidArgument(f"spec.dataset: {name!r} images must be (N, H, W, C) uint8 or float, got "
+                                  f"{images.dtype} {list(images.shape)}", "spec.dataset")
+        if len(images) > max_images:
+            raise ResourceExhausted(f"spec.dataset: {len(images)} images, more than this server's "
+                                    f"limit of {max_images} per audit", "spec.dataset")
+        labels = np.asarray(data["labels"]).reshape(-1).astype(np.int64)
+    return np.asarray(images), labels
 
 
 def _decode(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:

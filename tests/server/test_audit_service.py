@@ -132,6 +132,16 @@ def data_root(tmp_path_factory) -> pathlib.Path:
     outside = root.parent / "outside.npz"
     np.savez(outside, images=images, labels=labels)
     (root / "escape.npz").symlink_to(outside)
+    # Broken in ways a file on disk can be: each must be refused with INVALID_ARGUMENT, not INTERNAL.
+    (root / "empty.npz").write_bytes(b"")
+    (root / "zip-magic.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    np.save(root / "lone-array.npy", images)
+    (root / "lone-array.npy").rename(root / "lone-array.npz")
+    np.savez(root / "bad-crc.npz", images=images, labels=labels)
+    damaged = bytearray((root / "bad-crc.npz").read_bytes())
+    damaged[damaged.find(b"\x93NUMPY") + 500] ^= 0xFF
+    (root / "bad-crc.npz").write_bytes(bytes(damaged))
+    np.savez(root / "zero-size.npz", images=np.zeros((4, 0, 0, 3), np.uint8), labels=np.arange(4))
     return root
 
 
@@ -358,6 +368,10 @@ def _bad_requests(data_root: pathlib.Path) -> list[tuple[str, list, grpc.StatusC
          C.PERMISSION_DENIED, "spec.dataset"),
         ("dataset plus upload", [audit_pb2.StartAuditRequest(spec=small_spec(dataset="sets/good.npz")), chunk],
          C.INVALID_ARGUMENT, "spec.dataset"),
+        *((f"dataset {name[:20]!r}", [audit_pb2.StartAuditRequest(spec=small_spec(dataset=name))],
+           C.INVALID_ARGUMENT, "spec.dataset")
+          for name in ("empty.npz", "zip-magic.npz", "lone-array.npz", "bad-crc.npz", "zero-size.npz",
+                       "sets/a\0b.npz", "x" * 300, "x/" * 3000)),
     ]
 
 
