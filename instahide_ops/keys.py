@@ -25,6 +25,11 @@ from instahide_ops.errors import InvalidInputError
 # Rows whose coefficients break the bounds are redrawn; give up after this many
 # rounds rather than spin on bounds that are feasible but nearly never met.
 MAX_REJECTION_ROUNDS = 1000
+# Bounds met by fewer than MIN_ACCEPTANCE of the rows drawn are refused as soon as
+# JUDGED_AFTER_ROWS rows have been drawn: finishing would cost over 1000 draws a row
+# (1000 rounds of them, minutes for a large batch, when bounds are met almost never).
+MIN_ACCEPTANCE = 1e-3
+JUDGED_AFTER_ROWS = 2**16
 
 
 class RandomSource:
@@ -121,6 +126,7 @@ def draw_coefficients(
     """
     lam = np.empty((num_rows, k))
     filled, acceptance = 0, 0.5
+    drawn = met = 0  # rows drawn and rows within bounds, over all rounds
     for _ in range(MAX_REJECTION_ROUNDS):
         # Draw enough rows for the rows still missing at the acceptance rate seen so far, in one go.
         wanted = num_rows - filled
@@ -133,6 +139,9 @@ def draw_coefficients(
         acceptance = max(ok.mean(), 1e-3)
         if filled == num_rows:
             return lam
+        drawn, met = drawn + len(draw), met + int(ok.sum())
+        if drawn >= JUDGED_AFTER_ROWS and met < MIN_ACCEPTANCE * drawn:
+            break
     raise InvalidInputError(
         f"coefficient bounds max_coefficient={max_coefficient}, min_private_mass={min_private_mass} "
         f"with k={k} are met too rarely to sample",

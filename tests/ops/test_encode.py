@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from instahide_ops import EncodeParams, InvalidInputError, apply_keys, encode
+from instahide_ops import EncodeParams, InvalidInputError, RandomSource, apply_keys, encode
+from instahide_ops.keys import JUDGED_AFTER_ROWS, draw_coefficients
 from instahide_ops.pool import PublicPool
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -220,6 +221,25 @@ class TestErrors:
         with pytest.raises(InvalidInputError) as info:
             encode(images, labels, num_classes=10, params=params, pool=pool_for())
         assert info.value.field == field
+
+    @pytest.mark.parametrize(("k", "num_rows"), [(2, 8), (3, 64), (16, 4096)])
+    def test_bounds_met_almost_never_are_refused_after_a_bounded_number_of_draws(self, k, num_rows):
+        """max_coefficient = 1/k (rounded up to float32) is feasible, but no random row ever meets it."""
+
+        class CountingSource(RandomSource):
+            drawn_bytes = 0
+
+            def bytes(self, n: int) -> bytes:
+                self.drawn_bytes += n
+                return super().bytes(n)
+
+        source = CountingSource()
+        with pytest.raises(InvalidInputError, match="met too rarely") as info:
+            draw_coefficients(source, num_rows, k, private_slots=2, max_coefficient=float(np.float32(1 / k)),
+                              min_private_mass=0.0)
+        assert info.value.field == "config.max_coefficient"
+        rows = source.drawn_bytes / (k * 2 * 8)  # a half-normal sample takes two 8-byte uniforms
+        assert rows <= 4 * JUDGED_AFTER_ROWS + 1100 * num_rows  # was 1000 rounds of 1100 rows per row
 
     def test_pool_missing_or_mismatched(self):
         images, labels = batch(4)
