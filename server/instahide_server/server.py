@@ -64,6 +64,17 @@ HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NA
 AUDIT_STOP_SECONDS = 10.0  # how long shutdown waits for running audits to stop
 
 
+class HealthServicer(health_aio.HealthServicer):
+    """grpc's health servicer, but an unknown service's NOT_FOUND says so (grpc's carries no message)."""
+
+    async def Check(self, request: health_pb2.HealthCheckRequest,
+                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+        if request.service not in HEALTH_CHECKED:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"service: no health status for {request.service!r}; "
+                                f"this server reports {', '.join(repr(s) for s in HEALTH_CHECKED)}")
+        return await super().Check(request, context)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → the first CUDA device when there is one, else the CPU; a named device must exist.
 
@@ -140,7 +151,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         encoder, executor, max_in_flight=config.max_in_flight_per_stream, metrics=metrics), server)
     audit_servicer.add_to_server(audit_servicer.AuditServicer(
         jobs, pools, data_root=config.data_root, max_images=config.audit_max_images), server)
-    health = health_aio.HealthServicer()
+    health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME,
                                          HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)

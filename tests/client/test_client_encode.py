@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -307,6 +308,23 @@ class TestHealthAndTransport:
         with pytest.raises(InstaHideError) as info:
             client.health("no.such.Service")
         assert info.value.code is grpc.StatusCode.NOT_FOUND
+        assert info.value.details.startswith("service: no health status for 'no.such.Service'")
+
+    def test_health_unknown_service_on_a_stock_health_server(self):
+        """grpc's own health servicer answers NOT_FOUND with no message; the client supplies one."""
+        health = pytest.importorskip("grpc_health.v1.health")
+        health_pb2_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            with InstaHideClient(f"127.0.0.1:{port}") as stock, pytest.raises(InstaHideError) as info:
+                stock.health("no.such.Service")
+        finally:
+            server.stop(None)
+        assert info.value.code is grpc.StatusCode.NOT_FOUND
+        assert info.value.details == "the server has no health status for service 'no.such.Service'"
 
     def test_unreachable_target(self, data, free_target):
         images, labels = data

@@ -25,6 +25,7 @@ def test_health_reports_serving(server):
     with pytest.raises(grpc.RpcError) as caught:
         _check(server.target, "no.such.Service")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert caught.value.details().startswith("service: no health status for 'no.such.Service'")
 
 
 def test_reflection_lists_the_services(server):
