@@ -70,3 +70,13 @@ def test_health_needs_no_token_but_reflection_does(auth_server):
     with channel(auth_server.target) as chan, pytest.raises(grpc.RpcError) as caught:
         list(ProtoReflectionDescriptorDatabase(chan).get_services())
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_undecodable_bytes_without_the_token_are_unauthenticated(auth_server):
+    """Authentication comes first: a caller without the token learns nothing about message parsing."""
+    with channel(auth_server.target) as chan:
+        get = chan.unary_unary("/instahide.v1.AuditService/GetAudit", request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as caught:
+            get(b"\x0a\x05ab", timeout=10)  # field 1 announces 5 bytes and only 2 follow
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
