@@ -193,7 +193,12 @@ class Upload:
         if self._encoding_labels and shape[1] != self._encoding_labels[0].shape[1]:
             raise InvalidArgument(f"encoding_labels.shape: {shape[1]} classes after "
                                   f"{self._encoding_labels[0].shape[1]}", "encoding_labels.shape")
-        return _decode(tensor, "encoding_labels")
+        labels = _decode(tensor, "encoding_labels")
+        # Mixed labels hold private coefficients; the attack refuses anything else, but only once queued.
+        if not np.isfinite(labels).all() or (labels < 0).any() or (labels.sum(axis=1) > 1 + 1e-5).any():
+            raise InvalidArgument("encoding_labels: mixed labels must be finite and non-negative, each row "
+                                  "summing to at most 1", "encoding_labels.content")
+        return labels
 
 
 def checked_images(params: AuditParams, images: np.ndarray, labels: np.ndarray) -> AuditInput:
