@@ -26,6 +26,8 @@ from instahide_server.errors import FailedPrecondition, InvalidArgument, NotFoun
 DEFAULT_K = 6
 DEFAULT_ENCODINGS_PER_IMAGE = 50
 MAX_ENCODINGS_PER_IMAGE = 1000
+MIN_K = 3  # a cross-dataset mix the attacker handles holds at least one public image beside two private ones
+MIN_IMAGE_SIDE = 7  # the 7x7 window of the SSIM the scores use (instahide_ops.metrics.ssim)
 # The ciphertext-only attacker handles cross-dataset mixes only (instahide_ops raises for "inside").
 SUPPORTED_MODES = {transform_pb2.ENCODE_MODE_UNSPECIFIED: "cross", transform_pb2.ENCODE_MODE_CROSS: "cross"}
 _IMAGE_DTYPES = (tensor_pb2.DATA_TYPE_UINT8, tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)
@@ -74,8 +76,8 @@ def check_spec(spec: audit_pb2.AuditSpec) -> AuditParams:
             else str(spec.mode)
         raise InvalidArgument(f"spec.mode: the attacker supports ENCODE_MODE_CROSS only, got {name}", "spec.mode")
     k = spec.k or DEFAULT_K
-    if not 2 <= k <= MAX_K:
-        raise InvalidArgument(f"spec.k: must be in [2, {MAX_K}], got {k}", "spec.k")
+    if not MIN_K <= k <= MAX_K:
+        raise InvalidArgument(f"spec.k: must be in [{MIN_K}, {MAX_K}], got {k}", "spec.k")
     if spec.encodings_per_image > MAX_ENCODINGS_PER_IMAGE:
         raise InvalidArgument(f"spec.encodings_per_image: must be in [1, {MAX_ENCODINGS_PER_IMAGE}], got "
                               f"{spec.encodings_per_image}", "spec.encodings_per_image")
@@ -169,6 +171,7 @@ class Upload:
         if len(shape) != 4 or any(d <= 0 for d in shape):
             raise InvalidArgument(f"{field}.shape: expected (N, H, W, C) with positive dimensions, got {shape}",
                                   f"{field}.shape")
+        _check_image_side(shape, f"{field}.shape")
         if previous and (tuple(shape[1:]) != previous[0].shape[1:] or numpy_dtype(tensor.dtype) != previous[0].dtype):
             raise InvalidArgument(f"{field}.shape: every chunk must hold images of one shape and dtype; got "
                                   f"{shape[1:]} {_dtype_name(tensor.dtype)} after {list(previous[0].shape[1:])} "
@@ -205,6 +208,7 @@ def checked_images(params: AuditParams, images: np.ndarray, labels: np.ndarray) 
     """Check private images and their labels (uploaded or from a dataset) for a simulated deployment."""
     if len(images) < 2:
         raise InvalidArgument(f"images: an audit needs at least 2 private images, got {len(images)}", "images")
+    _check_image_side(images.shape, "images.shape")
     if len(labels) != len(images):
         raise InvalidArgument(f"labels: {len(labels)} labels for {len(images)} images; need one per image",
                               "labels")
@@ -291,6 +295,14 @@ def _concatenate(chunks: list[np.ndarray], field: str) -> np.ndarray:
     if not chunks:
         return np.zeros((0, 0, 0, 0), dtype=np.uint8) if field != "encoding_labels" else np.zeros((0, 0), np.float32)
     return np.concatenate(chunks) if len(chunks) > 1 else chunks[0].copy()
+
+
+def _check_image_side(shape, field: str) -> None:
+    """Images smaller than the SSIM window cannot be scored; refuse them before the audit is queued."""
+    height, width = shape[1], shape[2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise InvalidArgument(f"{field}: images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels (the SSIM "
+                              f"window of the scores), got {height}x{width}", field)
 
 
 def _check_unit_range(array: np.ndarray, field: str) -> None:

@@ -332,6 +332,12 @@ def _bad_requests(data_root: pathlib.Path) -> list[tuple[str, list, grpc.StatusC
         ("spec twice", [audit_pb2.StartAuditRequest(spec=spec), chunk, audit_pb2.StartAuditRequest(spec=spec)],
          C.INVALID_ARGUMENT, "spec"),
         ("k too small", list(upload(small_spec(k=1), images, labels)), C.INVALID_ARGUMENT, "spec.k"),
+        ("k without a public image", list(upload(small_spec(k=2), images, labels)), C.INVALID_ARGUMENT, "spec.k"),
+        ("images under the SSIM window", list(upload(spec, *private_images(4, shape=(6, 32, 3)))),
+         C.INVALID_ARGUMENT, "images.shape"),
+        ("encodings under the SSIM window", [audit_pb2.StartAuditRequest(
+            spec=audit_pb2.AuditSpec(precomputed_encodings=True), encodings=to_tensor(enc[:, :, :1]))],
+         C.INVALID_ARGUMENT, "encodings.shape"),
         ("k too large", list(upload(small_spec(k=17), images, labels)), C.INVALID_ARGUMENT, "spec.k"),
         ("T too large", list(upload(small_spec(encodings_per_image=1001), images, labels)), C.INVALID_ARGUMENT,
          "spec.encodings_per_image"),
