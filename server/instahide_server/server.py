@@ -242,7 +242,8 @@ def build_health_server(config: ServerConfig, health: health_aio.HealthServicer,
     """
     if config.health_port is None:
         return None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), MalformedMessageInterceptor()],
+                             options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     host = f"[{config.host}]" if ":" in config.host else config.host
     try:

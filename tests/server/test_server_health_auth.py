@@ -44,7 +44,8 @@ def auth_server(tmp_path_factory, small_pool_path):
     tmp_path = tmp_path_factory.mktemp("auth")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    with start_server(tmp_path, "--pool", str(small_pool_path), "--token-file", str(token_file)) as proc:
+    with start_server(tmp_path, "--pool", str(small_pool_path), "--token-file", str(token_file),
+                      health_port=True) as proc:
         yield proc
     assert TOKEN not in proc.log()
 
@@ -80,3 +81,13 @@ def test_undecodable_bytes_without_the_token_are_unauthenticated(auth_server):
         with pytest.raises(grpc.RpcError) as caught:
             get(b"\x0a\x05ab", timeout=10)  # field 1 announces 5 bytes and only 2 follow
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_undecodable_bytes_on_the_health_only_port_are_invalid_argument(auth_server):
+    with channel(auth_server.health_target) as chan:
+        check = chan.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
+                                 response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as caught:
+            check(b"\x0a\x05ab", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("request: cannot parse the message")
