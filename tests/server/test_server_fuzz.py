@@ -3,7 +3,7 @@
 What goes in: Encode streams of well-formed, non-finite and wild requests (any dtype value, shape,
 byte length and config field over its wire range, empty messages, many items per stream); raw bytes
 (real, truncated, bit-flipped, spliced and random messages) on Encode, every AuditService method and
-the health check, through generic methods with identity serializers so that malformed protobuf
+the health check (on both ports), through generic methods with identity serializers so that malformed protobuf
 reaches the server; StartAudit streams with random specs, chunks and server-side dataset names; and
 Get/Watch/Cancel/Delete/List calls with random names, page tokens, filters and page sizes.
 
@@ -149,7 +149,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, small_pool_path: pathl
                       "--max-message-bytes", str(MAX_MESSAGE_BYTES),
                       "--max-images-per-request", str(MAX_IMAGES_PER_REQUEST),
                       "--audit-workers", "1", "--audit-queue-size", str(AUDIT_QUEUE), "--audit-max-images", "16",
-                      "--audit-timeout-seconds", "5") as server:
+                      "--audit-timeout-seconds", "5", health_port=True) as server:
         yield server
 
 
@@ -379,27 +379,35 @@ RAW_UNARY = {
     "Check": (health_pb2.HealthCheckRequest, {C.NOT_FOUND},
               st.builds(health_pb2.HealthCheckRequest, service=text)),
 }
+RAW_UNARY["Check (health port)"] = RAW_UNARY["Check"]
 
 
-def _raw_call(fuzz_channel, method: str, data: bytes):
-    path = "/grpc.health.v1.Health/Check" if method == "Check" else AUDIT + method
+def _raw_call(chan: grpc.Channel, method: str, data: bytes):
+    path = "/grpc.health.v1.Health/Check" if method.startswith("Check") else AUDIT + method
     if method == "WatchAudit":
-        return list(fuzz_channel.unary_stream(path, request_serializer=_identity, response_deserializer=_identity)(
+        return list(chan.unary_stream(path, request_serializer=_identity, response_deserializer=_identity)(
             data, timeout=CALL_TIMEOUT))
-    return fuzz_channel.unary_unary(path, request_serializer=_identity, response_deserializer=_identity)(
+    return chan.unary_unary(path, request_serializer=_identity, response_deserializer=_identity)(
         data, timeout=CALL_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def health_port_channel(fuzz_server: ServerProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(fuzz_server.health_target) as chan:
+        yield chan
 
 
 @fuzz(max_examples=600)
 @given(method=st.sampled_from(sorted(RAW_UNARY)), data=st.data())
-def test_audit_and_health_raw_bytes(fuzz_channel, method: str, data):
+def test_audit_and_health_raw_bytes(fuzz_channel, health_port_channel, method: str, data):
     message_type, codes, requests = RAW_UNARY[method]
     payloads = data.draw(st.lists(raw_messages(requests.map(lambda r: r.SerializeToString())), min_size=1,
                                   max_size=4))
+    chan = health_port_channel if method == "Check (health port)" else fuzz_channel
     for payload in payloads:
         parses = _parses(message_type, payload)
         try:
-            _raw_call(fuzz_channel, method, payload)
+            _raw_call(chan, method, payload)
         except grpc.RpcError as exc:
             _assert_clear(exc, codes if parses else {C.INVALID_ARGUMENT}, f"{method} {payload[:200]!r}")
         else:
