@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from instahide_ops.attacks.ciphertext_only import SIMILARITIES
 from instahide_ops.audit import audit_deployment
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool, save_challenge
 
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0, help="seed of the set's keys (the attack never sees it)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--similarity", choices=SIMILARITIES, default="auto",
+                        help="the attack's similarity stage (auto: the learned network on CUDA, else high-pass)")
     parser.add_argument("--out", default=None,
                         help="folder for grid.png (default: temp); given, it also gets the challenge files")
     args = parser.parse_args()
@@ -50,6 +53,7 @@ def main() -> None:
     build_seconds = time.perf_counter() - start
     report = audit_deployment(
         privates, classes, k=args.k, encodings_per_image=per_image, pool=pool, seed=args.seed, device=args.device,
+        similarity=args.similarity,
         progress=lambda stage, fraction, overall: print(f"  {overall:6.1%}  {stage:12s} {fraction:6.1%}",
                                                          end="\r", flush=True))
     if args.out:  # the same set (same seed), in the challenge's format for anyone to attack or rescore
@@ -58,7 +62,8 @@ def main() -> None:
     (out / "grid.png").write_bytes(report.grid_png)
 
     results = {"benchmark": "attack", "cpu": platform.machine(), "cores": os.cpu_count(),
-               "k": args.k, "encodings_per_image": per_image, "seed": args.seed, "setup_seconds": build_seconds,
+               "k": args.k, "encodings_per_image": per_image, "seed": args.seed, "similarity": args.similarity,
+               "setup_seconds": build_seconds,
                **report.summary(), "out": str(out)}
     print(" " * 60)
     for name in ("ciphertext_only", "key_aware"):

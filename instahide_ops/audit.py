@@ -28,7 +28,7 @@ AuditProgressCallback = Callable[[str, float, float], None]
 """Called with (stage, fraction of the stage, fraction of the whole audit)."""
 
 # Rough share of an audit's time per stage (CPU, 100 × 50), for the overall fraction.
-STAGE_WEIGHTS = {"encoding": 0.05, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
+STAGE_WEIGHTS = {"encoding": 0.05, "training": 0.30, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05}
 GRID_PAIRS = 20
 
@@ -108,7 +108,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                      mode: str = "cross", num_classes: int | None = None, pool: PublicPool | None = None,
                      seed: int | None = None, device: torch.device | str = "cpu", key_aware: bool = True,
                      progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None,
-                     ) -> LeakageReport:
+                     similarity: str = "auto") -> LeakageReport:
     """Simulate shipping ``privates`` encoded with (mode, k), T encodings each, and measure what leaks.
 
     Args:
@@ -122,6 +122,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         key_aware: also run the key-aware bound.
         progress: (stage, stage fraction, overall fraction) callback.
         cancel: stops the audit (AttackCancelled) at its next progress report.
+        similarity: the attack's similarity stage ("auto": learned on CUDA, else the high-pass statistic).
     """
     start = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -129,7 +130,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     if len(privates) < 2 or len(labels) != len(privates):
         raise InvalidInputError(f"need at least 2 images with one label each, got {len(privates)} images and "
                                 f"{len(labels)} labels", field="images")
-    stages = ["encoding", *ATTACK_STAGES, *(["key_aware"] if key_aware else []), "scoring"]
+    stages = ["encoding", *_attack_stages(device, similarity), *(["key_aware"] if key_aware else []), "scoring"]
     report = _Progress(progress, stages)
     report("encoding", 0.0)
     cancel.raise_if_cancelled()
@@ -139,7 +140,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     report("encoding", 1.0)
     attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=k,
                                               encodings_per_image=encodings_per_image, mode=mode, device=device,
-                                              progress=report, cancel=cancel)
+                                              progress=report, cancel=cancel, similarity=similarity)
     bound = None
     if key_aware:
         bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
@@ -157,7 +158,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
 def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,
                     encodings_per_image: int, mode: str = "cross", device: torch.device | str = "cpu",
                     progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None,
-                    ) -> LeakageReport:
+                    similarity: str = "auto") -> LeakageReport:
     """Attack encodings made elsewhere and match each recovery to its best original.
 
     The pairs behind each encoding are unknown here, so the challenge's per-encoding metrics are
@@ -165,9 +166,10 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     best SSIM over all originals. No key-aware bound (no keys).
     """
     start = time.perf_counter()
-    report = _Progress(progress, [*ATTACK_STAGES, "scoring"])
+    report = _Progress(progress, [*_attack_stages(device, similarity), "scoring"])
     attack = create_attack("ciphertext_only")(encryption, labels, k=k, encodings_per_image=encodings_per_image,
-                                              mode=mode, device=device, progress=report, cancel=cancel)
+                                              mode=mode, device=device, progress=report, cancel=cancel,
+                                              similarity=similarity)
     report("scoring", 0.0)
     originals_t = torch.from_numpy(unit_range_array(originals))
     best_two = pairwise_ssim(attack.decryption, originals_t).topk(min(2, len(originals_t)), dim=1).indices
@@ -175,6 +177,12 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     scored = _score(attack, originals_t, pairs)
     report("scoring", 1.0)
     return _leakage_report(scored, None, originals_t, device, len(encryption), start)
+
+
+def _attack_stages(device: torch.device | str, similarity: str) -> list[str]:
+    """The attack's stages as it runs them: training only for the learned similarity."""
+    learned = similarity == "learned" or (similarity == "auto" and torch.device(device).type == "cuda")
+    return [s for s in ATTACK_STAGES if s != "training" or learned]
 
 
 def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:

@@ -1,9 +1,10 @@
 """The ciphertext-only attack (after Carlini et al. 2020): what every audit runs.
 
 Input: the challenge-format arrays (encodings and mixed labels) and the public parameters; never
-keys, masks, partners or public images. Stages: similarity of |e| → clusters (one per private
-image) → two clusters per encoding with λ from the labels → recovery by gradient descent →
-orientation and colour.
+keys, masks, partners or public images. Stages: training a similarity network on synthetic encodings
+of the attacker's own images (on CUDA by default; skipped for the high-pass statistic) → similarity
+of |e| → clusters (one per private image) → two clusters per encoding with λ from the labels →
+recovery by EM → orientation.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageT
 from instahide_ops.attacks.recovery import NATURAL_CHANNEL_MEAN, recover_privates
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.attacks.similarity import class_sets, highpass_features, similarity_matrix
+from instahide_ops.attacks.similarity_net import TrainingConfig, cached_similarity_net, learned_features
 from instahide_ops.errors import InvalidInputError
 
-STAGES = ("similarity", "clustering", "assignment", "recovery", "orientation")
+STAGES = ("training", "similarity", "clustering", "assignment", "recovery", "orientation")
+SIMILARITIES = ("auto", "learned", "highpass")
 
 
 def check_challenge_arrays(encryption: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
@@ -60,7 +63,8 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
                            encodings_per_image: int, mode: str = "cross", device: torch.device | str = "cpu",
                            progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                            recovery_steps: int | None = None,
-                           public_mean: torch.Tensor | float | None = None) -> AttackResult:
+                           public_mean: torch.Tensor | float | None = None, similarity: str = "auto",
+                           training: TrainingConfig | None = None) -> AttackResult:
     """Recover private images from encodings and mixed labels alone.
 
     Args:
@@ -73,6 +77,10 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
         recovery_steps: EM iterations of the recovery (None: the recovery's default).
         public_mean: natural-image pixel mean in [-1, 1] (a float, (C,) or (H, W, C)); the public
             images' mean breaks the sign symmetry of |e|. None: ImageNet's channel means (RGB).
+        similarity: "learned" (the network of ``similarity_net``, trained once per configuration in
+            this process), "highpass" (the hand-made statistic, no training) or "auto": learned on
+            CUDA, high-pass elsewhere (training takes ~75 s on an H100, far longer on a CPU).
+        training: the network's training settings (None: ``TrainingConfig()``).
 
     Returns:
         One recovered image per cluster and the challenge's per-encoding ``decryption``.
@@ -83,13 +91,21 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
         raise InvalidInputError(f"cross mode with public images needs k >= 3, got {k}", field="k")
     if encodings_per_image < 1:
         raise InvalidInputError(f"must be at least 1, got {encodings_per_image}", field="encodings_per_image")
+    if similarity not in SIMILARITIES:
+        raise InvalidInputError(f"expected one of {list(SIMILARITIES)}, got {similarity!r}", field="similarity")
     device = torch.device(device)
     encryption, labels = check_challenge_arrays(encryption, labels, device)
     num_images = max(2, round(len(encryption) / encodings_per_image))
     tracker = StageTracker(progress, cancel)
 
+    learned = similarity == "learned" or (similarity == "auto" and device.type == "cuda")
+    net = None
+    if learned:  # the one optional stage: the high-pass statistic needs no training
+        with tracker.stage("training") as report:
+            net = cached_similarity_net(tuple(encryption.shape[1:]), k=k, mode=mode,
+                                        config=training or TrainingConfig(), device=device, report=report)
     with tracker.stage("similarity") as report:
-        features = highpass_features(encryption)
+        features = learned_features(net, encryption) if net is not None else highpass_features(encryption)
         classes = class_sets(labels)
         similarity = similarity_matrix(features, classes)
     with tracker.stage("clustering") as report:

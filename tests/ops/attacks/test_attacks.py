@@ -63,9 +63,10 @@ class TestCiphertextOnly:
         # Random images score about 0.0; the attack recovers real structure (measured ~0.4 here).
         assert scores.max_ssim > 0.25, scores.to_dict()
         assert recovered_fractions(result.recovered, privates).fractions[0.5] > 0.2
-        assert list(result.stage_seconds) == list(STAGES)
-        assert list(dict.fromkeys(stage for stage, _ in events)) == list(STAGES)
-        for stage in STAGES:
+        untrained = [stage for stage in STAGES if stage != "training"]  # on the CPU "auto" uses the high-pass
+        assert list(result.stage_seconds) == untrained
+        assert list(dict.fromkeys(stage for stage, _ in events)) == untrained
+        for stage in untrained:
             fractions = [f for s, f in events if s == stage]
             assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
 

@@ -183,8 +183,9 @@ class AuditProgress(_message.Message):
     STAGE_FRACTION_FIELD_NUMBER: _builtins.int
     FRACTION_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
-    """Current stage: "encoding", "similarity", "clustering", "assignment",
-    "recovery", "orientation", "key_aware", "scoring".
+    """Current stage: "encoding", "training" (on CUDA: the attacker's similarity
+    network), "similarity", "clustering", "assignment", "recovery",
+    "orientation", "key_aware", "scoring".
     """
     stage_fraction: _builtins.float
     """Fraction of the current stage done, in [0, 1]."""
