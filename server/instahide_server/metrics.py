@@ -12,6 +12,8 @@ Domain metrics (``instahide_*``):
   encode_bytes_sent_total             serialized EncodeResponse bytes
   encode_batch_seconds                check + encode + serialize of one encoded batch
   encode_streams_in_flight            open Encode streams
+  encode_batches_in_flight            Encode batches read but not yet answered, all streams (backpressure
+                                      keeps it at most --max-in-flight-per-stream per stream)
   seeded_batches_total                batches encoded with an explicit seed
   audit_queue_depth                   audits waiting for a worker
   audits_total{state}                 audits ended, by final state (succeeded | failed | cancelled)
@@ -65,6 +67,9 @@ class ServerMetrics:
                                               "Seconds to check, encode and serialize one batch.",
                                               buckets=BATCH_BUCKETS, registry=registry)
         self.encode_streams_in_flight = Gauge("instahide_encode_streams_in_flight", "Open Encode streams.",
+                                              registry=registry)
+        self.encode_batches_in_flight = Gauge("instahide_encode_batches_in_flight",
+                                              "Encode batches read but not yet answered, all streams.",
                                               registry=registry)
         self.seeded_batches = Counter("instahide_seeded_batches_total",
                                       "Batches encoded with an explicit seed.", registry=registry)

@@ -211,6 +211,7 @@ async def serve(config: ServerConfig) -> None:
             await health.enter_graceful_shutdown()
             await jobs.shutdown(min(AUDIT_STOP_SECONDS, config.grace_seconds))
             await server.stop(config.grace_seconds)
+            await _unwind_cancelled_calls()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -280,6 +281,17 @@ def open_metrics_endpoint(config: ServerConfig, metrics: ServerMetrics) -> Metri
         raise ConfigError(f"--metrics-port: cannot listen on {host}:{port}: {exc}") from None
     logger.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, endpoint.port)
     return endpoint
+
+
+async def _unwind_cancelled_calls(timeout: float = 2.0) -> None:
+    """Give handlers of calls still open after the grace period (cancelled by ``stop``) time to end.
+
+    Their clients already have UNAVAILABLE; without this, ``asyncio.run`` tears the handlers down and
+    grpc logs each one as an unhandled exception.
+    """
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=timeout)
 
 
 def _warm_pool(pools: PoolRegistry, shape: tuple[int, int, int]) -> None:

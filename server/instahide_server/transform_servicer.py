@@ -8,7 +8,11 @@ server encodes, and memory stays bounded. Decoding, encoding and serialization (
 with network I/O (on the event loop).
 
 Responses are already serialized (``encoder.BatchEncoder`` builds them in the encoding thread), so the
-method is registered with no response serializer; ``add_to_server`` does that.
+method is registered with no response serializer; ``add_to_server`` does that. They are sent with
+``context.write`` (not yielded) so that a send failing because the client left is seen here (``_write``).
+
+A client that cancels or disconnects ends the handler (CancelledError): the reader is cancelled, batches
+not yet started are dropped, and the stream and batch gauges come back down.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class _StreamStats:
     batches: int = 0
     images: int = 0
     errors: int = 0
+    read: int = 0  # requests handed to the encoder (the reader counts them)
+    answered: int = 0  # responses handed to gRPC
 
     def count(self, outcome: Outcome) -> None:
         self.batches += 1
@@ -57,13 +63,14 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
         self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
 
     async def Encode(self, request_iterator: AsyncIterator[transform_pb2.EncodeRequest],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+                     context: grpc.aio.ServicerContext) -> None:
         stats = _StreamStats(peer=context.peer())
         slots = asyncio.Semaphore(self._max_in_flight)
         pending: asyncio.Queue = asyncio.Queue()  # futures of Outcome, in request order; bounded by slots
-        reader = asyncio.create_task(self._read(request_iterator, slots, pending))
+        reader = asyncio.create_task(self._read(request_iterator, slots, pending, stats))
         outcome = "OK"
         in_flight = self._metrics.encode_streams_in_flight
+        batches_in_flight = self._metrics.encode_batches_in_flight
         in_flight.inc()
         try:
             while (item := await pending.get()) is not _END:
@@ -71,7 +78,9 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
                     raise item
                 result: Outcome = await item
                 stats.count(result)
-                yield result.payload
+                await _write(context, result.payload)
+                stats.answered += 1
+                batches_in_flight.dec()
                 slots.release()
         except asyncio.CancelledError:
             outcome = "CANCELLED"
@@ -81,7 +90,8 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
             raise
         finally:
             in_flight.dec()
-            reader.cancel()
+            reader.cancel()  # it never resumes past its current await, so ``stats.read`` is final
+            batches_in_flight.dec(stats.read - stats.answered)
             while not pending.empty():
                 item = pending.get_nowait()
                 if isinstance(item, asyncio.Future):
@@ -90,7 +100,7 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
                         stats.batches, stats.images, stats.errors, outcome, time.monotonic() - stats.started)
 
     async def _read(self, requests: AsyncIterator[transform_pb2.EncodeRequest], slots: asyncio.Semaphore,
-                    pending: asyncio.Queue) -> None:
+                    pending: asyncio.Queue, stats: _StreamStats) -> None:
         """Submit each request to the thread pool as it arrives; a request without config reuses the last."""
         loop = asyncio.get_running_loop()
         config = transform_pb2.EncodeConfig()
@@ -109,11 +119,27 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
                     under_config = 0
                 pending.put_nowait(
                     loop.run_in_executor(self._executor, self._encoder.run, request, config, under_config))
+                stats.read += 1
+                self._metrics.encode_batches_in_flight.inc()
                 under_config += 1
         except Exception as exc:
             pending.put_nowait(exc)  # answered after the requests already read, then the stream ends
             return
         pending.put_nowait(_END)
+
+
+async def _write(context: grpc.aio.ServicerContext, payload: bytes) -> None:
+    """Send one response; a send that gRPC fails means the call is over, which ends the stream as cancelled.
+
+    Response sizes are checked before encoding, so gRPC fails a send only once the call has ended: the
+    client cancelled, went away or ran out of time (or the server stopped) while we were sending. Its
+    own notice of that may come a moment later or not reach the handler at all, and left to itself it
+    logs the failed send as a server error with a traceback; a client leaving is no server error.
+    """
+    try:
+        await context.write(payload)
+    except Exception as exc:  # grpc's ExecuteBatchError, which it does not export
+        raise asyncio.CancelledError(f"the call ended while a response was being sent: {exc}") from None
 
 
 def add_to_server(servicer: TransformServicer, server: grpc.aio.Server) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import subprocess
+import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
 from instahide_client._convert import to_numpy, to_tensor
 from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from serverproc import run_server, start_server  # noqa: F401 - re-exported to the server tests
 
 MIB = 1 << 20
@@ -80,3 +82,22 @@ def start_env_server(tmp_path: pathlib.Path, env: dict[str, str], timeout: float
                     env={"INSTAHIDE_PORT_FILE": str(port_file), **env},
                     host=env.get("INSTAHIDE_HOST", "127.0.0.1"), timeout=timeout) as server:
         yield server.target, server.process
+
+
+def metric(metrics_port: int, name: str, **labels: str) -> float:
+    """One sample of the server's ``/metrics`` (0 when absent), e.g. ``metric(port, "x_total", mode="cross")``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MiB."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
