@@ -2,7 +2,7 @@
 
 Every flag has an environment variable (``--max-message-bytes`` ↔ ``INSTAHIDE_MAX_MESSAGE_BYTES``);
 a flag wins over its variable, a variable over the default. Exits 0 after a clean SIGTERM/SIGINT
-drain, 2 on unusable settings.
+drain, 2 on unusable settings (an unusable state directory is not one: it disables audits only).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     audits = parser.add_argument_group("audits")
     add = audits.add_argument
     add("--state-dir", help="folder of the audit database, instahide.db (default $XDG_STATE_HOME/instahide, "
-                            "else ~/.local/state/instahide); must be writable")
+                            "else ~/.local/state/instahide); when it cannot be written, audits are disabled "
+                            "(UNAVAILABLE) and encoding goes on")
     add("--data-root", help="folder of server-side datasets (.npz with images and labels) that audits may "
                             "name; default none (audits must upload their images)")
     add("--audit-workers", type=int, help="audits run at once (default: one per CUDA device, else 1)")
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "RESOURCE_EXHAUSTED (default 10000)")
     add("--audit-retention-days", type=float, help="ended audits older than this are deleted; 0 keeps them "
                                                    "forever (default 30)")
+    add("--audit-db-max-bytes", type=int, help="cap on the audit database's size: past it new audits answer "
+                                               "UNAVAILABLE, as on a full disk (default 0: no cap)")
     return parser
 
 

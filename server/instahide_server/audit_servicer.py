@@ -38,6 +38,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     async def StartAudit(self, request_iterator: AsyncIterator[audit_pb2.StartAuditRequest],
                          context: grpc.aio.ServicerContext) -> audit_pb2.StartAuditResponse:
+        self._jobs.check_available()  # refuse before reading an upload that could not be audited
         iterator = aiter(request_iterator)
         first = await anext(iterator, None)
         if first is None or not first.HasField("spec"):

@@ -66,6 +66,7 @@ class ServerConfig:
     audit_timeout_seconds: float = 3600.0  # a running audit past this fails with "time limit exceeded"
     audit_max_images: int = 10000  # private images (or encodings) in one audit
     audit_retention_days: float = 30.0  # ended audits older than this are deleted; 0 keeps them forever
+    audit_db_max_bytes: int = 0  # cap on the audit database's size (writes past it fail as on a full disk); 0 = none
 
     @classmethod
     def from_args_and_env(cls, args: Any, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -135,6 +136,8 @@ class ServerConfig:
             raise ConfigError(f"audit_timeout_seconds must be positive, got {self.audit_timeout_seconds}")
         if not self.audit_retention_days >= 0:
             raise ConfigError(f"audit_retention_days must not be negative, got {self.audit_retention_days}")
+        if self.audit_db_max_bytes < 0:
+            raise ConfigError(f"audit_db_max_bytes must not be negative, got {self.audit_db_max_bytes}")
 
     @property
     def resolved_metrics_host(self) -> str:
@@ -217,6 +220,7 @@ _SETTINGS = (
     _Setting("audit_timeout_seconds", float),
     _Setting("audit_max_images", int),
     _Setting("audit_retention_days", float),
+    _Setting("audit_db_max_bytes", int),
 )
 assert {s.name for s in _SETTINGS} | {"token"} == {f.name for f in fields(ServerConfig)}
 

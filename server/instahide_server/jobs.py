@@ -18,6 +18,10 @@ Lifecycle of a job (all bookkeeping on the event loop; the audit itself in a wor
 - The private images live in the job object only, and are dropped the moment the job ends.
 - At start, audits the store still shows queued or running (a crash, a SIGKILL) are marked FAILED
   "interrupted by restart"; ended audits older than the retention are deleted, then once an hour.
+- The store failing (a full disk, an unusable state directory: ``store.AuditStoreError``) never
+  breaks a job's lifecycle: a new audit is refused (UNAVAILABLE); a running one goes on; a finished
+  report that cannot be written ends its audit FAILED "report not saved: ..."; a final state that
+  cannot be written at all is kept in memory (``_unsaved``) and answered from there until restart.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from instahide_server.errors import (
 from instahide_server.metrics import ServerMetrics
 from instahide_server.pools import PoolRegistry
 from instahide_server.reports import report_message
-from instahide_server.store import ENDED_STATES, AuditStore, audit_name
+from instahide_server.store import ENDED_STATES, AuditStore, AuditStoreError, DisabledAuditStore, audit_name
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +97,11 @@ class _Job:
     cancel: CancelToken = field(default_factory=CancelToken)
     stop_reason: str | None = None  # why the token was set when not by CancelAudit
     watchers: set[asyncio.Queue] = field(default_factory=set)
+    ending: bool = False  # set the moment ``_end`` starts (it awaits the store before ``ended`` is set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     running_since: float | None = None  # time.monotonic() when it started running
     last_persisted: float = 0.0
+    persist_failed: bool = False  # a progress write failed: stop trying for this job
     # Worker-thread side of the progress throttle.
     last_stage: str = ""
     last_sent: float = 0.0
@@ -115,8 +121,8 @@ class _Outcome:
 class AuditJobs:
     """Queues, runs, watches, cancels and lists audits; call from the event loop."""
 
-    def __init__(self, store: AuditStore, pools: PoolRegistry, *, device: torch.device, workers: int,
-                 queue_size: int, timeout_seconds: float, retention_days: float,
+    def __init__(self, store: AuditStore | DisabledAuditStore, pools: PoolRegistry, *, device: torch.device,
+                 workers: int, queue_size: int, timeout_seconds: float, retention_days: float,
                  metrics: ServerMetrics | None = None) -> None:
         self._store = store
         self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
@@ -128,6 +134,7 @@ class AuditJobs:
         self._retention_days = retention_days
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instahide-audit")
         self._live: dict[str, _Job] = {}
+        self._unsaved: dict[str, audit_pb2.Audit] = {}  # ended audits whose final state the store refused
         self._tasks: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -138,13 +145,28 @@ class AuditJobs:
     def workers(self) -> int:
         return self._workers
 
+    @property
+    def available(self) -> bool:
+        """False when the audit database could not be opened: every audit call answers UNAVAILABLE."""
+        return self._store.available
+
+    def check_available(self) -> None:
+        """Raise the store's error (UNAVAILABLE) when audits are disabled, before any work is done."""
+        if isinstance(self._store, DisabledAuditStore):
+            raise self._store.refusal()
+
     def recover(self) -> None:
         """Start-up housekeeping (blocking, quick): end what a previous process left live; prune."""
-        interrupted = self._store.mark_interrupted(INTERRUPTED_BY_RESTART)
-        if interrupted:
-            logger.warning("%d audits were queued or running when the server last stopped; marked FAILED "
-                           "(%s)", interrupted, INTERRUPTED_BY_RESTART)
-        self._prune()
+        if not self.available:
+            return
+        try:
+            interrupted = self._store.mark_interrupted(INTERRUPTED_BY_RESTART)
+            if interrupted:
+                logger.warning("%d audits were queued or running when the server last stopped; marked FAILED "
+                               "(%s)", interrupted, INTERRUPTED_BY_RESTART)
+            self._prune()
+        except AuditStoreError:  # logged by the store; audits that need the database will say so
+            pass
 
     def start(self) -> None:
         """Bind to the running loop (call from it) and start the periodic retention pruning."""
@@ -185,6 +207,8 @@ class AuditJobs:
         job = self._live.get(audit_id)
         if job is not None:
             return _copy(job.audit)
+        if audit_id in self._unsaved:
+            return _copy(self._unsaved[audit_id])
         audit = self._store.get(audit_id, summary_only=summary_only)
         if audit is None:
             raise NotFound(f"name: no audit {name!r}", "name")
@@ -202,8 +226,13 @@ class AuditJobs:
         page = rows[:limit]
         audits = []
         for _, audit in page:
-            job = self._live.get(audit.name.removeprefix("audits/"))
-            audits.append(_copy(job.audit) if job is not None and job.audit.state == audit.state else audit)
+            audit_id = audit.name.removeprefix("audits/")
+            job = self._live.get(audit_id)
+            if job is not None and job.audit.state == audit.state:
+                audit = _copy(job.audit)
+            elif audit_id in self._unsaved:
+                audit = _copy(self._unsaved[audit_id])
+            audits.append(audit)
         token = _make_token(page[-1][0], state) if len(rows) > limit else ""
         return audits, token
 
@@ -226,7 +255,8 @@ class AuditJobs:
         if job is not None:
             raise FailedPrecondition(f"name: audit {name!r} is {audit_pb2.AuditState.Name(job.audit.state)}; "
                                      "cancel it (and let it end) before deleting it", "name")
-        if not self._store.delete(audit_id):
+        deleted = self._store.delete(audit_id)
+        if self._unsaved.pop(audit_id, None) is None and not deleted:
             raise NotFound(f"name: no audit {name!r}", "name")
         logger.info("audit %s deleted", name)
 
@@ -235,7 +265,7 @@ class AuditJobs:
         audit_id = parse_name(name)
         job = self._live.get(audit_id)
         if job is None:
-            audit = self._store.get(audit_id, summary_only=True)
+            audit = self._unsaved.get(audit_id) or self._store.get(audit_id, summary_only=True)
             if audit is None:
                 raise NotFound(f"name: no audit {name!r}", "name")
             yield _event(audit)
@@ -277,13 +307,14 @@ class AuditJobs:
     async def _run(self, job: _Job) -> None:
         assert self._slots is not None and self._loop is not None
         async with self._slots:
-            if job.ended.is_set():  # cancelled (or shut down) while queued
+            if job.ending:  # cancelled (or shut down) while queued
                 return
             job.audit.state = RUNNING
             job.audit.start_time.GetCurrentTime()
             job.running_since = time.monotonic()
             self._count_queued()
-            self._store.save(job.audit)
+            with contextlib.suppress(AuditStoreError):  # logged by the store; the row stays QUEUED meanwhile
+                self._store.save(job.audit)
             self._notify(job)
             logger.info("audit %s running", job.audit.name)
             timer = self._loop.call_later(self._timeout, self._expire, job)
@@ -353,9 +384,12 @@ class AuditJobs:
         current.fraction = max(fraction, current.fraction)
         self._notify(job)
         now = time.monotonic()
-        if now - job.last_persisted >= PERSIST_INTERVAL_SECONDS:
+        if now - job.last_persisted >= PERSIST_INTERVAL_SECONDS and not job.persist_failed:
             job.last_persisted = now
-            self._store.save_progress(job.id, current)
+            try:
+                self._store.save_progress(job.id, current)
+            except AuditStoreError:  # logged by the store; watchers still get every event
+                job.persist_failed = True
 
     def _expire(self, job: _Job) -> None:
         if not job.ended.is_set() and job.stop_reason is None:
@@ -365,8 +399,9 @@ class AuditJobs:
 
     async def _end(self, job: _Job, outcome: _Outcome) -> None:
         """Record the final state (store first, then memory), tell the watchers and forget the inputs."""
-        if job.ended.is_set():
+        if job.ending:
             return
+        job.ending = True
         job.data = None
         final = _copy(job.audit)
         final.state = outcome.state
@@ -376,15 +411,38 @@ class AuditJobs:
             final.report.CopyFrom(outcome.report)
             final.progress.stage_fraction = 1.0
             final.progress.fraction = 1.0
-        await asyncio.get_running_loop().run_in_executor(None, self._store.save, final)
+        final = await self._persist_final(final)
         final.ClearField("report")  # the live copy stays small; readers go to the store from now on
         job.audit = final
         job.ended.set()
         self._notify(job)
         self._live.pop(job.id, None)
-        self._count_ended(job, outcome)
+        self._count_ended(job, outcome if final.state == outcome.state else _Outcome(final.state, final.error))
         logger.info("audit %s %s%s", final.name, audit_pb2.AuditState.Name(final.state),
                     f": {final.error}" if final.error else "")
+
+    async def _persist_final(self, final: audit_pb2.Audit) -> audit_pb2.Audit:
+        """Write an ended audit; returns what was recorded (a report that could not be written fails it)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self._store.save, final)
+            return final
+        except AuditStoreError as exc:
+            if not final.HasField("report"):
+                error = exc
+            else:  # the report is the large part: record the failure without it
+                final.ClearField("report")
+                final.state = FAILED
+                final.error = f"report not saved: {exc}"
+                try:
+                    await loop.run_in_executor(None, self._store.save, final)
+                    return final
+                except AuditStoreError as again:
+                    error = again
+        logger.error("audit %s ended %s but could not be recorded (%s); it is answered from memory until the "
+                     "server restarts", final.name, audit_pb2.AuditState.Name(final.state), error)
+        self._unsaved[final.name.removeprefix("audits/")] = _copy(final)
+        return final
 
     def _count_queued(self) -> None:
         self._metrics.audit_queue_depth.set(sum(job.audit.state == QUEUED for job in self._live.values()))

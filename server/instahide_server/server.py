@@ -52,7 +52,7 @@ from instahide_server.interceptors.metrics import MetricsInterceptor
 from instahide_server.jobs import AuditJobs, default_workers
 from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
 from instahide_server.pools import PoolRegistry
-from instahide_server.store import AuditStore
+from instahide_server.store import open_audit_store
 from instahide_server.tls import load_tls, log_transport
 from instahide_server.validation import Limits
 
@@ -107,7 +107,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         (``await jobs.shutdown(...)`` it when stopping), and the metrics every piece updates.
 
     Raises:
-        ConfigError: an unusable device, pool, state directory or TLS file.
+        ConfigError: an unusable device, pool or TLS file. An unusable state directory disables audits
+            only (``jobs.available`` is False; the audit service's health stays NOT_SERVING).
     """
     device = resolve_device(config.device)
     tls = load_tls(config)  # before anything is opened: a bad file leaves nothing to clean up
@@ -123,7 +124,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     limits = Limits(max_images_per_request=config.max_images_per_request,
                     max_message_bytes=config.max_message_bytes)
     encoder = BatchEncoder(device=device, pools=pools, limits=limits, metrics=metrics)
-    store = AuditStore.open(config.resolved_state_dir)
+    store = open_audit_store(config.resolved_state_dir, max_bytes=config.audit_db_max_bytes)  # never raises
     jobs = AuditJobs(store, pools, device=device, workers=config.audit_workers or default_workers(device),
                      queue_size=config.audit_queue_size, timeout_seconds=config.audit_timeout_seconds,
                      retention_days=config.audit_retention_days, metrics=metrics)
@@ -166,7 +167,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         raise ConfigError(f"cannot listen on {host}:{config.port}: {exc}") from None
     log_transport(config, tls)
     jobs.start()
-    logger.info("audits: database %s, %d workers, queue %d, data root %s", store.path, jobs.workers,
+    logger.info("audits: database %s, %d workers, queue %d, data root %s", store.path or "none (disabled)",
+                jobs.workers,
                 config.audit_queue_size, config.data_root or "none")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
                 config.pool or "bundled default", "on" if config.token else "off", config.max_message_bytes,
@@ -197,7 +199,9 @@ async def serve(config: ServerConfig) -> None:
             await health_only[0].start()
         await server.start()
         for service in HEALTH_CHECKED:
-            await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            serving = jobs.available or service != audit_servicer.SERVICE_NAME  # no database, no audits
+            await health.set(service, health_pb2.HealthCheckResponse.SERVING if serving
+                             else health_pb2.HealthCheckResponse.NOT_SERVING)
         if endpoint is not None and config.metrics_port_file is not None:
             write_port_file(config.metrics_port_file, endpoint.port)
         if health_only is not None and config.health_port_file is not None:

@@ -10,9 +10,9 @@ import pytest
 from instahide_client.instahide.v1 import audit_pb2
 from instahide_server.__main__ import build_parser
 from instahide_server.config import ConfigError, ServerConfig, default_state_dir
-from instahide_server.errors import InvalidArgument
+from instahide_server.errors import InvalidArgument, Unavailable
 from instahide_server.jobs import _make_token, _parse_token, parse_name
-from instahide_server.store import AuditStore, summary_of
+from instahide_server.store import AuditStore, AuditStoreError, DisabledAuditStore, open_audit_store, summary_of
 
 
 def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
@@ -25,17 +25,20 @@ class TestSettings:
         assert config.state_dir == pathlib.Path("/var/state/instahide") and config.data_root is None
         assert (config.audit_workers, config.audit_queue_size, config.audit_timeout_seconds,
                 config.audit_max_images, config.audit_retention_days) == (None, 16, 3600.0, 10000, 30.0)
+        assert config.audit_db_max_bytes == 0
         assert default_state_dir({}) == pathlib.Path.home() / ".local/state/instahide"
         assert default_state_dir({"XDG_STATE_HOME": "relative"}) == pathlib.Path.home() / ".local/state/instahide"
 
     def test_flags_and_env(self):
         env = {"INSTAHIDE_STATE_DIR": "/s", "INSTAHIDE_AUDIT_QUEUE_SIZE": "3", "INSTAHIDE_DATA_ROOT": "/d",
-               "INSTAHIDE_AUDIT_RETENTION_DAYS": "0"}
+               "INSTAHIDE_AUDIT_RETENTION_DAYS": "0", "INSTAHIDE_AUDIT_DB_MAX_BYTES": "1048576"}
         config = _config(["--audit-workers", "2", "--audit-timeout-seconds", "1.5", "--audit-max-images", "9",
                           "--state-dir", "/flag"], env)
         assert config.state_dir == pathlib.Path("/flag") and config.data_root == pathlib.Path("/d")
         assert (config.audit_workers, config.audit_queue_size, config.audit_timeout_seconds,
                 config.audit_max_images, config.audit_retention_days) == (2, 3, 1.5, 9, 0.0)
+        assert config.audit_db_max_bytes == 1048576
+        assert _config(["--audit-db-max-bytes", "4096"], env).audit_db_max_bytes == 4096
 
     @pytest.mark.parametrize(("argv", "needle"), [
         (["--audit-workers", "0"], "audit_workers"),
@@ -43,6 +46,7 @@ class TestSettings:
         (["--audit-timeout-seconds", "0"], "audit_timeout_seconds"),
         (["--audit-max-images", "1"], "audit_max_images"),
         (["--audit-retention-days", "-1"], "audit_retention_days"),
+        (["--audit-db-max-bytes", "-1"], "audit_db_max_bytes"),
     ])
     def test_bad_settings(self, argv, needle):
         with pytest.raises(ConfigError, match=needle):
@@ -94,8 +98,38 @@ class TestStore:
 
     def test_unusable_folder(self, tmp_path):
         (tmp_path / "file").write_text("")
-        with pytest.raises(ConfigError, match="--state-dir"):
+        with pytest.raises(AuditStoreError, match="--state-dir") as caught:
             AuditStore.open(tmp_path / "file")
+        assert isinstance(caught.value, Unavailable) and str(tmp_path / "file") in str(caught.value)
+
+    def test_an_unusable_folder_gives_a_store_that_refuses_every_call(self, tmp_path):
+        (tmp_path / "file").write_text("")
+        store = open_audit_store(tmp_path / "file")
+        assert isinstance(store, DisabledAuditStore) and not store.available
+        for call in (lambda: store.insert(_audit("a" * 32, audit_pb2.AUDIT_STATE_QUEUED)), lambda: store.get("a" * 32),
+                     lambda: store.list(limit=1), lambda: store.delete("a" * 32)):
+            with pytest.raises(AuditStoreError, match="audits are unavailable on this server: --state-dir"):
+                call()
+        store.close()
+
+    def test_a_full_database_refuses_writes_and_keeps_serving_reads(self, tmp_path):
+        """``max_bytes`` below the current size: the file may not grow, the state a full disk leaves."""
+        store = AuditStore.open(tmp_path, max_bytes=1)
+        kept = _audit("0" * 32, audit_pb2.AUDIT_STATE_QUEUED)
+        store.insert(kept)  # the empty table's first page has room
+        with pytest.raises(AuditStoreError, match="database or disk is full") as caught:
+            for i in range(1, 10_000):  # rows until a new page would be needed
+                store.insert(_audit(f"{i:032x}", audit_pb2.AUDIT_STATE_QUEUED))
+        assert str(tmp_path / "instahide.db") in str(caught.value) and i > 1
+        big = _audit(kept.name.removeprefix("audits/"), audit_pb2.AUDIT_STATE_SUCCEEDED)
+        big.report.grid_png = bytes(64 * 1024)
+        with pytest.raises(AuditStoreError, match="full"):
+            store.save(big)
+        got = store.get(kept.name.removeprefix("audits/"))  # the failed save left the row as it was
+        assert got.state == audit_pb2.AUDIT_STATE_QUEUED and not got.HasField("report") and got.spec == kept.spec
+        assert store.delete(f"{1:032x}")  # freeing room makes writes work again
+        store.insert(_audit("f" * 32, audit_pb2.AUDIT_STATE_QUEUED))
+        store.close()
 
 
 def test_names_and_page_tokens():
