@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-concurrent-streams", type=int,
         help="HTTP/2 streams (calls) at once on one client connection; a client queues the rest until "
              "one ends (default: gRPC's, no limit)")
+    add("--stream-window-bytes", type=int,
+        help="HTTP/2 receive window per stream: bytes a client may send ahead of what the server has read "
+             f"(default {4 * MIB}; 0 lets gRPC grow it by BDP probing, with no fixed cap)")
     add("--max-pool-shapes", type=int, help="public pools (one per image shape) kept at once (default 8)")
     add("--warm-shapes", help="image shapes whose public pool is built in the background at start, "
                               "comma-separated HxWxC, or 'none' (default 32x32x3)")

@@ -45,6 +45,7 @@ class ServerConfig:
     max_in_flight_per_stream: int = 4
     max_concurrent_rpcs: int | None = None  # calls in progress at once, server-wide; None = unlimited
     max_concurrent_streams: int | None = None  # HTTP/2 streams per client connection; None = gRPC's (no limit)
+    stream_window_bytes: int = 4 * MIB  # HTTP/2 receive window per stream; 0 = gRPC's automatic (BDP) window
     # A second, plaintext port serving grpc.health.v1 only: reachable by probes that cannot do (m)TLS and
     # not counted against max_concurrent_rpcs. None = no such port; 0 = a free one (see health_port_file).
     health_port: int | None = None
@@ -122,6 +123,8 @@ class ServerConfig:
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file: "
                               "the server must have its own certificate")
+        if self.stream_window_bytes != 0 and not 65535 <= self.stream_window_bytes < 2**31:
+            raise ConfigError(f"stream_window_bytes must be 0 or in [65535, 2**31), got {self.stream_window_bytes}")
         if self.grace_seconds < 0:
             raise ConfigError(f"grace_seconds must not be negative, got {self.grace_seconds}")
         if self.token is not None and not self.token:
@@ -205,6 +208,7 @@ _SETTINGS = (
     _Setting("tls_client_ca_file", pathlib.Path),
     _Setting("health_port", int),
     _Setting("health_port_file", pathlib.Path),
+    _Setting("stream_window_bytes", int),
     _Setting("max_pool_shapes", int),
     _Setting("warm_shapes", _shapes),
     _Setting("workers", int),

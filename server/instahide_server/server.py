@@ -142,6 +142,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
+        *_window_options(config.stream_window_bytes),
     ]
     if config.max_concurrent_streams is not None:  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, per connection
         options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
@@ -285,6 +286,18 @@ def open_metrics_endpoint(config: ServerConfig, metrics: ServerMetrics) -> Metri
         raise ConfigError(f"--metrics-port: cannot listen on {host}:{port}: {exc}") from None
     logger.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, endpoint.port)
     return endpoint
+
+
+def _window_options(window_bytes: int) -> list[tuple[str, int]]:
+    """A fixed HTTP/2 receive window per stream (0: gRPC's own, grown by BDP probing).
+
+    What a client may send ahead of what a stream has read sits in the transport, on top of the
+    ``max_in_flight_per_stream`` batches the servicer holds. gRPC's automatic window has no fixed
+    cap: on a fast link it grows until one flooding connection can park hundreds of MiB here.
+    """
+    if window_bytes == 0:
+        return []
+    return [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window_bytes)]
 
 
 async def _unwind_cancelled_calls(timeout: float = 2.0) -> None:

@@ -31,6 +31,7 @@ class TestConfig:
         assert (config.host, config.port, config.device, config.pool, config.token) == (
             "127.0.0.1", 50051, "auto", None, None)
         assert config.max_message_bytes == 64 << 20 and config.max_in_flight_per_stream == 4
+        assert config.stream_window_bytes == 4 << 20
 
     def test_flag_wins_over_env_and_env_over_default(self):
         env = {"INSTAHIDE_PORT": "6000", "INSTAHIDE_MAX_IMAGES_PER_REQUEST": "7", "INSTAHIDE_HOST": "0.0.0.0",
@@ -38,6 +39,7 @@ class TestConfig:
         config = _config(["--port", "7000"], env)
         assert config.port == 7000 and config.max_images_per_request == 7 and config.host == "0.0.0.0"
         assert config.grace_seconds == 2.5 and config.log_level == "DEBUG"
+        assert _config([], {"INSTAHIDE_STREAM_WINDOW_BYTES": "0"}).stream_window_bytes == 0  # gRPC's own window
 
     def test_token_sources(self, tmp_path):
         token_file = tmp_path / "token"
@@ -58,6 +60,7 @@ class TestConfig:
         (["--port", "70000"], {}, "port"),
         (["--device", "tpu"], {}, "device"),
         (["--max-in-flight-per-stream", "0"], {}, "max_in_flight_per_stream"),
+        (["--stream-window-bytes", "1024"], {}, "stream_window_bytes"),
         (["--token-file", "/nonexistent/token"], {}, "token file"),
         ([], {"INSTAHIDE_LOG_LEVEL": "loud"}, "INSTAHIDE_LOG_LEVEL"),
     ])
