@@ -310,6 +310,15 @@ def start_server(tmp: pathlib.Path, args: argparse.Namespace) -> tuple[subproces
             f"http://127.0.0.1:{int(metrics_file.read_text())}/metrics")
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8, help="concurrent streams in the load phase")
@@ -343,19 +352,17 @@ def main() -> int:
             server, target, metrics_url = start_server(pathlib.Path(tmp_name), args)
             pid = server.pid
         sampler = Sampler(pid, metrics_url, args.rss_interval)
-        sampler.start()
         try:
+            sampler.start()
             load = load_phase(target, requests, args, sampler)
             flood = flood_phase(target, requests, args, sampler) if args.flood_seconds > 0 else None
             device = scrape_label(metrics_url, "instahide_device_info", "device") or args.device
         finally:
-            sampler.stop()
-            if server is not None:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+            try:
+                sampler.stop()
+            finally:  # never leave the server this started behind, whatever failed
+                if server is not None:
+                    stop_server(server)
     results = {
         "benchmark": "load", "date": datetime.date.today().isoformat(), "device": device,
         "gpu": _gpu_name(device), "cpu": platform.machine(), "cores": os.cpu_count(),
