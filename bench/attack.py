@@ -9,7 +9,7 @@ originals over their best recoveries to --out. The last line of output is one JS
 Anchors: Carlini et al. reached Max_SSIM 0.90 / Mean_SSIM 0.43 / Min_L2 0.01 / Mean_L2 0.31 in about
 12 GPU-hours; the PRNG attack reached 0.98 because the challenge used a 32-bit seed.
 
-Usage: python bench/attack.py [--quick] [--device cuda] [--out DIR]
+Usage: python bench/attack.py [--quick] [--device cuda] [--private-dir DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ import torch
 
 from instahide_ops.attacks.ciphertext_only import SIMILARITIES
 from instahide_ops.audit import audit_deployment
-from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool, save_challenge
+from instahide_ops.challenge import (
+    build_challenge,
+    bundled_private_images,
+    challenge_public_pool,
+    load_private_images,
+    save_challenge,
+)
 
 
 def main() -> None:
@@ -39,6 +45,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--similarity", choices=SIMILARITIES, default="auto",
                         help="the attack's similarity stage (auto: the learned network on CUDA, else high-pass)")
+    parser.add_argument("--private-dir", default=None,
+                        help="attack your own images instead of the bundled ones: a folder of images (pseudo-classes) "
+                             "or of one sub-folder per class; the first --images of them are used")
     parser.add_argument("--out", default=None,
                         help="folder for grid.png (default: temp); given, it also gets the challenge files")
     args = parser.parse_args()
@@ -48,7 +57,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    privates, classes = bundled_private_images(images)
+    if args.private_dir:
+        privates, classes = load_private_images(args.private_dir)
+        if len(privates) < 2:
+            parser.error(f"--private-dir {args.private_dir}: need at least 2 images, found {len(privates)}")
+        privates, classes = privates[:images], classes[:images]
+    else:
+        privates, classes = bundled_private_images(images)
     pool = challenge_public_pool(device=args.device)
     build_seconds = time.perf_counter() - start
     report = audit_deployment(

@@ -18,7 +18,7 @@ import torch
 
 from instahide_ops.encode import EncodeParams, apply_keys, encode
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.pool import PublicPool, bundled_sources, default_pool
+from instahide_ops.pool import IMAGE_SUFFIXES, PublicPool, bundled_sources, default_pool, read_rgb, resize_image
 
 PRIVATE_SOURCE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
 PUBLIC_SOURCE_NAMES = ("china", "flower", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -111,6 +111,40 @@ def bundled_private_images(count: int = 100, *, height: int = 32, width: int = 3
     if len(images) < count:
         raise InvalidInputError(f"could only cut {len(images)} non-overlapping crops", field="count")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def load_private_images(folder: str | os.PathLike, *, height: int = 32, width: int = 32,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Private images from a folder, for challenge-shaped sets of one's own data.
+
+    A folder of sub-folders is one class per sub-folder (classes numbered in name order); a flat folder
+    of images gets the pseudo-classes 0–9 in turn, in file-name order. Images of any size are resized
+    to ``height`` × ``width`` (``INTER_AREA`` to shrink) and read as RGB.
+
+    Returns:
+        (N, height, width, 3) uint8 images and (N,) int64 classes.
+
+    Raises:
+        InvalidInputError: no such folder, no images, an unreadable image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidInputError(f"{str(folder)!r} is not a folder", field="images")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    groups = [(index, _image_files(sub)) for index, sub in enumerate(classes)] if classes else \
+        [(None, _image_files(folder))]
+    images, labels = [], []
+    for label, files in groups:
+        for file in files:
+            images.append(resize_image(read_rgb(file, field="images"), height, width))
+            labels.append(label if label is not None else len(labels) % NUM_PSEUDO_CLASSES)
+    if not images:
+        raise InvalidInputError(f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images", field="images")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:

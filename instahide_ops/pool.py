@@ -44,7 +44,7 @@ DEFAULT_SEED = 0
 # 2048 patches build in about 6 s on two cores (SIFT runs in threads) and load from the cache in ms.
 DEFAULT_POOL_SIZE = 2048
 _FORMAT_VERSION = 1  # part of the cache file name: bump it whenever build_pool changes its output
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def bundled_sources(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -144,7 +144,7 @@ def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 
             for crop, keypoints in zip(candidates, executor.map(count_keypoints, candidates), strict=True):
                 attempts += 1
                 if keypoints >= min_keypoints:
-                    kept.append(_resize(crop, height, width))
+                    kept.append(resize_image(crop, height, width))
                     if len(kept) == count:
                         break
     if len(kept) < count:
@@ -291,20 +291,26 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_folder(path: Path) -> np.ndarray:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise InvalidInputError(f"{str(path)!r} holds no {'/'.join(_IMAGE_SUFFIXES)} files", field="pool")
-    images = []
+        raise InvalidInputError(f"{str(path)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files", field="pool")
+    images: list[np.ndarray] = []
     for file in files:
-        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise InvalidInputError(f"cannot read image {str(file)!r}", field="pool")
-        if images and bgr.shape != images[0].shape:
-            raise InvalidInputError(f"{str(file)!r} is {list(bgr.shape[:2])} but {str(files[0])!r} is "
+        rgb = read_rgb(file, field="pool")
+        if images and rgb.shape != images[0].shape:
+            raise InvalidInputError(f"{str(file)!r} is {list(rgb.shape[:2])} but {str(files[0])!r} is "
                                     f"{list(images[0].shape[:2])}; all pool images must share one size",
                                     field="pool")
-        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        images.append(rgb)
     return np.stack(images)
+
+
+def read_rgb(file: Path, *, field: str) -> np.ndarray:
+    """One image file as (H, W, 3) uint8 RGB; InvalidInputError naming ``field`` when it cannot be read."""
+    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InvalidInputError(f"cannot read image {str(file)!r}", field=field)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def adapt_pool(array: np.ndarray, *, height: int, width: int, channels: int) -> np.ndarray:
@@ -330,7 +336,7 @@ def adapt_pool(array: np.ndarray, *, height: int, width: int, channels: int) -> 
         return array
     out = array
     if out.shape[1:3] != (height, width):
-        out = np.stack([_resize(image, height, width) for image in out]).reshape(len(out), height, width, -1)
+        out = np.stack([resize_image(image, height, width) for image in out]).reshape(len(out), height, width, -1)
     if out.shape[3] == 3 and channels == 1:
         out = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in out])[..., None]
     elif out.shape[3] == 1 and channels == 3:
@@ -338,7 +344,7 @@ def adapt_pool(array: np.ndarray, *, height: int, width: int, channels: int) -> 
     return out
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize one (H, W[, C]) image: ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging."""
     shrink = height <= image.shape[0] and width <= image.shape[1]
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -14,6 +15,7 @@ from instahide_ops.challenge import (
     bundled_private_images,
     load_challenge,
     load_ground_truth,
+    load_private_images,
     save_challenge,
 )
 from instahide_ops.pool import PublicPool
@@ -112,3 +114,44 @@ class TestFiles:
         assert np.array_equal(restored.privates, truth.privates)
 
 
+
+
+class TestLoadPrivateImages:
+    @staticmethod
+    def _write(path, rgb):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def test_one_class_per_subfolder_in_name_order(self, tmp_path):
+        red = np.zeros((40, 60, 3), np.uint8)
+        red[..., 0] = 200
+        blue = np.zeros((20, 20, 3), np.uint8)
+        blue[..., 2] = 90
+        self._write(tmp_path / "b_dogs" / "1.png", blue)
+        self._write(tmp_path / "a_cats" / "2.png", red)
+        self._write(tmp_path / "a_cats" / "1.bmp", red)
+        (tmp_path / "a_cats" / "notes.txt").write_text("not an image")
+        images, labels = load_private_images(tmp_path, height=16, width=24)
+        assert images.shape == (3, 16, 24, 3) and images.dtype == np.uint8
+        assert labels.tolist() == [0, 0, 1] and labels.dtype == np.int64
+        assert (images[0, ..., 0] == 200).all() and (images[2, ..., 2] == 90).all()  # RGB, not BGR
+
+    def test_flat_folder_gets_pseudo_classes_in_turn(self, tmp_path):
+        for i in range(12):
+            self._write(tmp_path / f"{i:02d}.png", np.full((32, 32, 3), i * 20, np.uint8))
+        images, labels = load_private_images(tmp_path)
+        assert labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+        assert [int(image[0, 0, 0]) for image in images] == [i * 20 for i in range(12)]
+        challenge, truth = build_challenge(images, labels, encodings_per_image=2, seed=0)
+        assert challenge.encryption.shape == (24, 32, 32, 3) and truth.privates.shape == (12, 32, 32, 3)
+
+    @pytest.mark.parametrize("setup", ["missing", "empty", "unreadable"])
+    def test_bad_folders_raise(self, tmp_path, setup):
+        folder = tmp_path / "privates"
+        if setup != "missing":
+            folder.mkdir()
+        if setup == "unreadable":
+            (folder / "broken.png").write_bytes(b"not a png")
+        with pytest.raises(InvalidInputError) as raised:
+            load_private_images(folder)
+        assert raised.value.field == "images"
