@@ -17,33 +17,16 @@ import json
 import os
 import pathlib
 import platform
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
+from _process import start_instahide_server, stop_process
 from instahide_client import InstaHideClient
 
 from instahide_ops.audit import audit_deployment
 from instahide_ops.challenge import bundled_private_images, challenge_public_pool
-
-
-def start_server(tmp: pathlib.Path, pool_path: pathlib.Path, device: str) -> tuple[subprocess.Popen, str]:
-    port_file = tmp / "port"
-    cmd = [sys.executable, "-m", "instahide_server", "--host", "127.0.0.1", "--port", "0", "--port-file",
-           str(port_file), "--device", device, "--pool", str(pool_path), "--state-dir", str(tmp / "state"),
-           "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd, stdout=(tmp / "server.log").open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((tmp / "server.log").read_text())
-        time.sleep(0.05)
-    return proc, f"127.0.0.1:{int(port_file.read_text())}"
 
 
 def main() -> None:
@@ -64,7 +47,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = pathlib.Path(tmp_name)
         np.save(tmp / "pool.npy", pool.pixels.cpu().numpy())
-        server, target = start_server(tmp, tmp / "pool.npy", args.device)
+        server, target = start_instahide_server(tmp, "--device", args.device, "--pool", str(tmp / "pool.npy"),
+                                                "--state-dir", str(tmp / "state"), "--log-level", "WARNING")
         try:
             with InstaHideClient(target) as client:
                 start = time.perf_counter()
@@ -72,8 +56,7 @@ def main() -> None:
                 audit = client.wait_audit(audit.name)
                 service_seconds = time.perf_counter() - start
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
+            stop_process(server)
     if audit.state != "succeeded":
         raise SystemExit(f"the audit ended {audit.state}: {audit.error}")
     served = audit.report.ciphertext_only

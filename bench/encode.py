@@ -25,7 +25,6 @@ import pathlib
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import time
 import grpc
 import numpy as np
 import torch
+from _process import start_instahide_server, start_process, stop_process
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2
 
@@ -96,25 +96,6 @@ async def _serve_echo(port_file: str, reply_bytes: int) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await server.stop(1)
-
-
-def _start(cmd: list[str], port_file: pathlib.Path, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{cmd[:3]} did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    return proc, f"127.0.0.1:{int(port_file.read_text())}"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def stream_rate(call, requests: list[bytes], repeats: int, images_per_request: int) -> tuple[float, bytes]:
@@ -202,7 +183,7 @@ def main() -> None:
     ).SerializeToString())
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = pathlib.Path(tmp)
-        echo, echo_target = _start(
+        echo, echo_target = start_process(
             [sys.executable, __file__, "--serve-echo", str(tmp_path / "echo.port"), str(reply_bytes)],
             tmp_path / "echo.port", tmp_path / "echo.log")
         try:
@@ -210,13 +191,10 @@ def main() -> None:
                 rate, _ = stream_rate(channel.stream_stream(ECHO_METHOD), raw, args.repeats, n)
                 results["echo_images_per_s"] = rate
         finally:
-            _stop(echo)
+            stop_process(echo)
         np.save(tmp_path / "pool.npy", pool_array)
-        server, target = _start(
-            [sys.executable, "-m", "instahide_server", "--host", "127.0.0.1", "--port", "0",
-             "--port-file", str(tmp_path / "server.port"), "--device", str(device),
-             "--pool", str(tmp_path / "pool.npy"), "--log-level", "WARNING"],
-            tmp_path / "server.port", tmp_path / "server.log")
+        server, target = start_instahide_server(tmp_path, "--device", str(device), "--pool", str(tmp_path / "pool.npy"),
+                                                "--log-level", "WARNING")
         try:
             with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
                 rate, last = stream_rate(channel.stream_stream(ENCODE_METHOD), raw, args.repeats, n)
@@ -224,7 +202,7 @@ def main() -> None:
             assert not reply.HasField("error") and list(reply.encoded.shape) == [n, *shape], reply.error
             results["encode_stream_images_per_s"] = rate
         finally:
-            _stop(server)
+            stop_process(server)
     results["stream_vs_echo"] = results["encode_stream_images_per_s"] / results["echo_images_per_s"]
 
     for key, value in results.items():

@@ -30,7 +30,6 @@ import os
 import pathlib
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from _process import start_instahide_server, stop_process
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
 
@@ -294,29 +294,12 @@ def start_server(tmp: pathlib.Path, args: argparse.Namespace) -> tuple[subproces
     """A real instahide-server on loopback, with /metrics on a free port; returns it, its target and URL."""
     pool = tmp / "pool.npy"
     np.save(pool, np.random.default_rng(1).integers(0, 256, size=(4096, 32, 32, 3), dtype=np.uint8))
-    port_file, metrics_file = tmp / "port", tmp / "metrics-port"
-    cmd = [sys.executable, "-m", "instahide_server", "--host", "127.0.0.1", "--port", "0", "--port-file",
-           str(port_file), "--device", args.device, "--pool", str(pool), "--state-dir", str(tmp / "state"),
-           "--metrics-port", "0", "--metrics-port-file", str(metrics_file), "--log-level", "WARNING",
-           "--max-in-flight-per-stream", str(args.server_in_flight), *shlex.split(args.server_flags)]
-    proc = subprocess.Popen(cmd, stdout=(tmp / "server.log").open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((tmp / "server.log").read_text())
-        time.sleep(0.05)
-    return (proc, f"127.0.0.1:{int(port_file.read_text())}",
-            f"http://127.0.0.1:{int(metrics_file.read_text())}/metrics")
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    metrics_file = tmp / "metrics-port"
+    proc, target = start_instahide_server(
+        tmp, "--device", args.device, "--pool", str(pool), "--state-dir", str(tmp / "state"), "--metrics-port", "0",
+        "--metrics-port-file", str(metrics_file), "--log-level", "WARNING",
+        "--max-in-flight-per-stream", str(args.server_in_flight), *shlex.split(args.server_flags))
+    return proc, target, f"http://127.0.0.1:{int(metrics_file.read_text())}/metrics"
 
 
 def main() -> int:
@@ -362,7 +345,7 @@ def main() -> int:
                 sampler.stop()
             finally:  # never leave the server this started behind, whatever failed
                 if server is not None:
-                    stop_server(server)
+                    stop_process(server)
     results = {
         "benchmark": "load", "date": datetime.date.today().isoformat(), "device": device,
         "gpu": _gpu_name(device), "cpu": platform.machine(), "cores": os.cpu_count(),
