@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
+import subprocess
 
 import grpc
 import pytest
@@ -36,16 +38,22 @@ def _not_a_folder(tmp_path):
 
 
 def _read_only(tmp_path):
+    """A folder nobody may write in: mode 555, and for root (who ignores modes) the immutable attribute."""
     path = tmp_path / "read-only"
     path.mkdir()
     path.chmod(0o555)
+    if os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("root writes to read-only folders, and chattr +i is not available here")
     return path
 
 
-@pytest.mark.parametrize("make_state_dir", [
-    _not_a_folder,
-    pytest.param(_read_only, marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")),
-])
+def _writable_again(path: pathlib.Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("make_state_dir", [_not_a_folder, _read_only])
 def test_an_unusable_state_dir_disables_audits_and_the_encoder_keeps_serving(tmp_path, small_pool_path,
                                                                               make_state_dir):
     state = make_state_dir(tmp_path)
@@ -72,7 +80,7 @@ def test_an_unusable_state_dir_disables_audits_and_the_encoder_keeps_serving(tmp
             assert server.process.wait(timeout=30) == 0
     finally:
         if state.is_dir():
-            state.chmod(0o755)
+            _writable_again(state)
     log = server.log()
     assert "AUDITS DISABLED" in log and str(state) in log and "Traceback" not in log
 
