@@ -28,7 +28,9 @@ pixel grid's Laplacian, so a step stays a few small matrix products), and the E-
 - public brightness: most of a public image's variance is its overall brightness, so each encoding's
   public mix carries an offset shared by all its pixels; the E-step estimates it from the encoding's
   residuals and reads signs against it (per-private SSIM 0.744 → 0.761 on 100 × 50, 0.619 → 0.672 on
-  30 × 20; subtracting it in the M-step as well confounds it with the images' own brightness: 0.33).
+  30 × 20; subtracting it in the M-step as well confounds it with the images' own brightness: 0.33);
+- restarts: the whole schedule run again from where the last run ended finds a better optimum than one
+  longer run (0.761 → 0.796 after one restart, 0.80 after two; 100 steps in one run: 0.764).
 
 Measured on the bundled 100 images × 50 encodings with the true mapping (2 CPU cores, 60 steps, ~14 s):
 per-private SSIM 0.633 with none of these (per-channel correlation with the truth R 0.50, G 0.94, B 0.96),
@@ -73,6 +75,10 @@ DEFAULT_PUBLIC_BRIGHTNESS_STD = 0.47
 """Standard deviation of natural images' per-image channel means in [-1, 1] (the bundled pool: R 0.50,
 G 0.45, B 0.45, against 0.36 within an image): most of a public image's variance is its overall brightness."""
 
+DEFAULT_RESTARTS = 2
+"""Times the whole EM schedule (annealing, bootstrap) is run again from the last images (100 × 50, with the
+brightness offset: 0.761 with none, 0.796 after one, 0.80 after two)."""
+
 DEFAULT_ANNEAL = 3.0
 """Initial excess of the E-step's noise variance (cooling over the whole run; cooling by half-way measured
 2: 0.711, 3: 0.713, 5: 0.700 with w = 227, β = 10)."""
@@ -91,7 +97,7 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
                      public_slots: int = 4, bootstrap: bool = True, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
                      smoothness: float = DEFAULT_SMOOTHNESS, anneal: float = DEFAULT_ANNEAL,
                      public_brightness_std: float = DEFAULT_PUBLIC_BRIGHTNESS_STD,
-                     known_signs: Tensor | None = None) -> Tensor:
+                     restarts: int = DEFAULT_RESTARTS, known_signs: Tensor | None = None) -> Tensor:
     """Estimate every private image from |encodings| and each encoding's two members and coefficients.
 
     Args:
@@ -99,7 +105,7 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
         members: (E, 2) integer private (or cluster) ids in [0, num_images).
         weights: (E, 2) the coefficients λ of the two members (read from the mixed labels).
         num_images: M, the number of private images (clusters).
-        steps: EM iterations (each a few passes over the magnitudes).
+        steps: EM iterations of one run of the schedule (each a few passes over the magnitudes).
         report: called with the fraction done after every iteration; an exception it raises (such
             as ``AttackCancelled``) propagates and stops the recovery.
         public_mean: natural-image pixel mean, broadcastable to (H, W, C) (a float, a (C,) or an
@@ -115,6 +121,8 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
         public_brightness_std: spread of the public images' own brightness (per-image channel means);
             the E-step then estimates each encoding's public brightness offset from its residuals and
             reads signs against it. 0 turns it off.
+        restarts: further runs of the whole schedule (annealing from hot, bootstrap half-way), each
+            starting from the images the last one ended with; the first starts from zeros.
         known_signs: (E, H, W, C) the true sign (±1) of every unmasked sum, which only an attacker
             holding the masks as well has; the E-step then uses them instead of its posterior, which
             makes this the ceiling of the recovery (``bench/recovery_ceiling.py``).
@@ -133,6 +141,8 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
         torch.Size([3, 4, 4, 3])
     """
     _check_inputs(magnitudes, members, weights, num_images, steps)
+    if restarts < 0:
+        raise InvalidInputError(f"must not be negative, got {restarts}", field="restarts")
     for name, value in (("colour_weight", colour_weight), ("smoothness", smoothness), ("anneal", anneal),
                         ("public_brightness_std", public_brightness_std)):
         if not math.isfinite(value) or value < 0:
@@ -157,7 +167,6 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
     # posterior mean (from the residuals of all HW pixels) shrinks their mean toward 0.
     brightness_var = (public_noise_ratio(public_slots) * rest**2)[:, None, None] * public_brightness_std**2
     brightness_shrink = brightness_var / (brightness_var + noise.mean(dim=1, keepdim=True) / (height * width))
-    brightness = torch.zeros(num_enc, 1, channels, device=device, dtype=dtype)
     design = torch.zeros(num_enc, num_images, device=device, dtype=dtype)
     rows = torch.arange(num_enc, device=device)
     design.index_put_((rows, members[:, 0]), lam[:, 0], accumulate=True)
@@ -170,29 +179,32 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
     colour = colour_weight if channels == 3 and colour_weight > 0 else 0.0
     images = torch.zeros(num_images, height * width, channels, device=device, dtype=dtype)
     strength = (mean.abs() / std).mean(dim=0)  # C: how strongly the public mean orients a channel
-    for step in range(steps):
-        if bootstrap and channels > 1 and step == steps // 2:
-            best = int(strength.argmax())
-            weak = (strength < 0.5 * strength[best]).nonzero().flatten().tolist()
-            images[..., weak] = images[..., best : best + 1]
-        predicted = lam[:, 0, None, None] * images[members[:, 0]] + lam[:, 1, None, None] * images[members[:, 1]]
-        predicted += offset
-        if known_signs is None:
-            signed = y * torch.tanh(y * (predicted + brightness) / (noise * _temperature(step, steps, anneal)))
-            if public_brightness_std > 0:
-                brightness = brightness_shrink * (signed - predicted).mean(dim=1, keepdim=True)
-            signed -= offset
-        else:
-            signed = y * known_signs - offset
-        for c in range(channels):
-            rhs = design.T @ (signed[..., c] * precision[:, c, None])
-            images[..., c] = _solve_with_priors(rhs, normal[c], grid, smoothness, (height, width))
-        if colour:
-            rhs = design.T @ (signed[..., 0] * precision[:, 0, None]) + colour * _red_from_green_blue(images)
-            images[..., 0] = _solve_with_priors(rhs, normal[0], grid, smoothness, (height, width), extra=colour)
-        images.clamp_(-1.0, 1.0)
-        if report is not None:
-            report((step + 1) / steps)
+    total = steps * (1 + restarts)
+    for cycle in range(1 + restarts):  # each restart re-runs the schedule from the last images
+        brightness = torch.zeros(num_enc, 1, channels, device=device, dtype=dtype)
+        for step in range(steps):
+            if bootstrap and channels > 1 and step == steps // 2:
+                best = int(strength.argmax())
+                weak = (strength < 0.5 * strength[best]).nonzero().flatten().tolist()
+                images[..., weak] = images[..., best : best + 1]
+            predicted = lam[:, 0, None, None] * images[members[:, 0]] + lam[:, 1, None, None] * images[members[:, 1]]
+            predicted += offset
+            if known_signs is None:
+                signed = y * torch.tanh(y * (predicted + brightness) / (noise * _temperature(step, steps, anneal)))
+                if public_brightness_std > 0:
+                    brightness = brightness_shrink * (signed - predicted).mean(dim=1, keepdim=True)
+                signed -= offset
+            else:
+                signed = y * known_signs - offset
+            for c in range(channels):
+                rhs = design.T @ (signed[..., c] * precision[:, c, None])
+                images[..., c] = _solve_with_priors(rhs, normal[c], grid, smoothness, (height, width))
+            if colour:
+                rhs = design.T @ (signed[..., 0] * precision[:, 0, None]) + colour * _red_from_green_blue(images)
+                images[..., 0] = _solve_with_priors(rhs, normal[0], grid, smoothness, (height, width), extra=colour)
+            images.clamp_(-1.0, 1.0)
+            if report is not None:
+                report((cycle * steps + step + 1) / total)
     return images.reshape(num_images, height, width, channels)
 
 
