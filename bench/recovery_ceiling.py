@@ -24,7 +24,7 @@ import time
 import torch
 
 from instahide_ops.attacks import create_attack
-from instahide_ops.attacks.ciphertext_only import recovery_options
+from instahide_ops.attacks.ciphertext_only import pick_decryption, recovery_options
 from instahide_ops.attacks.recovery import recover_privates
 from instahide_ops.audit import device_name
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
@@ -70,8 +70,7 @@ def main() -> None:
                "encodings_per_image": args.encodings_per_image, "k": args.k, "seed": args.seed}
     for name, recovered, seconds in (("key_aware", bound.recovered, bound_seconds),
                                      ("known_signs", ceiling, ceiling_seconds)):
-        heavier = members.gather(1, weights.argmax(dim=1, keepdim=True)).squeeze(1)
-        scores = challenge_scores(recovered[heavier], originals, members)
+        scores = challenge_scores(pick_decryption(recovered, members, weights), originals, members)
         results[name] = {"per_private_ssim": float(ssim(recovered, originals).mean()),
                          "max_ssim": scores.max_ssim, "mean_ssim": scores.mean_ssim, "seconds": seconds}
         print(f"{name:12s} per-private SSIM {results[name]['per_private_ssim']:.3f}  "

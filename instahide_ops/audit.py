@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from instahide_ops.attacks import AttackResult, CancelToken, create_attack
-from instahide_ops.attacks.ciphertext_only import STAGES as ATTACK_STAGES
+from instahide_ops.attacks.ciphertext_only import attack_stages
 from instahide_ops.challenge import build_challenge, unit_range_array
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
@@ -130,7 +130,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     if len(privates) < 2 or len(labels) != len(privates):
         raise InvalidInputError(f"need at least 2 images with one label each, got {len(privates)} images and "
                                 f"{len(labels)} labels", field="images")
-    stages = ["encoding", *_attack_stages(device, similarity), *(["key_aware"] if key_aware else []), "scoring"]
+    stages = ["encoding", *attack_stages(similarity, device), *(["key_aware"] if key_aware else []), "scoring"]
     report = _Progress(progress, stages)
     report("encoding", 0.0)
     cancel.raise_if_cancelled()
@@ -166,7 +166,7 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     best SSIM over all originals. No key-aware bound (no keys).
     """
     start = time.perf_counter()
-    report = _Progress(progress, [*_attack_stages(device, similarity), "scoring"])
+    report = _Progress(progress, [*attack_stages(similarity, device), "scoring"])
     attack = create_attack("ciphertext_only")(encryption, labels, k=k, encodings_per_image=encodings_per_image,
                                               mode=mode, device=device, progress=report, cancel=cancel,
                                               similarity=similarity)
@@ -177,12 +177,6 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     scored = _score(attack, originals_t, pairs)
     report("scoring", 1.0)
     return _leakage_report(scored, None, originals_t, device, len(encryption), start)
-
-
-def _attack_stages(device: torch.device | str, similarity: str) -> list[str]:
-    """The attack's stages as it runs them: training only for the learned similarity."""
-    learned = similarity == "learned" or (similarity == "auto" and torch.device(device).type == "cuda")
-    return [s for s in ATTACK_STAGES if s != "training" or learned]
 
 
 def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:

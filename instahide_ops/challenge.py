@@ -18,7 +18,15 @@ import torch
 
 from instahide_ops.encode import EncodeParams, apply_keys, encode
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.pool import IMAGE_SUFFIXES, PublicPool, bundled_sources, default_pool, read_rgb, resize_image
+from instahide_ops.pool import (
+    IMAGE_SUFFIXES,
+    PublicPool,
+    bundled_sources,
+    default_pool,
+    image_files,
+    read_rgb,
+    resize_image,
+)
 
 PRIVATE_SOURCE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
 PUBLIC_SOURCE_NAMES = ("china", "flower", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -131,8 +139,8 @@ def load_private_images(folder: str | os.PathLike, *, height: int = 32, width: i
     if not folder.is_dir():
         raise InvalidInputError(f"{str(folder)!r} is not a folder", field="images")
     classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    groups = [(index, _image_files(sub)) for index, sub in enumerate(classes)] if classes else \
-        [(None, _image_files(folder))]
+    groups = [(index, image_files(sub)) for index, sub in enumerate(classes)] if classes else \
+        [(None, image_files(folder))]
     images, labels = [], []
     for label, files in groups:
         for file in files:
@@ -141,10 +149,6 @@ def load_private_images(folder: str | os.PathLike, *, height: int = 32, width: i
     if not images:
         raise InvalidInputError(f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} images", field="images")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:

@@ -291,7 +291,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_folder(path: Path) -> np.ndarray:
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(path)
     if not files:
         raise InvalidInputError(f"{str(path)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files", field="pool")
     images: list[np.ndarray] = []
@@ -303,6 +303,11 @@ def _load_folder(path: Path) -> np.ndarray:
                                     field="pool")
         images.append(rgb)
     return np.stack(images)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The folder's image files (``IMAGE_SUFFIXES``, any case), in name order; sub-folders are not entered."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_rgb(file: Path, *, field: str) -> np.ndarray:

@@ -52,6 +52,16 @@ def recovery_options(encryption: torch.Tensor, k: int, steps: int | None,
     return options
 
 
+def uses_learned_similarity(similarity: str, device: torch.device | str) -> bool:
+    """Whether the attack trains its similarity network: "learned", or "auto" on CUDA."""
+    return similarity == "learned" or (similarity == "auto" and torch.device(device).type == "cuda")
+
+
+def attack_stages(similarity: str, device: torch.device | str) -> list[str]:
+    """The stages the attack runs, in order: ``STAGES`` without training for the high-pass statistic."""
+    return [s for s in STAGES if s != "training" or uses_learned_similarity(similarity, device)]
+
+
 def pick_decryption(recovered: torch.Tensor, members: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Each encoding's answer: the recovery of its cluster with the larger coefficient."""
     heavier = members.gather(1, weights.argmax(dim=1, keepdim=True)).squeeze(1)
@@ -98,9 +108,8 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
     num_images = max(2, round(len(encryption) / encodings_per_image))
     tracker = StageTracker(progress, cancel)
 
-    learned = similarity == "learned" or (similarity == "auto" and device.type == "cuda")
     net = None
-    if learned:  # the one optional stage: the high-pass statistic needs no training
+    if uses_learned_similarity(similarity, device):  # the one optional stage: the high-pass statistic needs no training
         with tracker.stage("training") as report:
             net = cached_similarity_net(tuple(encryption.shape[1:]), k=k, mode=mode,
                                         config=training or TrainingConfig(), device=device, report=report)

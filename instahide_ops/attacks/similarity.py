@@ -26,12 +26,15 @@ def highpass_features(encryption: torch.Tensor) -> torch.Tensor:
     """
     if encryption.ndim != 4:
         raise ValueError(f"expected encodings (E, H, W, C), got shape {list(encryption.shape)}")
-    magnitude = encryption.float().abs().permute(0, 3, 1, 2)
-    features = sum(magnitude - F.avg_pool2d(F.pad(magnitude, (w // 2,) * 4, mode="replicate"), w, stride=1)
-                   for w in HIGHPASS_WINDOWS)
-    features = features.reshape(len(encryption), -1)
+    features = highpass(encryption.float().abs().permute(0, 3, 1, 2)).reshape(len(encryption), -1)
     features = features - features.mean(dim=1, keepdim=True)
     return features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def highpass(magnitude: torch.Tensor) -> torch.Tensor:
+    """(E, C, H, W) → the same minus its local means over each of ``HIGHPASS_WINDOWS``, summed."""
+    return sum(magnitude - F.avg_pool2d(F.pad(magnitude, (w // 2,) * 4, mode="replicate"), w, stride=1)
+               for w in HIGHPASS_WINDOWS)
 
 
 def class_sets(labels: torch.Tensor) -> torch.Tensor:

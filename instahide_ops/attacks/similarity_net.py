@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instahide_ops.attacks.similarity import highpass
 from instahide_ops.challenge import PUBLIC_SOURCE_NAMES
 from instahide_ops.encode import EncodeParams, encode
 from instahide_ops.errors import InvalidInputError
@@ -101,11 +102,10 @@ def _stage(channels_in: int, channels_out: int, stride: int) -> nn.Sequential:
 def magnitude_inputs(encryption: Tensor) -> Tensor:
     """(E, H, W, C) encodings → (E, 2C, H, W): |e| minus its per-channel mean, and its high-pass, unit scale."""
     magnitude = encryption.float().abs().permute(0, 3, 1, 2)
-    highpass = sum(magnitude - F.avg_pool2d(F.pad(magnitude, (w // 2,) * 4, mode="replicate"), w, stride=1)
-                   for w in (3, 7))
-    highpass = highpass / highpass.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]
+    edges = highpass(magnitude)
+    edges = edges / edges.flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None, None]
     centred = magnitude - magnitude.mean(dim=(2, 3), keepdim=True)
-    return torch.cat([centred, highpass], dim=1).contiguous(memory_format=torch.channels_last)
+    return torch.cat([centred, edges], dim=1).contiguous(memory_format=torch.channels_last)
 
 
 def attacker_images(image_shape: tuple[int, int, int], count: int, *, seed: int) -> np.ndarray:
