@@ -124,7 +124,8 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
             the E-step then estimates each encoding's public brightness offset from its residuals and
             reads signs against it. 0 turns it off.
         restarts: further runs of the whole schedule (annealing from hot, bootstrap half-way), each
-            starting from the images the last one ended with; the first starts from zeros.
+            starting from the images the last one ended with; the first starts from zeros. Ignored
+            with ``known_signs`` (nothing left to infer).
         known_signs: (E, H, W, C) the true sign (±1) of every unmasked sum, which only an attacker
             holding the masks as well has; the E-step then uses them instead of its posterior, which
             makes this the ceiling of the recovery (``bench/recovery_ceiling.py``).
@@ -181,8 +182,9 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
     colour = colour_weight if channels == 3 and colour_weight > 0 else 0.0
     images = torch.zeros(num_images, height * width, channels, device=device, dtype=dtype)
     strength = (mean.abs() / std).mean(dim=0)  # C: how strongly the public mean orients a channel
-    total = steps * (1 + restarts)
-    for cycle in range(1 + restarts):  # each restart re-runs the schedule from the last images
+    cycles = 1 if known_signs is not None else 1 + restarts  # restarts only help the sign inference
+    total = steps * cycles
+    for cycle in range(cycles):  # each restart re-runs the schedule from the last images
         brightness = torch.zeros(num_enc, 1, channels, device=device, dtype=dtype)
         for step in range(steps):
             if bootstrap and channels > 1 and step == steps // 2:
