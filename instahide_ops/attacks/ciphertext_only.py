@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from instahide_ops.attacks import register_attack
-from instahide_ops.attacks.clustering import assign_clusters, coefficients_from_labels, seed_profiles
+from instahide_ops.attacks.clustering import cluster_by_class, coefficients_from_labels
 from instahide_ops.attacks.orientation import resolve_orientation
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
 from instahide_ops.attacks.recovery import NATURAL_CHANNEL_MEAN, recover_privates
@@ -115,21 +115,18 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
                                         config=training or TrainingConfig(), device=device, report=report)
     with tracker.stage("similarity") as report:
         features = learned_features(net, encryption) if net is not None else highpass_features(encryption)
-        classes = class_sets(labels)
-        similarity = similarity_matrix(features, classes)
+        similarity = similarity_matrix(features, class_sets(labels))
     with tracker.stage("clustering") as report:
-        # An image appears in about 2T encodings; its seed core takes the closest T of them, at most 30
-        # with the high-pass statistic (100 × 50, core 20 → 30: 0.506 → 0.525 at seed 0, 0.480 → 0.528 at
-        # seed 1; 40: 0.515) and 40 with the sharper learned one (H100: 0.538 → 0.586 from 20).
-        core = max(3, min(40 if net is not None else 30, encodings_per_image))
-        profiles, cluster_classes = seed_profiles(features, similarity, classes, num_images, core=core,
-                                                  report=report)
+        # An image appears in about 2T encodings; linking each encoding to its T nearest suits both
+        # similarities (2T measured the same).
+        clustering = cluster_by_class(similarity, labels, num_images, neighbours=encodings_per_image, report=report)
         del similarity
     with tracker.stage("assignment") as report:
-        clustering = assign_clusters(features, profiles, cluster_classes, classes, report=report)
         weights = coefficients_from_labels(labels, clustering.members, clustering.cluster_classes)
+        report(1.0)
     with tracker.stage("recovery") as report:
-        recovered = recover_privates(encryption.abs(), clustering.members, weights, num_images=len(profiles),
+        recovered = recover_privates(encryption.abs(), clustering.members, weights,
+                                     num_images=len(clustering.cluster_classes),
                                      report=report, **recovery_options(encryption, k, recovery_steps, public_mean))
     with tracker.stage("orientation") as report:
         recovered = resolve_orientation(recovered)

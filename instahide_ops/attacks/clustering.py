@@ -1,10 +1,18 @@
 """Stages 3–4 of the attack: one cluster per private image, two clusters per encoding, λ from labels.
 
-Seeds: for a confident encoding i and its nearest neighbour j (which likely shares one of i's two
-private images), the encodings most similar to *both* mostly contain that shared image; the mean
-of their features is the cluster's profile. Seeds whose profile resembles an existing one are
-skipped, until there is one per private image. Then, k-means style, every encoding joins the two
-compatible clusters whose profiles it matches best and profiles are re-estimated from members.
+The mixed labels do most of the work. An encoding's label puts each private coefficient at its
+image's class, so every encoding names the class of each of its two private images, and the classes'
+shares of the total label mass tell how many private images each class holds (each image appears in
+equally many encodings under the same coefficient law). Clustering then splits, class by class, the
+encodings that name the class into that many groups: spectral clustering of their similarity graph
+(each encoding linked to its nearest neighbours; links between encodings that also share another class
+dropped, since the shared image may be that one), k-means on the graph's leading eigenvectors. An
+encoding's two clusters are its group in each of its two classes; when both its images share a class,
+the second is the next-nearest group of that class.
+
+On the bundled 100 × 50 set with the high-pass similarity this took the recovery (one EM run) from 0.525
+to 0.642 Max_SSIM against the earlier greedy seeds and k-means on profiles: 96 of 100 private images get
+a cluster of their own (84 before), and both clusters are right for 63 % of encodings (36 %).
 """
 
 from __future__ import annotations
@@ -14,71 +22,149 @@ from dataclasses import dataclass
 
 import torch
 
+KMEANS_RESTARTS = 10
+KMEANS_ITERATIONS = 50
+
 
 @dataclass(frozen=True)
 class Clustering:
     """Attributes:
-    members: (E, 2) int64 cluster ids of each encoding, best first.
-    scores: (E, 2) float32 the matching profile correlations.
+    members: (E, 2) int64 cluster ids of each encoding: the cluster of its heavier label class first.
     cluster_classes: (M,) int64 the class of each cluster's private image.
     """
 
     members: torch.Tensor
-    scores: torch.Tensor
     cluster_classes: torch.Tensor
 
 
-def seed_profiles(features: torch.Tensor, similarity: torch.Tensor, classes: torch.Tensor, num_clusters: int,
-                  *, core: int = 20, max_overlap: float = 0.3,
-                  report: Callable[[float], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``num_clusters`` distinct cluster profiles (M, D) and their classes (M,).
+def class_image_counts(labels: torch.Tensor, num_images: int) -> torch.Tensor:
+    """How many of the ``num_images`` private images each class holds, read from the label mass.
 
-    Seeds are tried from the most confident encoding down; a seed whose profile correlates above
-    ``max_overlap`` with one already taken is a second copy of that image and skipped. When too few
-    distinct seeds turn up (tiny sets), the bar is raised until there are at least two clusters.
+    Every class some encoding names gets at least one image; the rest go by largest remainder, so the
+    counts sum to ``num_images`` whenever that is at least the number of named classes.
+
+    Args:
+        labels: (E, classes) mixed labels.
+        num_images: the number of private images (E / T).
+
+    Returns:
+        (classes,) int64 on the labels' device.
     """
-    confidence = similarity.topk(min(10, len(similarity) - 1), dim=1).values.mean(dim=1)
-    order = torch.argsort(confidence, descending=True).tolist()
-    core = max(2, min(core, len(features) // 2))
-    profiles: list[torch.Tensor] = []
+    mass = labels.float().clamp_min(0).sum(dim=0).cpu()
+    named = mass > 0
+    if not bool(named.any()):
+        return torch.zeros(len(mass), dtype=torch.long, device=labels.device)
+    share = mass / mass.sum() * num_images
+    counts = torch.where(named, share.floor().long().clamp_min(1), torch.zeros_like(share, dtype=torch.long))
+    remainder = torch.where(named, share - share.floor(), torch.full_like(share, -1.0))
+    for c in torch.argsort(remainder, descending=True).tolist():  # largest remainders first
+        if int(counts.sum()) >= num_images:
+            break
+        if named[c]:
+            counts[c] += 1
+    while int(counts.sum()) > num_images and int(counts.max()) > 1:  # the floor of 1 overshot: take from the largest
+        counts[int(torch.argmax(counts))] -= 1
+    return counts.to(labels.device)
+
+
+def label_classes(labels: torch.Tensor) -> torch.Tensor:
+    """(E, 2) int64: the classes of each encoding's two private images, the heavier first.
+
+    An encoding whose label names a single class holds two images of that class.
+    """
+    top = labels.float().topk(min(2, labels.shape[1]), dim=1)
+    first = top.indices[:, 0]
+    if labels.shape[1] < 2:
+        return torch.stack([first, first], dim=1)
+    second = torch.where(top.values[:, 1] > 0, top.indices[:, 1], first)
+    return torch.stack([first, second], dim=1)
+
+
+def cluster_by_class(similarity: torch.Tensor, labels: torch.Tensor, num_images: int, *, neighbours: int,
+                     seed: int = 0, report: Callable[[float], None] | None = None) -> Clustering:
+    """Cluster encodings into private images, class by class, by spectral clustering of their similarity.
+
+    Args:
+        similarity: (E, E) pairwise similarity of encodings (``similarity_matrix``: higher is likelier
+            to share an image; values ≤ 0 count as no link).
+        labels: (E, classes) mixed labels.
+        num_images: the number of private images to find.
+        neighbours: links kept per encoding (about the number of encodings an image appears in).
+        seed: seeds k-means, so the same input always gives the same clusters.
+        report: called with the fraction of classes done.
+
+    Returns:
+        The clusters, ordered by class; as many as ``class_image_counts`` gives.
+    """
+    if similarity.ndim != 2 or similarity.shape != (len(labels), len(labels)):
+        raise ValueError(f"expected a ({len(labels)}, {len(labels)}) similarity, got {list(similarity.shape)}")
+    pair_classes = label_classes(labels)
+    named = labels > 0
+    counts = class_image_counts(labels, num_images).tolist()
+    generator = torch.Generator().manual_seed(seed)
+    members = torch.zeros_like(pair_classes)
     cluster_classes: list[int] = []
-    for bar in (max_overlap, 0.6, float("inf")):
-        for step, i in enumerate(order):
-            if len(profiles) == num_clusters:
-                break
-            if report is not None and step % 64 == 0:
-                report(len(profiles) / num_clusters)
-            j = int(similarity[i].argmax())
-            joint = torch.minimum(similarity[i], similarity[j])
-            joint[i] = joint[j] = 1.0
-            core_members = joint.topk(core).indices
-            profile = features[core_members].mean(dim=0)
-            profile = profile / profile.norm().clamp_min(1e-12)
-            if profiles and float((torch.stack(profiles) @ profile).max()) > bar:
-                continue
-            profiles.append(profile)
-            cluster_classes.append(int(classes[core_members].sum(dim=0).argmax()))
-        if len(profiles) >= 2:
-            break
-    return torch.stack(profiles), torch.tensor(cluster_classes, device=features.device)
-
-
-def assign_clusters(features: torch.Tensor, profiles: torch.Tensor, cluster_classes: torch.Tensor,
-                    classes: torch.Tensor, *, rounds: int = 3,
-                    report: Callable[[float], None] | None = None) -> Clustering:
-    """Every encoding into its two best compatible clusters; profiles re-estimated ``rounds`` times."""
-    for round_index in range(rounds + 1):
-        scores = (features @ profiles.T).masked_fill_(~classes[:, cluster_classes], -2.0)
-        top = scores.topk(2, dim=1)
-        if round_index == rounds:
-            break
-        weights = torch.zeros_like(scores)
-        weights.scatter_(1, top.indices, top.values.clamp_min(0))
-        profiles = weights.T @ features
-        profiles = profiles / profiles.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    for c, count in enumerate(counts):
+        rows = (pair_classes == c).any(dim=1).nonzero().flatten()
+        if count == 0 or len(rows) == 0:
+            continue
+        count = min(count, len(rows))
+        embedding = _spectral_embedding(similarity, named, rows, c, count, neighbours)
+        centroids = _kmeans(embedding.cpu(), count, generator)
+        ranked = torch.cdist(embedding.cpu(), centroids).argsort(dim=1).to(rows.device) + len(cluster_classes)
+        nearest, next_nearest = ranked[:, 0], ranked[:, min(1, count - 1)]
+        first, second = pair_classes[rows, 0] == c, pair_classes[rows, 1] == c
+        members[rows[first], 0] = nearest[first]
+        # When both images are of this class, the second takes the next-nearest group.
+        members[rows[second], 1] = torch.where(first, next_nearest, nearest)[second]
+        cluster_classes.extend([c] * count)
         if report is not None:
-            report((round_index + 1) / rounds)
-    return Clustering(top.indices, top.values, cluster_classes)
+            report((c + 1) / len(counts))
+    return Clustering(members, torch.tensor(cluster_classes, dtype=torch.long, device=labels.device))
+
+
+def _spectral_embedding(similarity: torch.Tensor, named: torch.Tensor, rows: torch.Tensor, label_class: int,
+                        count: int, neighbours: int) -> torch.Tensor:
+    """Row-normalised leading ``count`` eigenvectors of the normalised kNN affinity among ``rows``."""
+    if count == 1:
+        return torch.ones(len(rows), 1, device=similarity.device)
+    affinity = similarity[rows][:, rows].float().clamp_min(0.0)
+    others = named[rows].float()
+    others[:, label_class] = 0
+    affinity.masked_fill_((others @ others.T) > 0, 0.0)  # the shared image may be the other class's
+    affinity.fill_diagonal_(0.0)
+    keep = min(neighbours, len(rows) - 1)
+    threshold = affinity.topk(keep, dim=1).values[:, -1:]
+    affinity = torch.where(affinity >= threshold, affinity, torch.zeros_like(affinity))
+    affinity = torch.maximum(affinity, affinity.T)
+    scale = affinity.sum(dim=1).clamp_min(1e-12).rsqrt()
+    _, vectors = torch.linalg.eigh((affinity * scale[:, None] * scale[None, :]).double())
+    embedding = vectors[:, -count:].float()
+    return embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _kmeans(points: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, D) centroids: the lowest-cost of ``KMEANS_RESTARTS`` k-means++ runs."""
+    best, best_cost = None, float("inf")
+    for _ in range(KMEANS_RESTARTS):
+        chosen = [int(torch.randint(len(points), (1,), generator=generator))]
+        distance = (points - points[chosen[0]]).square().sum(dim=1)
+        for _ in range(1, count):
+            weights = distance if float(distance.sum()) > 0 else torch.ones_like(distance)
+            chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
+            distance = torch.minimum(distance, (points - points[chosen[-1]]).square().sum(dim=1))
+        centroids = points[chosen].clone()
+        for _ in range(KMEANS_ITERATIONS):
+            nearest = torch.cdist(points, centroids).argmin(dim=1)
+            moved = torch.stack([points[nearest == j].mean(dim=0) if bool((nearest == j).any()) else centroids[j]
+                                 for j in range(count)])
+            if torch.allclose(moved, centroids):
+                break
+            centroids = moved
+        cost = float(torch.cdist(points, centroids).min(dim=1).values.square().sum())
+        if cost < best_cost:
+            best, best_cost = centroids, cost
+    return best
 
 
 def coefficients_from_labels(labels: torch.Tensor, members: torch.Tensor, cluster_classes: torch.Tensor,
