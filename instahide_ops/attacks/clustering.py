@@ -10,9 +10,10 @@ dropped, since the shared image may be that one), k-means on the graph's leading
 encoding's two clusters are its group in each of its two classes; when both its images share a class,
 the second is the next-nearest group of that class.
 
-On the bundled 100 × 50 set with the high-pass similarity this took the recovery (one EM run) from 0.525
-to 0.642 Max_SSIM against the earlier greedy seeds and k-means on profiles: 96 of 100 private images get
-a cluster of their own (84 before), and both clusters are right for 63 % of encodings (36 %).
+On the bundled 100 × 50 set with the high-pass similarity this took the attack from 0.525 to 0.657 Max_SSIM
+(one EM run; 0.533 → 0.685 with the full recovery) against the earlier greedy seeds and k-means on
+profiles: 97 of 100 private images get a cluster of their own (84 before), and both clusters are right
+for 65 % of encodings (36 %). docs/BENCHMARKS.md has each step's share.
 """
 
 from __future__ import annotations
