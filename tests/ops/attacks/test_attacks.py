@@ -10,7 +10,7 @@ import torch
 
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, CancelToken, attack_names, create_attack, register_attack
-from instahide_ops.attacks.ciphertext_only import STAGES
+from instahide_ops.attacks.ciphertext_only import STAGES, pick_decryption
 from instahide_ops.challenge import (
     GROUND_TRUTH_FILE,
     build_challenge,
@@ -114,3 +114,15 @@ def test_key_aware_bound_beats_the_ciphertext_only_attack(challenge_dir):
     with pytest.raises(InvalidInputError, match=r"\[0, 3\)"):
         create_attack("key_aware")(view.encryption, view.labels, pair_indices=truth.pair_indices,
                                    coefficients=truth.coefficients, num_images=3)
+
+
+def test_the_pick_answers_with_the_heavier_member_unless_its_cluster_size_is_far_off():
+    recovered = torch.arange(3.0)[:, None, None, None].expand(3, 2, 2, 1)
+    # Cluster 0 holds every encoding (a blend of images); clusters 1 and 2 two each, as expected.
+    members = torch.tensor([[0, 1], [0, 1], [0, 2], [0, 2]])
+    weights = torch.tensor([[0.4, 0.3], [0.4, 0.01], [0.2, 0.3], [0.5, 0.45]])
+    by_weight = pick_decryption(recovered, members, weights)[:, 0, 0, 0]
+    assert by_weight.tolist() == [0.0, 0.0, 2.0, 0.0]
+    # Cluster 0's size 4 against 2 expected: its λ counts (2/4)**4 = 1/16, so 0.4 still beats 0.01 but no more.
+    discounted = pick_decryption(recovered, members, weights, expected_appearances=2)[:, 0, 0, 0]
+    assert discounted.tolist() == [1.0, 0.0, 2.0, 2.0]
