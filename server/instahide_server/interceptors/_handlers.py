@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 Behavior = Callable[..., Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+"""What ``intercept_service`` calls to get the next interceptor's (or the server's) handler."""
 
 
 def behavior_of(handler: grpc.RpcMethodHandler) -> Behavior:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
 
 import grpc
 
-from instahide_server.interceptors._handlers import replace_behavior
+from instahide_server.interceptors._handlers import Continuation, replace_behavior
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method

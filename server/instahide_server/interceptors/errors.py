@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
 
 import grpc
 
 from instahide_server.errors import status_of
-from instahide_server.interceptors._handlers import behavior_of, replace_behavior
+from instahide_server.interceptors._handlers import Continuation, behavior_of, replace_behavior
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)

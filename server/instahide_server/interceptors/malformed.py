@@ -12,14 +12,14 @@ one, then ends with INVALID_ARGUMENT: the framing is intact, but the stream's it
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from instahide_server.errors import InvalidArgument
-from instahide_server.interceptors._handlers import behavior_of, replace_behavior
+from instahide_server.interceptors._handlers import Continuation, behavior_of, replace_behavior
 
 
 class MalformedMessage:
@@ -39,7 +39,7 @@ class MalformedMessageInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
