@@ -75,6 +75,12 @@ def valid_configs(draw, *, num_classes: int) -> transform_pb2.EncodeConfig:
         if lowest <= 2 <= resolved_k:
             private_per_mix = st.one_of(st.just(0), private_per_mix)  # 0 means 2
         config.private_per_mix = draw(private_per_mix)
+    return _with_optional_flip_and_seed(draw, config)
+
+
+
+def _with_optional_flip_and_seed(draw, config: transform_pb2.EncodeConfig) -> transform_pb2.EncodeConfig:
+    """``config`` with sign_flip and seed each set or left unset (both are proto3 optional fields)."""
     if draw(st.booleans()):
         config.sign_flip = draw(st.booleans())
     if draw(st.booleans()):
@@ -144,11 +150,7 @@ def wild_configs(draw) -> transform_pb2.EncodeConfig:
         value = draw(optional_floats)
         if value is not None:
             setattr(config, name, value)
-    if draw(st.booleans()):
-        config.sign_flip = draw(st.booleans())
-    if draw(st.booleans()):
-        config.seed = draw(st.integers(0, UINT64_MAX))
-    return config
+    return _with_optional_flip_and_seed(draw, config)
 
 
 @st.composite

@@ -75,19 +75,20 @@ def test_health_needs_no_token_but_reflection_does(auth_server):
 
 def test_undecodable_bytes_without_the_token_are_unauthenticated(auth_server):
     """Authentication comes first: a caller without the token learns nothing about message parsing."""
-    with channel(auth_server.target) as chan:
-        get = chan.unary_unary("/instahide.v1.AuditService/GetAudit", request_serializer=lambda b: b,
-                               response_deserializer=lambda b: b)
-        with pytest.raises(grpc.RpcError) as caught:
-            get(b"\x0a\x05ab", timeout=10)  # field 1 announces 5 bytes and only 2 follow
-    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    error = _truncated_message_error(auth_server.target, "/instahide.v1.AuditService/GetAudit")
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_undecodable_bytes_on_the_health_only_port_are_invalid_argument(auth_server):
-    with channel(auth_server.health_target) as chan:
-        check = chan.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
-                                 response_deserializer=lambda b: b)
+    error = _truncated_message_error(auth_server.health_target, "/grpc.health.v1.Health/Check")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("request: cannot parse the message")
+
+
+def _truncated_message_error(target: str, method: str) -> grpc.RpcError:
+    """The error a unary ``method`` answers to raw bytes whose field 1 announces 5 bytes and only 2 follow."""
+    with channel(target) as chan:
+        call = chan.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
         with pytest.raises(grpc.RpcError) as caught:
-            check(b"\x0a\x05ab", timeout=10)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details().startswith("request: cannot parse the message")
+            call(b"\x0a\x05ab", timeout=10)
+    return caught.value
