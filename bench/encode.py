@@ -37,7 +37,7 @@ from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2
 
 from instahide_ops import EncodeParams, encode
-from instahide_ops.pool import PublicPool
+from instahide_ops.pool import PublicPool, unit_range_array
 
 ECHO_METHOD = "/bench.Echo/Stream"
 ENCODE_METHOD = "/instahide.v1.TransformService/Encode"
@@ -146,7 +146,7 @@ def main() -> None:
     }
 
     # (a) numpy reference
-    pool_float = pool_array.astype(np.float32) / 127.5 - 1.0
+    pool_float = unit_range_array(pool_array)
     results["numpy_reference_images_per_s"] = timed(
         lambda: numpy_reference(images, pool_float, k), args.repeats, n)
 

@@ -18,11 +18,11 @@ import torch
 
 from instahide_ops.attacks import AttackResult, CancelToken, create_attack
 from instahide_ops.attacks.ciphertext_only import attack_stages
-from instahide_ops.challenge import build_challenge, unit_range_array
+from instahide_ops.challenge import build_challenge
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
 from instahide_ops.metrics import ChallengeScores, RecoveryScores, challenge_scores, pairwise_ssim, recovered_fractions
-from instahide_ops.pool import PublicPool
+from instahide_ops.pool import PublicPool, unit_range_array
 
 AuditProgressCallback = Callable[[str, float, float], None]
 """Called with (stage, fraction of the stage, fraction of the whole audit)."""

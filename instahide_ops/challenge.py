@@ -26,6 +26,7 @@ from instahide_ops.pool import (
     image_files,
     read_rgb,
     resize_image,
+    unit_range_array,
 )
 
 PRIVATE_SOURCE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
@@ -219,14 +220,6 @@ def _sum_signs(images: torch.Tensor, rounds: list, pool: PublicPool | None) -> n
     """Sign of each round's mix before its mask: the same keys applied with the mask left out."""
     unmasked = [apply_keys(images, replace(r.keys, mask_bits=None), pool) for r in rounds]
     return torch.cat(unmasked).sign().to(torch.int8).cpu().numpy()
-
-
-def unit_range_array(images: np.ndarray) -> np.ndarray:
-    """uint8 images mapped to float32 [-1, 1] as the encoder maps them; float images as float32."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return (images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).astype(np.float32)
-    return images.astype(np.float32)
 
 
 def save_challenge(directory: str | os.PathLike, challenge: ChallengeSet, truth: GroundTruth | None = None) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from instahide_ops.errors import InvalidInputError
+from instahide_ops.pool import unit_range_to_uint8
 
 BACKGROUND = 255
 
@@ -45,10 +46,9 @@ def _as_array(images: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
     return images
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
+def _to_uint8_rgb(images: np.ndarray) -> np.ndarray:
     """[-1, 1] (clipped; NaN as -1) → uint8 RGB, (n, H, W, 3)."""
-    values = np.nan_to_num(images.astype(np.float64), nan=-1.0)
-    out = np.rint((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    out = unit_range_to_uint8(images)
     return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
 
 
@@ -91,7 +91,7 @@ def image_grid(top: torch.Tensor | np.ndarray, bottom: torch.Tensor | np.ndarray
     sh, sw = h * scale, w * scale
     canvas = np.full((rows * (2 * sh + gap) + (rows - 1) * 2 * gap, cols * sw + (cols - 1) * gap, 3),
                      BACKGROUND, dtype=np.uint8)
-    tops, bottoms = _to_uint8(top_a), _to_uint8(bottom_a)
+    tops, bottoms = _to_uint8_rgb(top_a), _to_uint8_rgb(bottom_a)
     for i in range(n):
         r, c = divmod(i, columns)
         y0, x0 = r * (2 * sh + 3 * gap), c * (sw + gap)

@@ -287,7 +287,7 @@ def _load_npy(path: Path) -> np.ndarray:
                                 field="pool")
     if array.size and not (np.isfinite(array).all() and array.min() >= -1.0 and array.max() <= 1.0):
         raise InvalidInputError(f"{str(path)!r} holds floats outside [-1, 1]", field="pool")
-    return np.rint((array.astype(np.float64) + 1.0) * 127.5).astype(np.uint8)
+    return unit_range_to_uint8(array)
 
 
 def _load_folder(path: Path) -> np.ndarray:
@@ -369,6 +369,20 @@ def to_unit_range(t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point():
         return t.to(torch.float32)
     raise InvalidInputError(f"expected uint8 or floating images, got {t.dtype}", field="images.dtype")
+
+
+def unit_range_array(images: np.ndarray) -> np.ndarray:
+    """``to_unit_range`` for numpy arrays: uint8 → float32 in [-1, 1]; floating → float32 as it is."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return to_unit_range(torch.from_numpy(images)).numpy()
+    return images.astype(np.float32)
+
+
+def unit_range_to_uint8(images: np.ndarray) -> np.ndarray:
+    """The inverse map: [-1, 1] → uint8 (rounded; values outside are clipped, NaN as -1)."""
+    values = np.nan_to_num(np.asarray(images, dtype=np.float64), nan=-1.0)
+    return np.rint((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
 class PublicPool:

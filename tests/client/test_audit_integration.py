@@ -14,8 +14,8 @@ import torch
 from instahide_client import InstaHideClient, InstaHideError
 from instahide_client.cli import main
 
-from instahide_ops.challenge import unit_range_array
 from instahide_ops.metrics import ssim
+from instahide_ops.pool import unit_range_array
 
 UNKNOWN_ID = "0" * 32
 

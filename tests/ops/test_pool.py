@@ -21,6 +21,8 @@ from instahide_ops.pool import (
     default_pool,
     load_pool,
     to_unit_range,
+    unit_range_array,
+    unit_range_to_uint8,
 )
 
 
@@ -284,6 +286,22 @@ class TestToUnitRange:
     def test_rejects_other_integers(self):
         with pytest.raises(ValueError, match=r"expected uint8 or floating images, got torch.int32"):
             to_unit_range(torch.zeros(3, dtype=torch.int32))
+
+    def test_numpy_map_matches_torch_bit_for_bit(self):
+        every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+        out = unit_range_array(every_value)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, to_unit_range(torch.from_numpy(every_value)).numpy())
+        floats = np.array([0.25, -0.5], dtype=np.float64)
+        assert unit_range_array(floats).dtype == np.float32 and unit_range_array(floats).tolist() == [0.25, -0.5]
+
+    def test_inverse_round_trips_every_uint8_value(self):
+        every_value = np.arange(256, dtype=np.uint8)
+        np.testing.assert_array_equal(unit_range_to_uint8(unit_range_array(every_value)), every_value)
+
+    def test_inverse_clips_and_maps_nan_to_black(self):
+        out = unit_range_to_uint8(np.array([-3.0, np.nan, 0.0, 1.0, 7.0]))
+        assert out.dtype == np.uint8 and out.tolist() == [0, 0, 128, 255, 255]
 
 
 class TestPublicPool:
