@@ -108,6 +108,14 @@ class InstaHideClient:
     def __repr__(self) -> str:
         return f"InstaHideClient({self.target!r})"
 
+    def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None,
+               metadata: Metadata | None) -> Any:
+        """One unary (or client-streaming) call; a failure comes back as ``InstaHideError``."""
+        try:
+            return method(request, timeout=timeout, metadata=self._call_metadata(metadata))
+        except grpc.RpcError as exc:
+            raise InstaHideError.from_rpc_error(exc) from None
+
     def _call_metadata(self, metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
         return [*self._metadata, *(metadata or ())]
 
@@ -316,11 +324,7 @@ class InstaHideClient:
             mode=mode, k=k, encodings_per_image=encodings_per_image, num_classes=num_classes, seed=seed,
             key_aware_bound=key_aware_bound, display_name=display_name)
         requests = audit_requests(upload, chunk_images=chunk_images, max_message_bytes=self.max_message_bytes)
-        try:
-            response = self._audits.StartAudit(requests, timeout=timeout, metadata=self._call_metadata(metadata))
-        except grpc.RpcError as exc:
-            raise InstaHideError.from_rpc_error(exc) from None
-        return Audit.from_proto(response.audit)
+        return Audit.from_proto(self._unary(self._audits.StartAudit, requests, timeout, metadata).audit)
 
     def watch_audit(self, name_or_id: str, *, timeout: float | None = None,
                     metadata: Metadata | None = None) -> Iterator[AuditEvent]:
@@ -353,11 +357,7 @@ class InstaHideClient:
         """Read one audit (with its report once succeeded; ``summary_only`` leaves out the recovered
         images and the grid)."""
         request = audit_pb2.GetAuditRequest(name=audit_name(name_or_id), summary_only=summary_only)
-        try:
-            response = self._audits.GetAudit(request, timeout=timeout, metadata=self._call_metadata(metadata))
-        except grpc.RpcError as exc:
-            raise InstaHideError.from_rpc_error(exc) from None
-        return Audit.from_proto(response.audit)
+        return Audit.from_proto(self._unary(self._audits.GetAudit, request, timeout, metadata).audit)
 
     def list_audits_page(self, *, state: str | None = None, page_size: int = 50, page_token: str = "",
                          timeout: float | None = None, metadata: Metadata | None = None
@@ -367,10 +367,7 @@ class InstaHideClient:
             raise ValueError(f"page_size must be an int in [1, 1000], got {page_size!r}")
         request = audit_pb2.ListAuditsRequest(page_size=page_size, page_token=page_token,
                                               state=state_value(state) if state else 0)
-        try:
-            response = self._audits.ListAudits(request, timeout=timeout, metadata=self._call_metadata(metadata))
-        except grpc.RpcError as exc:
-            raise InstaHideError.from_rpc_error(exc) from None
+        response = self._unary(self._audits.ListAudits, request, timeout, metadata)
         return [Audit.from_proto(a) for a in response.audits], response.next_page_token
 
     def list_audits(self, *, state: str | None = None, page_size: int = 50, timeout: float | None = None,
@@ -397,20 +394,13 @@ class InstaHideClient:
                      metadata: Metadata | None = None) -> Audit:
         """Stop a queued or running audit; returns it (cancelled, or its state if it had already ended)."""
         request = audit_pb2.CancelAuditRequest(name=audit_name(name_or_id))
-        try:
-            response = self._audits.CancelAudit(request, timeout=timeout, metadata=self._call_metadata(metadata))
-        except grpc.RpcError as exc:
-            raise InstaHideError.from_rpc_error(exc) from None
-        return Audit.from_proto(response.audit)
+        return Audit.from_proto(self._unary(self._audits.CancelAudit, request, timeout, metadata).audit)
 
     def delete_audit(self, name_or_id: str, *, timeout: float | None = None,
                      metadata: Metadata | None = None) -> None:
         """Delete a finished audit and its report."""
         request = audit_pb2.DeleteAuditRequest(name=audit_name(name_or_id))
-        try:
-            self._audits.DeleteAudit(request, timeout=timeout, metadata=self._call_metadata(metadata))
-        except grpc.RpcError as exc:
-            raise InstaHideError.from_rpc_error(exc) from None
+        self._unary(self._audits.DeleteAudit, request, timeout, metadata)
 
     def write_audit_report(self, name_or_id: str, report_dir: str | Path, *, timeout: float | None = None,
                            metadata: Metadata | None = None) -> Audit:
