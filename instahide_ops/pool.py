@@ -375,7 +375,8 @@ def unit_range_array(images: np.ndarray) -> np.ndarray:
     """``to_unit_range`` for numpy arrays: uint8 → float32 in [-1, 1]; floating → float32 as it is."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
-        return to_unit_range(torch.from_numpy(images)).numpy()
+        # torch warns on read-only arrays (decoded request bytes are); the uint8 copy is the cheap side
+        return to_unit_range(torch.from_numpy(images if images.flags.writeable else images.copy())).numpy()
     return images.astype(np.float32)
 
 

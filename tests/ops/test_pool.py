@@ -295,6 +295,11 @@ class TestToUnitRange:
         floats = np.array([0.25, -0.5], dtype=np.float64)
         assert unit_range_array(floats).dtype == np.float32 and unit_range_array(floats).tolist() == [0.25, -0.5]
 
+    def test_numpy_map_takes_read_only_arrays_without_a_warning(self, recwarn):
+        read_only = np.frombuffer(bytes([0, 255, 51]), dtype=np.uint8)
+        assert unit_range_array(read_only).tolist() == [-1.0, 1.0, pytest.approx(51 / 127.5 - 1)]
+        assert not [w for w in recwarn if "not writable" in str(w.message)]
+
     def test_inverse_round_trips_every_uint8_value(self):
         every_value = np.arange(256, dtype=np.uint8)
         np.testing.assert_array_equal(unit_range_to_uint8(unit_range_array(every_value)), every_value)
