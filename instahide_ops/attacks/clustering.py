@@ -157,8 +157,9 @@ def _kmeans(points: torch.Tensor, count: int, generator: torch.Generator) -> tor
         centroids = points[chosen].clone()
         for _ in range(KMEANS_ITERATIONS):
             nearest = torch.cdist(points, centroids).argmin(dim=1)
-            moved = torch.stack([points[nearest == j].mean(dim=0) if bool((nearest == j).any()) else centroids[j]
-                                 for j in range(count)])
+            sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
+            sizes = torch.bincount(nearest, minlength=count).to(points.dtype)[:, None]
+            moved = torch.where(sizes > 0, sums / sizes.clamp_min(1.0), centroids)  # an empty group stays put
             if torch.allclose(moved, centroids):
                 break
             centroids = moved
