@@ -78,7 +78,6 @@ def valid_configs(draw, *, num_classes: int) -> transform_pb2.EncodeConfig:
     return _with_optional_flip_and_seed(draw, config)
 
 
-
 def _with_optional_flip_and_seed(draw, config: transform_pb2.EncodeConfig) -> transform_pb2.EncodeConfig:
     """``config`` with sign_flip and seed each set or left unset (both are proto3 optional fields)."""
     if draw(st.booleans()):
