@@ -156,6 +156,7 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
         decryption=pick_decryption(recovered, clustering.members, weights,
                                    expected_appearances=2 * len(encryption) / num_images).cpu().float(),
         members=clustering.members.cpu(),
+        coefficients=weights.cpu().float(),
         stage_seconds=dict(tracker.seconds),
         device=str(device),
     )

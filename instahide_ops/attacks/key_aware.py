@@ -49,4 +49,4 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
     with tracker.stage("orientation") as report:
         recovered = resolve_orientation(recovered)
     return AttackResult(recovered.cpu().float(), pick_decryption(recovered, members, weights).cpu().float(),
-                        members.cpu(), dict(tracker.seconds), str(device))
+                        members.cpu(), weights.cpu(), dict(tracker.seconds), str(device))

@@ -174,15 +174,9 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
     # posterior mean (from the residuals of all HW pixels) shrinks their mean toward 0.
     brightness_var = (public_noise_ratio(public_slots) * rest**2)[:, None, None] * public_brightness_std**2
     brightness_shrink = brightness_var / (brightness_var + noise.mean(dim=1, keepdim=True) / (height * width))
-    design = torch.zeros(num_enc, num_images, device=device, dtype=dtype)
-    rows = torch.arange(num_enc, device=device)
-    design.index_put_((rows, members[:, 0]), lam[:, 0], accumulate=True)
-    design.index_put_((rows, members[:, 1]), lam[:, 1], accumulate=True)
-    ridge = 1e-4 * torch.eye(num_images, device=device, dtype=torch.float64)
-    normal = [torch.linalg.eigh((design.T @ (design * precision[:, c, None])).double() + ridge)
-              for c in range(channels)]
-    normal = [(values.to(dtype), vectors.to(dtype)) for values, vectors in normal]
-    grid = _grid_laplacian_eigen(height, width, like=y)
+    design = design_matrix(members, lam, num_images)
+    normal = [normal_eigen(design, precision[:, c]) for c in range(channels)]
+    grid = grid_laplacian_eigen(height, width, like=y)
     colour = colour_weight if channels == 3 and colour_weight > 0 else 0.0
     images = torch.zeros(num_images, height * width, channels, device=device, dtype=dtype)
     strength = (mean.abs() / std).mean(dim=0)  # C: how strongly the public mean orients a channel
@@ -206,10 +200,10 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
                 signed = y * known_signs - offset
             for c in range(channels):
                 rhs = design.T @ (signed[..., c] * precision[:, c, None])
-                images[..., c] = _solve_with_priors(rhs, normal[c], grid, smoothness, (height, width))
+                images[..., c] = solve_with_priors(rhs, normal[c], grid, smoothness, (height, width))
             if colour:
                 rhs = design.T @ (signed[..., 0] * precision[:, 0, None]) + colour * _red_from_green_blue(images)
-                images[..., 0] = _solve_with_priors(rhs, normal[0], grid, smoothness, (height, width), extra=colour)
+                images[..., 0] = solve_with_priors(rhs, normal[0], grid, smoothness, (height, width), extra=colour)
             images.clamp_(-1.0, 1.0)
             if report is not None:
                 report((cycle * steps + step + 1) / total)
@@ -230,7 +224,25 @@ def _red_from_green_blue(images: Tensor) -> Tensor:
     return a * images[..., 1] + b * images[..., 2] + c
 
 
-def _grid_laplacian_eigen(height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def design_matrix(members: Tensor, weights: Tensor, num_images: int) -> Tensor:
+    """(E, M) A with each encoding's two coefficients at its members' columns: the sums' private part is A·P."""
+    design = torch.zeros(len(members), num_images, device=weights.device, dtype=weights.dtype)
+    rows = torch.arange(len(members), device=weights.device)
+    design.index_put_((rows, members[:, 0]), weights[:, 0], accumulate=True)
+    design.index_put_((rows, members[:, 1]), weights[:, 1], accumulate=True)
+    return design
+
+
+def normal_eigen(design: Tensor, precision: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors of ``AᵀDA`` (D: the (E,) per-encoding precisions, or I), in float64 and
+    with a small ridge, so images no encoding mentions stay finite; returned in the design's dtype."""
+    weighted = design if precision is None else design * precision[:, None]
+    ridge = 1e-4 * torch.eye(design.shape[1], device=design.device, dtype=torch.float64)
+    values, vectors = torch.linalg.eigh((design.T @ weighted).double() + ridge)
+    return values.to(design.dtype), vectors.to(design.dtype)
+
+
+def grid_laplacian_eigen(height: int, width: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Eigenvalues (H, W) and the row and column eigenbases of the 4-neighbour grid Laplacian.
 
     The grid's Laplacian is the Kronecker sum of two path-graph Laplacians, so its eigenbasis is the
@@ -248,7 +260,7 @@ def _grid_laplacian_eigen(height: int, width: int, like: Tensor) -> tuple[Tensor
     return tuple(t.to(device=like.device, dtype=like.dtype) for t in (values, rows, cols))
 
 
-def _solve_with_priors(rhs: Tensor, normal: tuple[Tensor, Tensor], grid: tuple[Tensor, Tensor, Tensor],
+def solve_with_priors(rhs: Tensor, normal: tuple[Tensor, Tensor], grid: tuple[Tensor, Tensor, Tensor],
                        smoothness: float, size: tuple[int, int], extra: float = 0.0) -> Tensor:
     """Solve ``(N ⊗ I + extra·I + smoothness · I ⊗ L) P = rhs`` for P (M, HW), N = AᵀDA = U diag(n) Uᵀ."""
     values, vectors = normal

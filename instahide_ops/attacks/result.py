@@ -14,6 +14,7 @@ class AttackResult:
     decryption: (E, H, W, C) float32: for each encoding, the recovery of its more heavily
         weighted cluster (the challenge's ``decryption`` array).
     members: (E, 2) int64 the two clusters of each encoding.
+    coefficients: (E, 2) float32 their λ (read from the labels, or the keys' for the key-aware bound).
     stage_seconds: seconds spent per stage, in stage order.
     device: where the attack ran.
     """
@@ -21,5 +22,6 @@ class AttackResult:
     recovered: torch.Tensor
     decryption: torch.Tensor
     members: torch.Tensor
+    coefficients: torch.Tensor
     stage_seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
