@@ -3,6 +3,8 @@
 ``create_attack("ciphertext_only")`` is what an audit runs: it sees only the encodings, their mixed
 labels and the public parameters. ``create_attack("key_aware")`` is the bound for an attacker who
 also holds each encoding's private indices and coefficients (a leaked key store, a broken PRNG).
+``create_attack("pool_aware")`` continues either for an attacker who also holds the public pool the
+encodings mixed in (public by design; the bundled default pool is rebuilt by anyone).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def attack_names() -> list[str]:
 
 
 # Registration happens on import of the modules below.
-from instahide_ops.attacks import ciphertext_only, key_aware  # noqa: E402, F401
+from instahide_ops.attacks import ciphertext_only, key_aware, pool_aware  # noqa: E402, F401
 
 __all__ = [
     "AttackCancelled",

@@ -1,0 +1,164 @@
+"""instahide_ops.attacks.pool_aware: naming public mixes, demixing, and the attack from both starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from instahide_ops import InvalidInputError
+from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack
+from instahide_ops.attacks.pool_aware import STAGES, match_public_mix, refine_with_pool
+from instahide_ops.attacks.similarity_net import attacker_images
+from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
+from instahide_ops.encode import EncodeParams, encode
+from instahide_ops.metrics import challenge_scores, ssim
+from instahide_ops.pool import PublicPool
+
+IMAGES, PER_IMAGE, STEPS = 20, 20, 12
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return challenge_public_pool()
+
+
+@pytest.fixture(scope="module")
+def challenge(pool):
+    privates, classes = bundled_private_images(IMAGES)
+    return build_challenge(privates, classes, encodings_per_image=PER_IMAGE, seed=0, pool=pool)
+
+
+@pytest.fixture(scope="module")
+def ciphertext_only(challenge):
+    view, _ = challenge
+    return create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def key_aware(challenge):
+    view, truth = challenge
+    return create_attack("key_aware")(view.encryption, view.labels, pair_indices=truth.pair_indices,
+                                      coefficients=truth.coefficients, num_images=IMAGES)
+
+
+def _max_ssim(result, truth) -> float:
+    return challenge_scores(result.decryption, torch.from_numpy(truth.privates),
+                            torch.from_numpy(truth.pair_indices)).max_ssim
+
+
+class TestMatchPublicMix:
+    def test_names_the_images_and_weights_of_exact_mixes(self):
+        generator = torch.Generator().manual_seed(0)
+        pool = torch.rand(300, 3 * 16 * 16, generator=generator) * 2 - 1
+        chosen = torch.stack([torch.randperm(300, generator=generator)[:4] for _ in range(50)])
+        weights = torch.rand(50, 4, generator=generator) * 0.2 + 0.05
+        mixes = (weights[:, :, None] * pool[chosen]).sum(dim=1)
+        named, fitted = match_public_mix(mixes, pool, atoms=4, chunk=16)  # chunks of 16 cover 50 rows
+        order, truth_order = named.argsort(dim=1), chosen.argsort(dim=1)
+        assert torch.equal(named.gather(1, order), chosen.gather(1, truth_order))
+        torch.testing.assert_close(fitted.gather(1, order), weights.gather(1, truth_order), atol=1e-4, rtol=0)
+
+    def test_names_most_public_images_of_real_mixes(self, pool):
+        # The true signed public part of real encodings, over the real pool (overlapping crops, near
+        # duplicates): matching pursuit names >= 90 % of the public images (measured 96 % on 1,000 encodings).
+        privates, classes = bundled_private_images(IMAGES)
+        batch = encode(torch.from_numpy(privates), torch.from_numpy(classes), num_classes=10,
+                       params=EncodeParams(mode="cross", k=6), pool=pool, seed=(0, 0))
+        publics, weights = batch.keys.indices[:, 2:], batch.keys.coefficients[:, 2:]
+        flat = pool.images.float().reshape(len(pool), -1)
+        mixes = (weights[:, :, None] * flat[publics]).sum(dim=1)
+        named, fitted = match_public_mix(mixes, flat)
+        kept = named.gather(1, fitted.topk(4, dim=1).indices)
+        assert float((kept[:, :, None] == publics[:, None, :]).any(dim=1).float().mean()) >= 0.9
+
+    def test_bad_arguments(self):
+        pool = torch.zeros(5, 12)
+        with pytest.raises(InvalidInputError, match="residuals and an"):
+            match_public_mix(torch.zeros(3, 10), pool)
+        with pytest.raises(InvalidInputError, match=r"must lie in \[1, 5\]"):
+            match_public_mix(torch.zeros(3, 12), pool, atoms=6)
+
+
+class TestRefineWithPool:
+    def test_demixes_toward_the_true_public_mix(self, challenge, key_aware, pool):
+        view, truth = challenge
+        encryption = torch.from_numpy(view.encryption)
+        refined, public_mix = refine_with_pool(encryption.abs(), torch.from_numpy(truth.pair_indices),
+                                               torch.from_numpy(truth.coefficients[:, :2]), key_aware.recovered,
+                                               pool.images.float(), steps=STEPS)
+        originals = torch.from_numpy(truth.privates)
+        before, after = float(ssim(key_aware.recovered, originals).mean()), float(ssim(refined, originals).mean())
+        # measured 0.70 → 0.83 (12 steps)
+        assert after >= before + 0.08, (before, after)
+        assert refined.shape == key_aware.recovered.shape and float(refined.abs().max()) <= 1.0
+        # The fitted mix explains |e| far better than the public mass times the natural mean does.
+        private = sum(torch.from_numpy(truth.coefficients[:, j, None, None, None])
+                      * refined[torch.from_numpy(truth.pair_indices[:, j])] for j in range(2))
+        explained = ((encryption.abs() - (private + public_mix).abs()).square().mean())
+        baseline = ((encryption.abs() - private.abs()).square().mean())
+        assert float(explained) < 0.3 * float(baseline)
+
+    def test_bad_shapes(self, challenge, key_aware, pool):
+        view, truth = challenge
+        encryption = torch.from_numpy(view.encryption)
+        with pytest.raises(InvalidInputError, match="like the encodings"):
+            refine_with_pool(encryption.abs(), torch.from_numpy(truth.pair_indices),
+                             torch.from_numpy(truth.coefficients[:, :2]), key_aware.recovered,
+                             pool.images.float()[:, :16], steps=1)
+
+
+class TestPoolAwareAttack:
+    def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, pool):
+        view, truth = challenge
+        events: list[tuple[str, float]] = []
+        result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=ciphertext_only,
+                                             encodings_per_image=PER_IMAGE, steps=STEPS,
+                                             progress=lambda stage, fraction: events.append((stage, fraction)))
+        before, after = _max_ssim(ciphertext_only, truth), _max_ssim(result, truth)
+        assert after >= before + 0.08, (before, after)  # measured 0.655 → 0.81
+        assert list(dict.fromkeys(stage for stage, _ in events)) == list(STAGES)
+        assert list(result.stage_seconds) == list(STAGES)
+        assert result.decryption.shape == view.encryption.shape and result.members.shape == (len(view.encryption), 2)
+        assert result.coefficients.shape == (len(view.encryption), 2)
+
+    def test_from_the_key_aware_bound_keeps_its_pairs(self, challenge, key_aware, pool):
+        view, truth = challenge
+        result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=key_aware,
+                                             encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS)
+        assert torch.equal(result.members, key_aware.members)
+        assert list(result.stage_seconds) == ["public_mix"]
+        assert _max_ssim(result, truth) >= _max_ssim(key_aware, truth) + 0.08  # measured 0.70 → 0.84
+
+    def test_the_very_pool_beats_other_crops_of_its_photos(self, challenge, key_aware, pool):
+        # Crops of the pool's photos at other places still help (they hold similar patches), but
+        # naming the very images the encodings mixed in is worth more (measured 0.70 → 0.76 and 0.84).
+        view, truth = challenge
+        attack = create_attack("pool_aware")
+        other = PublicPool.from_array(attacker_images((32, 32, 3), 2048, seed=1))
+        scores = [_max_ssim(attack(view.encryption, view.labels, pool=candidate, start=key_aware,
+                                   encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS), truth)
+                  for candidate in (other, pool)]
+        assert scores[0] + 0.04 <= scores[1], scores
+
+    def test_cancel_stops_it(self, challenge, key_aware, pool):
+        view, _ = challenge
+        cancel = CancelToken()
+
+        def progress(stage: str, fraction: float) -> None:
+            if fraction > 0:
+                cancel.cancel()
+
+        with pytest.raises(AttackCancelled):
+            create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=key_aware,
+                                        encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS,
+                                        progress=progress, cancel=cancel)
+
+    def test_bad_inputs(self, challenge, key_aware, pool):
+        view, _ = challenge
+        attack = create_attack("pool_aware")
+        small = PublicPool.from_array(np.zeros((8, 16, 16, 3), np.uint8))
+        with pytest.raises(InvalidInputError, match="pool images are"):
+            attack(view.encryption, view.labels, pool=small, start=key_aware, encodings_per_image=PER_IMAGE)
+        with pytest.raises(InvalidInputError, match="the start's members"):
+            attack(view.encryption[:-1], view.labels[:-1], pool=pool, start=key_aware, encodings_per_image=PER_IMAGE)
