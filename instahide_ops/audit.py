@@ -2,7 +2,8 @@
 
 ``audit_deployment`` encodes the private images T times with the configuration under audit (the
 same encoder the service's Encode stream uses, fresh keys unless seeded), runs the ciphertext-only
-attack and, optionally, the key-aware bound, and scores both the way the InstaHide Challenge does.
+attack and, optionally, the pool-aware attack (the same attacker holding the public pool) and the
+key-aware bound, and scores each the way the InstaHide Challenge does.
 ``audit_encodings`` audits encodings made elsewhere against their originals. ``bench/attack.py`` and
 the audit service both call these, so their numbers agree for the same data and seed.
 """
@@ -18,7 +19,8 @@ import torch
 
 from instahide_ops.attacks import AttackResult, CancelToken, create_attack
 from instahide_ops.attacks.ciphertext_only import attack_stages
-from instahide_ops.challenge import build_challenge
+from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
+from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
 from instahide_ops.metrics import ChallengeScores, RecoveryScores, challenge_scores, pairwise_ssim, recovered_fractions
@@ -29,7 +31,8 @@ AuditProgressCallback = Callable[[str, float, float], None]
 
 # Rough share of an audit's time per stage (CPU, 100 × 50), for the overall fraction.
 STAGE_WEIGHTS = {"encoding": 0.05, "training": 0.30, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
-                 "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05}
+                 "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05,
+                 "pool_aware": 1.00, "public_mix": 0.27, "reclustering": 0.02, "refinement": 0.28}
 GRID_PAIRS = 20
 
 
@@ -52,10 +55,11 @@ class AttackReport:
 
 @dataclass(frozen=True)
 class LeakageReport:
-    """An audit's result: both attacks, the device, a picture and the sizes."""
+    """An audit's result: the attacks that ran, the device, a picture and the sizes."""
 
     ciphertext_only: AttackReport
     key_aware: AttackReport | None
+    pool_aware: AttackReport | None
     device: str
     images: int
     encodings: int
@@ -66,11 +70,15 @@ class LeakageReport:
         """The headline numbers, JSON-ready."""
         out: dict = {"device": self.device, "images": self.images, "encodings": self.encodings,
                      "seconds": self.seconds}
-        for name, report in (("ciphertext_only", self.ciphertext_only), ("key_aware", self.key_aware)):
-            if report is not None:
-                out[name] = {**(report.scores.to_dict() if report.scores else {}),
-                             **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
+        for name, report in self.attacks().items():
+            out[name] = {**(report.scores.to_dict() if report.scores else {}),
+                         **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
         return out
+
+    def attacks(self) -> dict[str, AttackReport]:
+        """The attacks that ran, by name: "ciphertext_only", then "pool_aware" and "key_aware" when run."""
+        reports = {"ciphertext_only": self.ciphertext_only, "pool_aware": self.pool_aware, "key_aware": self.key_aware}
+        return {name: report for name, report in reports.items() if report is not None}
 
 
 class _Progress:
@@ -107,8 +115,8 @@ def device_name(device: torch.device | str) -> str:
 def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, encodings_per_image: int = 50,
                      mode: str = "cross", num_classes: int | None = None, pool: PublicPool | None = None,
                      seed: int | None = None, device: torch.device | str = "cpu", key_aware: bool = True,
-                     progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None,
-                     similarity: str = "auto") -> LeakageReport:
+                     pool_aware: bool = True, progress: AuditProgressCallback | None = None,
+                     cancel: CancelToken | None = None, similarity: str = "auto") -> LeakageReport:
     """Simulate shipping ``privates`` encoded with (mode, k), T encodings each, and measure what leaks.
 
     Args:
@@ -120,6 +128,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         seed: reproducible keys; None draws them from the CSPRNG, as in production.
         device: where to encode and attack.
         key_aware: also run the key-aware bound.
+        pool_aware: also run the pool-aware attack (cross mode: the ciphertext-only attacker holding ``pool``).
         progress: (stage, stage fraction, overall fraction) callback.
         cancel: stops the audit (AttackCancelled) at its next progress report.
         similarity: the attack's similarity stage ("auto": learned on CUDA, else the high-pass statistic).
@@ -130,10 +139,14 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     if len(privates) < 2 or len(labels) != len(privates):
         raise InvalidInputError(f"need at least 2 images with one label each, got {len(privates)} images and "
                                 f"{len(labels)} labels", field="images")
-    stages = ["encoding", *attack_stages(similarity, device), *(["key_aware"] if key_aware else []), "scoring"]
+    pool_aware = pool_aware and mode == "cross"
+    stages = ["encoding", *attack_stages(similarity, device), *(["pool_aware"] if pool_aware else []),
+              *(["key_aware"] if key_aware else []), "scoring"]
     report = _Progress(progress, stages)
     report("encoding", 0.0)
     cancel.raise_if_cancelled()
+    if mode == "cross" and pool is None:  # the pool build_challenge would build, which the attacker holds
+        pool = challenge_public_pool(*np.shape(privates)[1:3], device=device)
     challenge, truth = build_challenge(privates, labels, encodings_per_image=encodings_per_image, k=k, mode=mode,
                                        pool=pool, num_classes=num_classes or int(labels.max()) + 1, seed=seed,
                                        device=device)
@@ -141,6 +154,11 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=k,
                                               encodings_per_image=encodings_per_image, mode=mode, device=device,
                                               progress=report, cancel=cancel, similarity=similarity)
+    demixed = None
+    if pool_aware:
+        demixed = create_attack("pool_aware")(
+            challenge.encryption, challenge.labels, pool=pool, start=attack, encodings_per_image=encodings_per_image,
+            k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", POOL_AWARE_STAGES))
     bound = None
     if key_aware:
         bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
@@ -150,9 +168,9 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     report("scoring", 0.0)
     originals = torch.from_numpy(truth.privates)
     pairs = torch.from_numpy(truth.pair_indices)
-    reports = [_score(result, originals, pairs) if result is not None else None for result in (attack, bound)]
+    scored = [_score(result, originals, pairs) if result is not None else None for result in (attack, bound, demixed)]
     report("scoring", 1.0)
-    return _leakage_report(reports[0], reports[1], originals, device, len(challenge.encryption), start)
+    return _leakage_report(*scored, originals, device, len(challenge.encryption), start)
 
 
 def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,
@@ -176,7 +194,7 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     pairs = best_two if best_two.shape[1] == 2 else best_two.repeat(1, 2)
     scored = _score(attack, originals_t, pairs)
     report("scoring", 1.0)
-    return _leakage_report(scored, None, originals_t, device, len(encryption), start)
+    return _leakage_report(scored, None, None, originals_t, device, len(encryption), start)
 
 
 def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:
@@ -184,10 +202,11 @@ def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -
                         recovered_fractions(result.recovered, originals), result.recovered, result.stage_seconds)
 
 
-def _leakage_report(attack: AttackReport, bound: AttackReport | None, originals: torch.Tensor,
-                    device: torch.device | str, encodings: int, start: float) -> LeakageReport:
+def _leakage_report(attack: AttackReport, bound: AttackReport | None, demixed: AttackReport | None,
+                    originals: torch.Tensor, device: torch.device | str, encodings: int, start: float) -> LeakageReport:
     shown = min(GRID_PAIRS, len(originals))
-    grid = image_grid(originals[:shown], attack.recovered[attack.recovery.best_match[:shown]])
-    return LeakageReport(attack, bound, device_name(device), len(originals), encodings, encode_png(grid),
+    strongest = demixed or attack  # the picture shows the worst case without keys
+    grid = image_grid(originals[:shown], strongest.recovered[strongest.recovery.best_match[:shown]])
+    return LeakageReport(attack, bound, demixed, device_name(device), len(originals), encodings, encode_png(grid),
                          time.perf_counter() - start)
 

@@ -56,6 +56,8 @@ def add_parser(commands: argparse._SubParsersAction,
     start.add_argument("--seed", type=cli._seed, help="seed of the simulated keys (reproducible audit)")
     start.add_argument("--no-key-aware", action="store_true",
                        help="skip the key-aware bound (the attacker who holds the keys)")
+    start.add_argument("--no-pool-aware", action="store_true",
+                       help="skip the pool-aware attack (the attacker who also holds the public pool)")
     start.add_argument("--display-name", default="", help="a name for people")
     start.add_argument("--chunk-images", type=cli._positive_int, default=1024,
                        help="images per upload message (default %(default)s)")
@@ -138,7 +140,8 @@ def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
         audit = client.start_audit(
             **inputs, dataset=args.dataset, mode=args.mode, k=args.k,
             encodings_per_image=args.encodings_per_image, num_classes=args.num_classes, seed=args.seed,
-            key_aware_bound=not args.no_key_aware, display_name=args.display_name,
+            key_aware_bound=not args.no_key_aware, pool_aware_attack=not args.no_pool_aware,
+            display_name=args.display_name,
             chunk_images=args.chunk_images, timeout=args.timeout)
     except (ValueError, TypeError) as exc:
         raise cli.CliError(f"{source}: {exc}") from None
@@ -269,7 +272,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def format_summary(report: AuditReport) -> str:
     """The leakage table: one row per attack, then the device and sizes."""
-    names = {"ciphertext_only": "ciphertext-only", "key_aware": "key-aware bound"}
+    names = {"ciphertext_only": "ciphertext-only", "pool_aware": "pool-aware", "key_aware": "key-aware bound"}
     rows = [(names[name], _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
              f"{s.recovered_above_0_5:.1%}", f"{s.recovered_above_0_8:.1%}",
              f"{sum(s.stage_seconds.values()):.1f}")
@@ -290,7 +293,8 @@ def format_audit(audit: Audit) -> str:
         f"{audit.name}  {audit.state}" + (f"  ({spec.display_name})" if spec.display_name else ""),
         f"created {_when(audit.create_time)}  started {_when(audit.start_time)}  ended {_when(audit.end_time)}",
         f"{source}; mode {spec.mode}, k {spec.k}, T {spec.encodings_per_image or 'E/N'}, "
-        f"seed {'none' if spec.seed is None else spec.seed}, key-aware bound {'yes' if spec.key_aware_bound else 'no'}",
+        f"seed {'none' if spec.seed is None else spec.seed}, pool-aware {'yes' if spec.pool_aware_attack else 'no'}, "
+        f"key-aware bound {'yes' if spec.key_aware_bound else 'no'}",
     ]
     if audit.state in ("queued", "running"):
         lines.append(f"progress: {audit.progress.stage or audit.state} {audit.progress.fraction:.0%}")

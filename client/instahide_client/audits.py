@@ -34,7 +34,7 @@ STATES: dict[int, str] = {
 }
 STATE_VALUES: dict[str, int] = {name: value for value, name in STATES.items() if value}
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-ATTACKS = ("ciphertext_only", "key_aware")
+ATTACKS = ("ciphertext_only", "pool_aware", "key_aware")
 METRICS = ("max_ssim", "mean_ssim", "min_l2", "mean_l2")
 NAME_PREFIX = "audits/"
 
@@ -107,6 +107,7 @@ class AuditSpec:
         precomputed_encodings: the upload carried encodings made elsewhere.
         seed: the simulated deployment's key seed, or None (fresh keys).
         key_aware_bound: the key-aware bound is run too.
+        pool_aware_attack: the pool-aware attack is run too (not for precomputed encodings).
         display_name: a name for people.
     """
 
@@ -118,6 +119,7 @@ class AuditSpec:
     precomputed_encodings: bool = False
     seed: int | None = None
     key_aware_bound: bool = True
+    pool_aware_attack: bool = True
     display_name: str = ""
 
     @classmethod
@@ -131,6 +133,7 @@ class AuditSpec:
             precomputed_encodings=bool(msg.precomputed_encodings),
             seed=int(msg.seed) if msg.HasField("seed") else None,
             key_aware_bound=bool(msg.key_aware_bound) if msg.HasField("key_aware_bound") else True,
+            pool_aware_attack=bool(msg.pool_aware_attack) if msg.HasField("pool_aware_attack") else True,
             display_name=msg.display_name,
         )
 
@@ -229,8 +232,10 @@ class AuditReport:
     Attributes:
         ciphertext_only: the attack anyone who sees the encodings can run.
         key_aware: the bound for an attacker holding the keys, or None when not run.
+        pool_aware: the attack for an attacker who also holds the public pool, or None when not run.
         device: where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu".
-        grid_png: PNG of private images over their best ciphertext-only recoveries (b"" in a summary).
+        grid_png: PNG of private images over their best recoveries by the strongest attack without keys
+            (pool-aware when run, else ciphertext-only; b"" in a summary).
         images: private images audited.
         encodings: encodings attacked.
         seconds: the whole audit, queue excluded.
@@ -239,6 +244,7 @@ class AuditReport:
 
     ciphertext_only: AttackScores
     key_aware: AttackScores | None
+    pool_aware: AttackScores | None
     device: str
     grid_png: bytes
     images: int
@@ -251,6 +257,7 @@ class AuditReport:
         return cls(
             ciphertext_only=AttackScores.from_proto(msg.ciphertext_only),
             key_aware=AttackScores.from_proto(msg.key_aware) if msg.HasField("key_aware") else None,
+            pool_aware=AttackScores.from_proto(msg.pool_aware) if msg.HasField("pool_aware") else None,
             device=msg.device,
             grid_png=bytes(msg.grid_png),
             images=int(msg.images),
@@ -260,11 +267,9 @@ class AuditReport:
         )
 
     def attacks(self) -> dict[str, AttackScores]:
-        """The attacks that ran, by name ("ciphertext_only", then "key_aware" when present)."""
-        out = {"ciphertext_only": self.ciphertext_only}
-        if self.key_aware is not None:
-            out["key_aware"] = self.key_aware
-        return out
+        """The attacks that ran, by name: "ciphertext_only", then "pool_aware" and "key_aware" when present."""
+        attacks = {"ciphertext_only": self.ciphertext_only, "pool_aware": self.pool_aware, "key_aware": self.key_aware}
+        return {name: scores for name, scores in attacks.items() if scores is not None}
 
     def to_dict(self) -> dict[str, Any]:
         """Every number of the report, JSON-clean, with the audit's name, state, times and spec."""

@@ -276,6 +276,7 @@ class InstaHideClient:
         num_classes: int | None = None,
         seed: int | None = None,
         key_aware_bound: bool = True,
+        pool_aware_attack: bool = True,
         dataset: str | None = None,
         encodings: np.ndarray | None = None,
         encoding_labels: np.ndarray | None = None,
@@ -304,6 +305,8 @@ class InstaHideClient:
             num_classes: label width (default: max label + 1, inferred by the service).
             seed: seed of the simulated deployment's keys (reproducible audit); None: fresh keys.
             key_aware_bound: also run the key-aware bound (the attacker who holds the keys).
+            pool_aware_attack: also run the pool-aware attack (the ciphertext-only attacker who also
+                holds the service's public pool; not run for precomputed encodings).
             display_name: a name for people.
             chunk_images: most images a message; fewer when needed to stay below ``max_message_bytes``.
 
@@ -322,7 +325,7 @@ class InstaHideClient:
         upload = check_audit_inputs(
             images, labels, dataset=dataset, encodings=encodings, encoding_labels=encoding_labels,
             mode=mode, k=k, encodings_per_image=encodings_per_image, num_classes=num_classes, seed=seed,
-            key_aware_bound=key_aware_bound, display_name=display_name)
+            key_aware_bound=key_aware_bound, pool_aware_attack=pool_aware_attack, display_name=display_name)
         requests = audit_requests(upload, chunk_images=chunk_images, max_message_bytes=self.max_message_bytes)
         return Audit.from_proto(self._unary(self._audits.StartAudit, requests, timeout, metadata).audit)
 

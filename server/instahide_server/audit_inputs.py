@@ -44,6 +44,7 @@ class AuditParams:
     num_classes: int | None
     seed: int | None
     key_aware: bool
+    pool_aware: bool
     precomputed: bool
     dataset: str
 
@@ -91,6 +92,7 @@ def check_spec(spec: audit_pb2.AuditSpec) -> AuditParams:
         mode=mode, k=k, encodings_per_image=encodings_per_image, num_classes=spec.num_classes or None,
         seed=spec.seed if spec.HasField("seed") else None,
         key_aware=spec.key_aware_bound if spec.HasField("key_aware_bound") else True,
+        pool_aware=spec.pool_aware_attack if spec.HasField("pool_aware_attack") else True,
         precomputed=spec.precomputed_encodings, dataset=spec.dataset,
     )
 

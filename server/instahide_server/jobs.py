@@ -346,8 +346,8 @@ class AuditJobs:
                 report = audit_deployment(data.images, data.labels, k=params.k,
                                           encodings_per_image=params.encodings_per_image, mode=params.mode,
                                           num_classes=params.num_classes, pool=pool, seed=params.seed,
-                                          device=self._device, key_aware=params.key_aware, progress=progress,
-                                          cancel=job.cancel)
+                                          device=self._device, key_aware=params.key_aware,
+                                          pool_aware=params.pool_aware, progress=progress, cancel=job.cancel)
             if job.cancel.cancelled:  # stopped after the attack's last check: still honour it
                 raise AttackCancelled("the audit was cancelled")
             return _Outcome(SUCCEEDED, report=report_message(report))

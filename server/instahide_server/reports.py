@@ -10,12 +10,11 @@ from instahide_ops.audit import AttackReport, LeakageReport
 
 
 def report_message(report: LeakageReport) -> audit_pb2.AuditReport:
-    """The wire form of a leakage report (both attacks, device, grid, sizes and seconds)."""
+    """The wire form of a leakage report (the attacks that ran, device, grid, sizes and seconds)."""
     message = audit_pb2.AuditReport(device=report.device, grid_png=report.grid_png, images=report.images,
                                     encodings=report.encodings, seconds=report.seconds)
-    message.ciphertext_only.CopyFrom(attack_scores(report.ciphertext_only))
-    if report.key_aware is not None:
-        message.key_aware.CopyFrom(attack_scores(report.key_aware))
+    for name, attack in report.attacks().items():
+        getattr(message, name).CopyFrom(attack_scores(attack))
     return message
 
 

@@ -64,7 +64,7 @@ def summary_of(report: audit_pb2.AuditReport) -> audit_pb2.AuditReport:
     summary = audit_pb2.AuditReport()
     summary.CopyFrom(report)
     summary.ClearField("grid_png")
-    for scores in (summary.ciphertext_only, summary.key_aware):
+    for scores in (summary.ciphertext_only, summary.pool_aware, summary.key_aware):
         scores.ClearField("recovered")
     return summary
 

@@ -59,7 +59,7 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
     assert events and events[-1].state == "succeeded"
     assert {e.state for e in events[:-1]} <= {"queued", "running"}
     stages = [e.progress.stage for e in events if e.state == "running"]
-    assert "recovery" in stages and "key_aware" in stages
+    assert "recovery" in stages and "pool_aware" in stages and "key_aware" in stages
     fractions = [e.progress.fraction for e in events]
     assert fractions == sorted(fractions) and all(0.0 <= f <= 1.0 for f in fractions)
     assert started.name in listed
@@ -67,7 +67,7 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
     report = audit.report
     assert (report.images, report.encodings) == (10, 30) and report.device.startswith("cpu")
     assert report.grid_png.startswith(b"\x89PNG") and report.seconds > 0
-    assert set(report.attacks()) == {"ciphertext_only", "key_aware"}
+    assert set(report.attacks()) == {"ciphertext_only", "pool_aware", "key_aware"}
     for scores in report.attacks().values():
         assert -1.0 <= scores.mean_ssim <= scores.max_ssim <= 1.0
         assert 0.0 <= scores.min_l2 <= scores.mean_l2
@@ -91,7 +91,7 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
     # Anyone can rescore the recoveries from the npz and the originals alone.
     originals = torch.from_numpy(unit_range_array(images))
     with np.load(tmp_path / "report" / "recoveries.npz") as npz:
-        for attack in ("ciphertext_only", "key_aware"):
+        for attack in ("ciphertext_only", "pool_aware", "key_aware"):
             recovered = npz[f"{attack}_recovered"]
             assert recovered.dtype == np.float32
             best = npz[f"{attack}_best_match"]

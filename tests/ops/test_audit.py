@@ -34,10 +34,15 @@ def test_report_equals_the_steps_run_by_hand(privates, pool):
     challenge, truth = build_challenge(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=4)
     attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6,
                                               encodings_per_image=PER_IMAGE)
-    expected = challenge_scores(attack.decryption, torch.from_numpy(truth.privates),
-                                torch.from_numpy(truth.pair_indices))
+    demixed = create_attack("pool_aware")(challenge.encryption, challenge.labels, pool=pool, start=attack,
+                                          encodings_per_image=PER_IMAGE)
+    originals, pairs = torch.from_numpy(truth.privates), torch.from_numpy(truth.pair_indices)
+    expected = challenge_scores(attack.decryption, originals, pairs)
     assert report.ciphertext_only.scores.max_ssim == pytest.approx(expected.max_ssim, abs=1e-9)
     assert report.ciphertext_only.scores.mean_l2 == pytest.approx(expected.mean_l2, abs=1e-9)
+    expected = challenge_scores(demixed.decryption, originals, pairs)
+    assert report.pool_aware.scores.max_ssim == pytest.approx(expected.max_ssim, abs=1e-9)
+    assert report.pool_aware.scores.max_ssim > report.ciphertext_only.scores.max_ssim
     assert report.key_aware is not None and report.key_aware.scores.max_ssim > 0.3
     assert (report.images, report.encodings) == (IMAGES, IMAGES * PER_IMAGE)
     summary = report.summary()
@@ -45,7 +50,9 @@ def test_report_equals_the_steps_run_by_hand(privates, pool):
     overall = [o for _, _, o in events]
     assert overall == sorted(overall) and overall[-1] == 1.0
     assert [s for s in dict.fromkeys(s for s, _, _ in events)] == [
-        "encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "key_aware", "scoring"]
+        "encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "pool_aware", "key_aware",
+        "scoring"]
+    assert list(summary) == ["device", "images", "encodings", "seconds", "ciphertext_only", "pool_aware", "key_aware"]
     grid = cv2.imdecode(np.frombuffer(report.grid_png, np.uint8), cv2.IMREAD_COLOR)
     assert grid is not None and grid.shape[0] > 64 and grid.shape[1] > 64
 
@@ -54,6 +61,15 @@ def test_without_the_key_aware_bound(privates, pool):
     images, classes = privates
     report = audit_deployment(images, classes, encodings_per_image=3, pool=pool, key_aware=False)
     assert report.key_aware is None and "key_aware" not in report.summary()
+
+
+def test_without_the_pool_aware_attack(privates, pool):
+    images, classes = privates
+    events: list[tuple[str, float, float]] = []
+    report = audit_deployment(images, classes, encodings_per_image=3, pool=pool, pool_aware=False,
+                              progress=lambda *event: events.append(event))
+    assert report.pool_aware is None and "pool_aware" not in report.summary()
+    assert "pool_aware" not in {stage for stage, _, _ in events} and events[-1][2] == 1.0
 
 
 def test_cancel(privates, pool):
@@ -72,7 +88,7 @@ def test_precomputed_encodings_are_matched_to_their_best_originals(privates, poo
     images, classes = privates
     challenge, _ = build_challenge(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=2)
     report = audit_encodings(challenge.encryption, challenge.labels, images, k=6, encodings_per_image=PER_IMAGE)
-    assert report.key_aware is None
+    assert report.key_aware is None and report.pool_aware is None  # no keys, and no knowing their pool
     # Against the best-matching originals the score is at least what the true pairs give.
     assert report.ciphertext_only.scores.max_ssim > 0.2
     assert len(report.ciphertext_only.recovery.best_ssim) == IMAGES

@@ -20,7 +20,8 @@ from instahide_ops.audit import audit_deployment, audit_encodings
 from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.pool import PublicPool, adapt_pool, load_pool
 
-STAGES = ["encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "key_aware", "scoring"]
+STAGES = ["encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "pool_aware", "key_aware",
+          "scoring"]
 ENDED = {audit_pb2.AUDIT_STATE_SUCCEEDED, audit_pb2.AUDIT_STATE_FAILED, audit_pb2.AUDIT_STATE_CANCELLED}
 MAX_IMAGES = 64
 C = grpc.StatusCode
@@ -184,7 +185,9 @@ def test_report_equals_the_library_and_events_come_in_order(stub, challenge_pool
                                 seed=1, device="cpu", key_aware=True)
     assert (report.images, report.encodings, report.device) == (12, 48, "cpu")
     assert report.grid_png.startswith(b"\x89PNG")
-    for scores, want in ((report.ciphertext_only, expected.ciphertext_only), (report.key_aware, expected.key_aware)):
+    assert report.HasField("pool_aware")  # the server's pool is the attacker's too
+    for scores, want in ((report.ciphertext_only, expected.ciphertext_only), (report.pool_aware, expected.pool_aware),
+                         (report.key_aware, expected.key_aware)):
         for metric in ("max_ssim", "mean_ssim", "min_l2", "mean_l2"):
             assert getattr(scores, metric) == pytest.approx(getattr(want.scores, metric), abs=1e-6), metric
         assert scores.recovered_above_0_5 == pytest.approx(want.recovery.fractions[0.5], abs=1e-9)
@@ -200,7 +203,7 @@ def test_report_equals_the_library_and_events_come_in_order(stub, challenge_pool
     summary = get(stub, audit.name, summary_only=True)
     assert summary.report.ciphertext_only.max_ssim == report.ciphertext_only.max_ssim
     assert not summary.report.grid_png and not summary.report.ciphertext_only.HasField("recovered")
-    assert not summary.report.key_aware.HasField("recovered")
+    assert not summary.report.key_aware.HasField("recovered") and not summary.report.pool_aware.HasField("recovered")
 
     # Watching an ended audit: one event with the final state, then the stream ends.
     (last,) = watch(stub, audit.name)
@@ -222,9 +225,16 @@ def test_precomputed_encodings(stub, challenge_pool_path):
     done = run_to_end(stub, start(stub, requests()))
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
     assert (done.report.images, done.report.encodings) == (12, 48)
-    assert not done.report.HasField("key_aware")
+    assert not done.report.HasField("key_aware") and not done.report.HasField("pool_aware")
     expected = audit_encodings(challenge.encryption, challenge.labels, images, k=6, encodings_per_image=4)
     assert done.report.ciphertext_only.max_ssim == pytest.approx(expected.ciphertext_only.scores.max_ssim, abs=1e-6)
+
+
+def test_pool_aware_attack_can_be_turned_off(stub):
+    done = run_to_end(stub, start_small(stub, 8, encodings_per_image=3, pool_aware_attack=False, key_aware_bound=False))
+    assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
+    assert done.spec.HasField("pool_aware_attack") and not done.spec.pool_aware_attack
+    assert done.report.HasField("ciphertext_only") and not done.report.HasField("pool_aware")
 
 
 def test_server_side_dataset(stub):
@@ -400,7 +410,7 @@ def test_queue_full_time_limit_and_no_data_root(tmp_path, challenge_pool_path):
     with start_server(tmp_path, *args) as server, audits(server.target) as stub:
         long_audit = start_long(stub, MAX_IMAGES)
         wait_running(stub, long_audit.name)
-        queued = start_small(stub)
+        queued = start_small(stub, pool_aware_attack=False)  # lean enough for the 4 s limit on a loaded box
         assert get(stub, queued.name).state == audit_pb2.AUDIT_STATE_QUEUED
         code, details = code_of(start_small, stub)
         assert code == C.RESOURCE_EXHAUSTED and "queue" in details

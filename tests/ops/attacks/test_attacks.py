@@ -38,7 +38,7 @@ def challenge_dir(tmp_path_factory):
 
 
 def test_registry():
-    assert {"ciphertext_only", "key_aware"} <= set(attack_names())
+    assert {"ciphertext_only", "key_aware", "pool_aware"} <= set(attack_names())
     with pytest.raises(ValueError, match="unknown attack 'nope'"):
         create_attack("nope")
     with pytest.raises(ValueError, match="already registered"):

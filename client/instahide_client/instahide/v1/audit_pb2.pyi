@@ -73,6 +73,7 @@ class AuditSpec(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     KEY_AWARE_BOUND_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    POOL_AWARE_ATTACK_FIELD_NUMBER: _builtins.int
     mode: _transform_pb2.EncodeMode.ValueType
     """Mixing mode of the configuration under audit (cross by default)."""
     k: _builtins.int
@@ -97,6 +98,13 @@ class AuditSpec(_message.Message):
     """Also run the key-aware bound (the attacker who holds the keys). Absent means true."""
     display_name: _builtins.str
     """A name for people; not interpreted."""
+    pool_aware_attack: _builtins.bool
+    """Also run the pool-aware attack: the ciphertext-only attacker who also holds
+    the public pool the deployment mixes in. InstaHide's public images are
+    public by design, and the server's default pool is rebuilt by anyone who
+    installs this package. Not run for precomputed encodings (their pool is
+    unknown). Absent means true.
+    """
     def __init__(
         self,
         *,
@@ -109,17 +117,22 @@ class AuditSpec(_message.Message):
         seed: _builtins.int | None = ...,
         key_aware_bound: _builtins.bool | None = ...,
         display_name: _builtins.str = ...,
+        pool_aware_attack: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_seed", b"_seed", "key_aware_bound", b"key_aware_bound", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "key_aware_bound", b"key_aware_bound", "pool_aware_attack", b"pool_aware_attack", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_seed", b"_seed", "dataset", b"dataset", "display_name", b"display_name", "encodings_per_image", b"encodings_per_image", "k", b"k", "key_aware_bound", b"key_aware_bound", "mode", b"mode", "num_classes", b"num_classes", "precomputed_encodings", b"precomputed_encodings", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "dataset", b"dataset", "display_name", b"display_name", "encodings_per_image", b"encodings_per_image", "k", b"k", "key_aware_bound", b"key_aware_bound", "mode", b"mode", "num_classes", b"num_classes", "pool_aware_attack", b"pool_aware_attack", "precomputed_encodings", b"precomputed_encodings", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__key_aware_bound: _TypeAlias = _typing.Literal["key_aware_bound"]  # noqa: Y015
     _WhichOneofArgType__key_aware_bound: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound"]  # noqa: Y015
+    _WhichOneofReturnType__pool_aware_attack: _TypeAlias = _typing.Literal["pool_aware_attack"]  # noqa: Y015
+    _WhichOneofArgType__pool_aware_attack: _TypeAlias = _typing.Literal["_pool_aware_attack", b"_pool_aware_attack"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__key_aware_bound) -> _WhichOneofReturnType__key_aware_bound | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pool_aware_attack) -> _WhichOneofReturnType__pool_aware_attack | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
@@ -185,7 +198,7 @@ class AuditProgress(_message.Message):
     stage: _builtins.str
     """Current stage: "encoding", "training" (on CUDA: the attacker's similarity
     network), "similarity", "clustering", "assignment", "recovery",
-    "orientation", "key_aware", "scoring".
+    "orientation", "pool_aware", "key_aware", "scoring".
     """
     stage_fraction: _builtins.float
     """Fraction of the current stage done, in [0, 1]."""
@@ -336,6 +349,7 @@ class AuditReport(_message.Message):
 
     CIPHERTEXT_ONLY_FIELD_NUMBER: _builtins.int
     KEY_AWARE_FIELD_NUMBER: _builtins.int
+    POOL_AWARE_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     GRID_PNG_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
@@ -344,7 +358,9 @@ class AuditReport(_message.Message):
     device: _builtins.str
     """Where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu"."""
     grid_png: _builtins.bytes
-    """PNG: private images (top rows) over their best ciphertext-only recoveries."""
+    """PNG: private images (top rows) over their best recoveries by the strongest
+    attack without keys that ran (pool-aware when run, else ciphertext-only).
+    """
     images: _builtins.int
     """Private images and encodings audited."""
     encodings: _builtins.int
@@ -359,20 +375,27 @@ class AuditReport(_message.Message):
     def key_aware(self) -> Global___AttackScores:
         """The key-aware bound: what an attacker holding the keys can do (unset when not run)."""
 
+    @_builtins.property
+    def pool_aware(self) -> Global___AttackScores:
+        """The pool-aware attack: what anyone who sees the encodings and holds the
+        public pool can do (unset when not run).
+        """
+
     def __init__(
         self,
         *,
         ciphertext_only: Global___AttackScores | None = ...,
         key_aware: Global___AttackScores | None = ...,
+        pool_aware: Global___AttackScores | None = ...,
         device: _builtins.str = ...,
         grid_png: _builtins.bytes = ...,
         images: _builtins.int = ...,
         encodings: _builtins.int = ...,
         seconds: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "key_aware", b"key_aware"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "key_aware", b"key_aware", "pool_aware", b"pool_aware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "device", b"device", "encodings", b"encodings", "grid_png", b"grid_png", "images", b"images", "key_aware", b"key_aware", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "device", b"device", "encodings", b"encodings", "grid_png", b"grid_png", "images", b"images", "key_aware", b"key_aware", "pool_aware", b"pool_aware", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
