@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from instahide_client import InstaHideClient, InstaHideError
+from instahide_client._audit_cli import format_summary
 from instahide_client.cli import main
 
 from instahide_ops.metrics import ssim
@@ -68,6 +69,8 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
     assert (report.images, report.encodings) == (10, 30) and report.device.startswith("cpu")
     assert report.grid_png.startswith(b"\x89PNG") and report.seconds > 0
     assert set(report.attacks()) == {"ciphertext_only", "pool_aware", "key_aware"}
+    table = format_summary(report).splitlines()
+    assert [line.split("  ")[0] for line in table[1:4]] == ["ciphertext-only", "pool-aware", "key-aware bound"]
     for scores in report.attacks().values():
         assert -1.0 <= scores.mean_ssim <= scores.max_ssim <= 1.0
         assert 0.0 <= scores.min_l2 <= scores.mean_l2
@@ -104,13 +107,15 @@ def test_cli_start_list_get_delete(audit_server, privates, tmp_path, capsys):
     target = ["--target", audit_server.target]
     report_dir = tmp_path / "report"
     assert main(["audit", "start", *target, "--images", str(path), "--encodings-per-image", "3", "--seed", "2",
-                 "--no-key-aware", "--report-dir", str(report_dir)]) == 0
+                 "--no-key-aware", "--no-pool-aware", "--report-dir", str(report_dir)]) == 0
     out, err = capsys.readouterr()
     name = next(line.split()[1] for line in err.splitlines() if line.startswith("started "))
     assert "succeeded" in err and "100%" in err
-    assert "ciphertext-only" in out and "key-aware" not in out and "Max_SSIM" in out and "device: cpu" in out
+    assert "ciphertext-only" in out and "key-aware" not in out and "pool-aware" not in out
+    assert "Max_SSIM" in out and "device: cpu" in out
     assert sorted(p.name for p in report_dir.iterdir()) == ["grid.png", "recoveries.npz", "report.json"]
-    assert "key_aware" not in json.loads((report_dir / "report.json").read_text())
+    data = json.loads((report_dir / "report.json").read_text())
+    assert "key_aware" not in data and "pool_aware" not in data and not data["audit"]["spec"]["pool_aware_attack"]
 
     assert main(["audit", "list", *target]) == 0
     rows = capsys.readouterr().out.splitlines()
