@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -127,7 +127,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         pool: the public pool the deployment mixes in (cross mode); None builds the bundled challenge pool.
         seed: reproducible keys; None draws them from the CSPRNG, as in production.
         device: where to encode and attack.
-        key_aware: also run the key-aware bound.
+        key_aware: also run the key-aware bound (continued by the pool-aware attack when that runs, so it
+            bounds the strongest attacker the audit plays).
         pool_aware: also run the pool-aware attack (cross mode: the ciphertext-only attacker holding ``pool``).
         progress: (stage, stage fraction, overall fraction) callback.
         cancel: stops the audit (AttackCancelled) at its next progress report.
@@ -161,10 +162,15 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
             k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", POOL_AWARE_STAGES))
     bound = None
     if key_aware:
+        progress = report.renamed("key_aware", ("recovery", "orientation", *(["public_mix"] if pool_aware else [])))
         bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
                                            coefficients=truth.coefficients, num_images=len(privates), k=k,
-                                           device=device, cancel=cancel,
-                                           progress=report.renamed("key_aware", ("recovery", "orientation")))
+                                           device=device, cancel=cancel, progress=progress)
+        if pool_aware:  # a bound on the strongest attacker the audit plays: it holds the pool as well
+            demixed_bound = create_attack("pool_aware")(
+                challenge.encryption, challenge.labels, pool=pool, start=bound, encodings_per_image=encodings_per_image,
+                k=k, recluster=False, device=device, cancel=cancel, progress=progress)
+            bound = replace(demixed_bound, stage_seconds={**bound.stage_seconds, **demixed_bound.stage_seconds})
     report("scoring", 0.0)
     originals = torch.from_numpy(truth.privates)
     pairs = torch.from_numpy(truth.pair_indices)

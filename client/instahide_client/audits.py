@@ -231,7 +231,8 @@ class AuditReport:
 
     Attributes:
         ciphertext_only: the attack anyone who sees the encodings can run.
-        key_aware: the bound for an attacker holding the keys, or None when not run.
+        key_aware: the bound for an attacker holding the keys (and the pool, when pool_aware ran), or None
+            when not run.
         pool_aware: the attack for an attacker who also holds the public pool, or None when not run.
         device: where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu".
         grid_png: PNG of private images over their best recoveries by the strongest attack without keys

@@ -373,7 +373,10 @@ class AuditReport(_message.Message):
 
     @_builtins.property
     def key_aware(self) -> Global___AttackScores:
-        """The key-aware bound: what an attacker holding the keys can do (unset when not run)."""
+        """The key-aware bound: what an attacker holding the keys can do (unset when
+        not run). When the pool-aware attack runs, this attacker holds the pool
+        too, so the bound still bounds it.
+        """
 
     @_builtins.property
     def pool_aware(self) -> Global___AttackScores:
