@@ -116,7 +116,7 @@ class TestPoolAwareAttack:
                                              encodings_per_image=PER_IMAGE, steps=STEPS,
                                              progress=lambda stage, fraction: events.append((stage, fraction)))
         before, after = _max_ssim(ciphertext_only, truth), _max_ssim(result, truth)
-        assert after >= before + 0.08, (before, after)  # measured 0.655 → 0.81
+        assert after >= before + 0.08, (before, after)  # measured 0.655 → 0.80
         assert list(dict.fromkeys(stage for stage, _ in events)) == list(STAGES)
         assert list(result.stage_seconds) == list(STAGES)
         assert result.decryption.shape == view.encryption.shape and result.members.shape == (len(view.encryption), 2)
