@@ -187,25 +187,26 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
 
     gram = pool_gram(flat_pool)
 
-    def refit(prior_mix: Tensor, noise: float) -> Tensor:
-        private = private_part()
+    def refit(private: Tensor, prior_mix: Tensor, noise: float) -> Tensor:
         signed = y * torch.tanh(y * (private + prior_mix) / noise)
         chosen, fit = match_public_mix(signed - private, flat_pool, atoms=atoms, gram=gram)
         return (fit[:, :, None] * flat_pool[chosen]).sum(dim=1)
 
     mean = torch.as_tensor(public_mean, device=y.device, dtype=y.dtype).broadcast_to((channels,))
     public_mass = (1.0 - weights.sum(dim=1)).clamp_min(0.0)
+    private = private_part()
     # Softer signs for the first fit: the prior mix is only the mean's.
-    public_mix = refit(public_mass[:, None] * mean.repeat(height * width), 2.5 * sum_noise)
+    public_mix = refit(private, public_mass[:, None] * mean.repeat(height * width), 2.5 * sum_noise)
     for step in range(steps):
-        signed = y * torch.tanh(y * (private_part() + public_mix) / sum_noise)
+        signed = y * torch.tanh(y * (private + public_mix) / sum_noise)
         demixed = (signed - public_mix).reshape(num_enc, height * width, channels)
         for c in range(channels):
             privates[..., c] = solve_with_priors(design.T @ demixed[..., c], normal, grid, smoothness,
                                                  (height, width))
         privates.clamp_(-1.0, 1.0)
+        private = private_part()  # for the re-fit and the next E-step alike
         if step % refit_every == refit_every - 1:
-            public_mix = refit(public_mix, sum_noise)
+            public_mix = refit(private, public_mix, sum_noise)
         if report is not None:
             report((step + 1) / steps)
     return (privates.reshape(num_images, height, width, channels),
@@ -243,6 +244,7 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
         raise InvalidInputError(f"the start's members are {list(start.members.shape)}, expected "
                                 f"[{len(encryption)}, 2]", field="start")
     tracker = StageTracker(progress, cancel)
+    num_images = max(2, round(len(encryption) / encodings_per_image))  # as the ciphertext-only attack counts
     magnitudes = encryption.abs()
     public = pool.to(device).images.float()
     members, weights = start.members.to(device), start.coefficients.to(device)
@@ -254,7 +256,6 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
                                                  report=report)
     if recluster:
         with tracker.stage("reclustering") as report:
-            num_images = max(2, round(len(encryption) / encodings_per_image))
             demixed = highpass_features(magnitudes - public_mix.abs())
             clustering = cluster_by_class(similarity_matrix(demixed, class_sets(labels)), labels, num_images,
                                           neighbours=max(2, round(RECLUSTER_NEIGHBOURS_PER_T * encodings_per_image)),
@@ -269,7 +270,7 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
         with tracker.stage("refinement") as report:
             recovered, _ = refine_with_pool(magnitudes, members, weights, recovered, public, steps=steps, atoms=atoms,
                                             public_mean=options["public_mean"], report=report)
-    expected = 2 * len(encryption) / max(2, round(len(encryption) / encodings_per_image))
+    expected = 2 * len(encryption) / num_images
     return AttackResult(
         recovered=recovered.cpu().float(),
         decryption=pick_decryption(recovered, members, weights, expected_appearances=expected).cpu().float(),
