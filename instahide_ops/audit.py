@@ -32,7 +32,8 @@ AuditProgressCallback = Callable[[str, float, float], None]
 # Rough share of an audit's time per stage (CPU, 100 × 50), for the overall fraction.
 STAGE_WEIGHTS = {"encoding": 0.05, "training": 0.30, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05,
-                 "pool_aware": 1.00, "public_mix": 0.27, "reclustering": 0.02, "refinement": 0.28}
+                 "pool_aware": 1.80, "public_mix": 0.27, "reclustering": 0.02, "refinement": 0.28,
+                 "reassignment": 0.90}
 GRID_PAIRS = 20
 
 
