@@ -28,6 +28,7 @@ import torch
 
 from instahide_ops.attacks import create_attack
 from instahide_ops.attacks.ciphertext_only import pick_decryption, recovery_options
+from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.recovery import recover_privates
 from instahide_ops.audit import device_name
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
@@ -68,6 +69,7 @@ def main() -> None:
     start = time.perf_counter()
     demixed = create_attack("pool_aware")(challenge.encryption, challenge.labels, pool=pool, start=bound,
                                           encodings_per_image=args.encodings_per_image, k=args.k, recluster=False,
+                                          steps=BOUND_PUBLIC_MIX_STEPS,
                                           device=args.device)
     demixed_seconds = time.perf_counter() - start
 

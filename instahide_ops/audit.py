@@ -19,6 +19,7 @@ import torch
 
 from instahide_ops.attacks import AttackResult, CancelToken, create_attack
 from instahide_ops.attacks.ciphertext_only import attack_stages
+from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.errors import InvalidInputError
@@ -170,7 +171,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         if pool_aware:  # a bound on the strongest attacker the audit plays: it holds the pool as well
             demixed_bound = create_attack("pool_aware")(
                 challenge.encryption, challenge.labels, pool=pool, start=bound, encodings_per_image=encodings_per_image,
-                k=k, recluster=False, device=device, cancel=cancel, progress=progress)
+                k=k, recluster=False, steps=BOUND_PUBLIC_MIX_STEPS, device=device, cancel=cancel, progress=progress)
             bound = replace(demixed_bound, stage_seconds={**bound.stage_seconds, **demixed_bound.stage_seconds})
     report("scoring", 0.0)
     originals = torch.from_numpy(truth.privates)
