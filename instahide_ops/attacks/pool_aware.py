@@ -189,6 +189,11 @@ def pool_gram(pool: Tensor) -> Tensor | None:
     return pool @ pool.T if len(pool) <= GRAM_MAX_POOL else None
 
 
+def pair_mix(images: Tensor, members: Tensor, weights: Tensor) -> Tensor:
+    """(E, D) each encoding's private part: its two (M, D) images weighted by their coefficients."""
+    return weights[:, 0, None] * images[members[:, 0]] + weights[:, 1, None] * images[members[:, 1]]
+
+
 def signed_sums(magnitudes: Tensor, prediction: Tensor, noise: float = DEFAULT_SUM_NOISE) -> Tensor:
     """The E-step's reading of each unmasked sum: |e| with the predicted sum's sign, softened by ``noise``."""
     return magnitudes * torch.tanh(magnitudes * prediction / noise)
@@ -302,8 +307,7 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
     privates = images.to(y).reshape(num_images, height * width, channels).clone()
 
     def private_part() -> Tensor:
-        return (weights[:, 0, None, None] * privates[members[:, 0]]
-                + weights[:, 1, None, None] * privates[members[:, 1]]).reshape(num_enc, -1)
+        return pair_mix(privates.reshape(num_images, -1), members, weights)
 
     gram = pool_gram(flat_pool)
 
@@ -375,10 +379,12 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
     members, weights = start.members.to(device), start.coefficients.to(device)
     options = recovery_options(encryption, k, None, None)
     atoms = min(DEFAULT_ATOMS, len(pool))
+    def refine(members: Tensor, weights: Tensor, images: Tensor, report: Callable[[float], None]):
+        return refine_with_pool(magnitudes, members, weights, images, public, steps=steps, atoms=atoms,
+                                public_mean=options["public_mean"], report=report)
+
     with tracker.stage("public_mix") as report:
-        recovered, public_mix = refine_with_pool(magnitudes, members, weights, start.recovered.to(device), public,
-                                                 steps=steps, atoms=atoms, public_mean=options["public_mean"],
-                                                 report=report)
+        recovered, public_mix = refine(members, weights, start.recovered.to(device), report)
     if recluster:
         with tracker.stage("reclustering") as report:
             demixed = highpass_features(magnitudes - public_mix.abs())
@@ -387,30 +393,30 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
                                           report=report)
             members = clustering.members
             weights = coefficients_from_labels(labels, members, clustering.cluster_classes)
+
+        def recover(members: Tensor, weights: Tensor, report: Callable[[float], None]) -> Tensor:
+            return recover_privates(magnitudes, members, weights, num_images=len(clustering.cluster_classes),
+                                    report=report, **options)
+
         with tracker.stage("recovery") as report:
-            recovered = recover_privates(magnitudes, members, weights, num_images=len(clustering.cluster_classes),
-                                         report=report, **options)
+            recovered = recover(members, weights, report)
         with tracker.stage("orientation"):
             recovered = resolve_orientation(recovered)
         with tracker.stage("refinement") as report:
-            recovered, public_mix = refine_with_pool(magnitudes, members, weights, recovered, public, steps=steps,
-                                                     atoms=atoms, public_mean=options["public_mean"], report=report)
+            recovered, public_mix = refine(members, weights, recovered, report)
         flat_pool = public.reshape(len(public), -1)
         gram = pool_gram(flat_pool)
         for _ in range(reassignment_rounds if gram is not None else 0):
             with tracker.stage("reassignment") as report:
                 flat = recovered.reshape(len(recovered), -1)
-                private = weights[:, 0, None] * flat[members[:, 0]] + weights[:, 1, None] * flat[members[:, 1]]
-                members = reassign_pairs(signed_sums(magnitudes.reshape(len(members), -1), private + public_mix.reshape(
-                    len(members), -1)), labels, clustering.cluster_classes, flat, flat_pool, gram, atoms=atoms,
-                    report=lambda f: report(0.25 * f))
+                prediction = pair_mix(flat, members, weights) + public_mix.reshape(len(members), -1)
+                members = reassign_pairs(signed_sums(magnitudes.reshape(len(members), -1), prediction), labels,
+                                         clustering.cluster_classes, flat, flat_pool, gram, atoms=atoms,
+                                         report=lambda f: report(0.25 * f))
                 weights = coefficients_from_labels(labels, members, clustering.cluster_classes)
-                recovered = recover_privates(magnitudes, members, weights, num_images=len(clustering.cluster_classes),
-                                             report=lambda f: report(0.25 + 0.4 * f), **options)
-                recovered, public_mix = refine_with_pool(magnitudes, members, weights, resolve_orientation(recovered),
-                                                         public, steps=steps, atoms=atoms,
-                                                         public_mean=options["public_mean"],
-                                                         report=lambda f: report(0.65 + 0.35 * f))
+                recovered = recover(members, weights, lambda f: report(0.25 + 0.4 * f))
+                recovered, public_mix = refine(members, weights, resolve_orientation(recovered),
+                                               lambda f: report(0.65 + 0.35 * f))
     expected = 2 * len(encryption) / num_images
     return AttackResult(
         recovered=recovered.cpu().float(),
