@@ -17,6 +17,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import yaml
 from instahide_client import InstaHideClient
 from serverproc import start_server
 
@@ -114,3 +115,33 @@ def test_promtool_accepts_the_config_and_the_alert_rules():
                  ["check", "rules", str(PROMETHEUS_DIR / "alerts.yml")]):
         result = subprocess.run([binary("promtool"), *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_leakage_alert_fires_per_attack_without_keys(tmp_path):
+    # promtool replays hand-made series through the real rule. One audit each, an hour's worth of scrapes:
+    # pool-aware above 0.8 (fires), ciphertext-only at or below 0.8 (quiet), the key-aware bound above
+    # 0.8 (left out: it holds the keys).
+    rule = next(rule for group in yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+                for rule in group["rules"] if rule.get("alert") == "InstahideAuditLeakageHigh")
+    series = []
+    for attack, at_or_below in (("pool_aware", False), ("ciphertext_only", True), ("key_aware", False)):
+        labels = f'job="instahide",instance="host:9464",attack="{attack}"'
+        series.append({"series": f"instahide_audit_max_ssim_count{{{labels}}}", "values": "0x5 1x60"})
+        series.append({"series": f'instahide_audit_max_ssim_bucket{{{labels},le="0.8"}}',
+                       "values": "0x5 1x60" if at_or_below else "0x65"})
+    description = (rule["annotations"]["description"].replace("{{ $value | humanize }}", "1")
+                   .replace("{{ $labels.attack }}", "pool_aware"))
+    fired = {"exp_labels": {"severity": "warning", "attack": "pool_aware"},
+             "exp_annotations": {"summary": rule["annotations"]["summary"], "description": description}}
+    tests = tmp_path / "leakage-test.yml"
+    tests.write_text(yaml.safe_dump({
+        "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
+            {"eval_time": "3m", "alertname": "InstahideAuditLeakageHigh", "exp_alerts": []},
+            {"eval_time": "10m", "alertname": "InstahideAuditLeakageHigh", "exp_alerts": [fired]},
+        ]}],
+    }))
+    result = subprocess.run([binary("promtool"), "test", "rules", str(tests)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

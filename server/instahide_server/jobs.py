@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from instahide_client.audits import ATTACKS
 from instahide_client.instahide.v1 import audit_pb2
 
 from instahide_ops import InvalidInputError
@@ -452,8 +453,9 @@ class AuditJobs:
         metrics.audits.labels(audit_pb2.AuditState.Name(outcome.state).removeprefix("AUDIT_STATE_").lower()).inc()
         if job.running_since is not None:
             metrics.audit_seconds.observe(time.monotonic() - job.running_since)
-        if outcome.state == SUCCEEDED and outcome.report is not None:
-            metrics.audit_max_ssim.observe(outcome.report.ciphertext_only.max_ssim)
+        for attack in ATTACKS:
+            if outcome.report is not None and outcome.report.HasField(attack):
+                metrics.audit_max_ssim.labels(attack).observe(getattr(outcome.report, attack).max_ssim)
         self._count_queued()
 
     def _notify(self, job: _Job) -> None:

@@ -18,7 +18,8 @@ Domain metrics (``instahide_*``):
   audit_queue_depth                   audits waiting for a worker
   audits_total{state}                 audits ended, by final state (succeeded | failed | cancelled)
   audit_seconds                       running time of each audit that ran
-  audit_max_ssim                      the ciphertext-only Max_SSIM of each succeeded audit
+  audit_max_ssim{attack}              the Max_SSIM of each succeeded audit, per attack it ran and scored
+                                      (ciphertext_only | pool_aware | key_aware)
   device_info{device}                 1, for the device the server encodes on
   gpu_memory_bytes{kind}              torch's allocated / reserved CUDA memory (absent on CPU)
   build_info{version}                 1, for the installed instahide-server version
@@ -80,7 +81,7 @@ class ServerMetrics:
         self.audit_seconds = Histogram("instahide_audit_seconds", "Running seconds of each audit that ran.",
                                        buckets=AUDIT_BUCKETS, registry=registry)
         self.audit_max_ssim = Histogram("instahide_audit_max_ssim",
-                                        "Ciphertext-only Max_SSIM of each succeeded audit.",
+                                        "Max_SSIM of each succeeded audit, per attack it ran.", ("attack",),
                                         buckets=SSIM_BUCKETS, registry=registry)
         info = Gauge("instahide_device_info", "1, for the device the server encodes on.", ("device",),
                      registry=registry)

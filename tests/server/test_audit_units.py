@@ -74,6 +74,8 @@ class TestStore:
         assert store.get(ids[0]).report == done.report
         assert store.get(ids[0], summary_only=True).report == summary_of(done.report)
         assert not summary_of(done.report).grid_png and summary_of(done.report).ciphertext_only.max_ssim == 0.5
+        # Only the attacks that ran: a summary must not gain empty ones (a client reads presence as "ran").
+        assert [f.name for f, _ in summary_of(done.report).ListFields()] == ["ciphertext_only"]
 
         assert store.mark_interrupted("interrupted by restart") == 4
         assert {store.get(i).error for i in ids[1:]} == {"interrupted by restart"}

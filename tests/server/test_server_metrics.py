@@ -93,14 +93,17 @@ def run(tmp_path_factory, small_pool_path):
                                           audit_pb2.StartAuditRequest(images=to_tensor(pixels[5:]),
                                                                       labels=[5, 6, 7])]), timeout=60).audit
             events = list(stub.WatchAudit(audit_pb2.WatchAuditRequest(name=audit.name), timeout=60))
+            report = stub.GetAudit(audit_pb2.GetAuditRequest(name=audit.name, summary_only=True),
+                                   timeout=10).audit.report
             with pytest.raises(grpc.RpcError) as missing:
                 stub.GetAudit(audit_pb2.GetAuditRequest(name="audits/" + "0" * 32), timeout=10)
         # Each call's end is counted just after its client sees its status: wait for the last ones.
         after = scrape_until(port, lambda s: s.grpc("grpc_server_handled_total", WATCH_AUDIT, grpc_code="OK") >= 1
                              and s.grpc("grpc_server_handled_total", GET_AUDIT, grpc_code="NOT_FOUND") >= 1
+                             and s.grpc("grpc_server_handled_total", GET_AUDIT, grpc_code="OK") >= 1
                              and s.value("instahide_audits_total", state="succeeded") >= 1)
         yield {"before": before, "after": after, "responses": responses, "health": health, "audit": audit,
-               "events": events, "missing": missing.value, "requests": requests, "log": server.log()}
+               "report": report, "events": events, "missing": missing.value, "requests": requests, "log": server.log()}
 
 
 def test_the_exposition_parses_and_carries_the_families(run):
@@ -156,7 +159,8 @@ def test_unary_and_error_codes(run):
     assert after.grpc("grpc_server_handled_total", HEALTH_CHECK, grpc_code="OK") == 1
     assert run["missing"].code() == grpc.StatusCode.NOT_FOUND
     assert after.grpc("grpc_server_handled_total", GET_AUDIT, grpc_code="NOT_FOUND") == 1
-    assert after.grpc("grpc_server_msg_sent_total", GET_AUDIT) == 0
+    assert after.grpc("grpc_server_handled_total", GET_AUDIT, grpc_code="OK") == 1
+    assert after.grpc("grpc_server_msg_sent_total", GET_AUDIT) == 1  # the found audit's only
 
 
 def test_audit_counts(run):
@@ -169,7 +173,15 @@ def test_audit_counts(run):
     assert after.grpc("grpc_server_handled_total", WATCH_AUDIT, grpc_code="OK") == 1
     assert after.value("instahide_audits_total", state="succeeded") == 1
     assert after.value("instahide_audit_seconds_count") == 1
-    assert after.value("instahide_audit_max_ssim_count") == 1
+    # One observation per attack that ran (the spec leaves the key-aware bound out), of its reported Max_SSIM.
+    report = run["report"]
+    assert report.HasField("pool_aware") and not report.HasField("key_aware")
+    for attack in ("ciphertext_only", "pool_aware"):
+        assert after.value("instahide_audit_max_ssim_count", attack=attack) == 1, attack
+        assert after.value("instahide_audit_max_ssim_sum", attack=attack) == pytest.approx(
+            getattr(report, attack).max_ssim), attack
+    assert not any(name.startswith("instahide_audit_max_ssim") and ("attack", "key_aware") in labels
+                   for name, labels in after.samples)
     assert after.value("instahide_audit_queue_depth") == 0
 
 
