@@ -453,9 +453,10 @@ class AuditJobs:
         metrics.audits.labels(audit_pb2.AuditState.Name(outcome.state).removeprefix("AUDIT_STATE_").lower()).inc()
         if job.running_since is not None:
             metrics.audit_seconds.observe(time.monotonic() - job.running_since)
-        for attack in ATTACKS:
-            if outcome.report is not None and outcome.report.HasField(attack):
-                metrics.audit_max_ssim.labels(attack).observe(getattr(outcome.report, attack).max_ssim)
+        report = outcome.report
+        if report is not None:  # only a succeeded audit has one
+            for attack in (name for name in ATTACKS if report.HasField(name)):
+                metrics.audit_max_ssim.labels(attack).observe(getattr(report, attack).max_ssim)
         self._count_queued()
 
     def _notify(self, job: _Job) -> None:
