@@ -34,7 +34,7 @@ AuditProgressCallback = Callable[[str, float, float], None]
 STAGE_WEIGHTS = {"encoding": 0.05, "training": 0.30, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05,
                  "pool_aware": 1.80, "public_mix": 0.27, "reclustering": 0.02, "refinement": 0.28,
-                 "reassignment": 0.90}
+                 "reassignment": 0.90, "restarts": 0.28}
 GRID_PAIRS = 20
 
 
@@ -103,8 +103,9 @@ class _Progress:
     def renamed(self, name: str, stages: tuple[str, ...]) -> Callable[[str, float], None]:
         """A callback reporting a sub-attack's ``stages`` as consecutive parts of the one stage ``name``."""
         total = sum(STAGE_WEIGHTS[s] for s in stages)
-        starts = {s: sum(STAGE_WEIGHTS[t] for t in stages[:i]) / total for i, s in enumerate(stages)}
-        return lambda stage, fraction: self(name, starts[stage] + STAGE_WEIGHTS[stage] / total * fraction)
+        before = {s: sum(STAGE_WEIGHTS[t] for t in stages[:i]) for i, s in enumerate(stages)}
+        # One division of the weights summed so far: a stage's end then equals the next one's start exactly.
+        return lambda stage, fraction: self(name, (before[stage] + STAGE_WEIGHTS[stage] * fraction) / total)
 
 
 def device_name(device: torch.device | str) -> str:
@@ -164,7 +165,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
             k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", POOL_AWARE_STAGES))
     bound = None
     if key_aware:
-        progress = report.renamed("key_aware", ("recovery", "orientation", *(["public_mix"] if pool_aware else [])))
+        bound_stages = ("recovery", "orientation", *(("public_mix", "restarts") if pool_aware else ()))
+        progress = report.renamed("key_aware", bound_stages)
         bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
                                            coefficients=truth.coefficients, num_images=len(privates), k=k,
                                            device=device, cancel=cancel, progress=progress)

@@ -44,7 +44,7 @@ def test_report_equals_the_steps_run_by_hand(privates, pool):
     assert report.pool_aware.scores.max_ssim == pytest.approx(expected.max_ssim, abs=1e-9)
     assert report.pool_aware.scores.max_ssim > report.ciphertext_only.scores.max_ssim
     # The bound holds the pool too, so it still bounds the strongest attack (measured 0.65 against 0.52).
-    assert list(report.key_aware.stage_seconds) == ["recovery", "orientation", "public_mix"]
+    assert list(report.key_aware.stage_seconds) == ["recovery", "orientation", "public_mix", "restarts"]
     assert report.key_aware.scores.max_ssim > report.pool_aware.scores.max_ssim
     assert report.key_aware is not None and report.key_aware.scores.max_ssim > 0.3
     assert (report.images, report.encodings) == (IMAGES, IMAGES * PER_IMAGE)

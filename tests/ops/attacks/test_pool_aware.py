@@ -10,12 +10,16 @@ from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack
 from instahide_ops.attacks.pool_aware import (
     STAGES,
+    cluster_misfit,
+    least_oriented_channel,
     match_public_mix,
     pool_gram,
     reassign_pairs,
     refine_with_pool,
+    restart_misfits,
     signed_sums,
 )
+from instahide_ops.attacks.recovery import NATURAL_CHANNEL_MEAN
 from instahide_ops.attacks.similarity_net import attacker_images
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
 from instahide_ops.encode import EncodeParams, encode
@@ -170,6 +174,68 @@ class TestReassignPairs:
             assert tuple(members[row].tolist()) == candidates[int(residual.argmin())]
 
 
+@pytest.fixture(scope="module")
+def settled(challenge, pool):
+    """The true pairs, |e|, a refine from given images, and the images refined from the truth."""
+    view, truth = challenge
+    magnitudes = torch.from_numpy(view.encryption).abs()
+    members = torch.from_numpy(truth.pair_indices)
+    weights = torch.from_numpy(truth.coefficients[:, :2])
+
+    def refine(images):
+        return refine_with_pool(magnitudes, members, weights, images, pool.images.float(), steps=STEPS)
+
+    images, public_mix = refine(torch.from_numpy(truth.privates))
+    return magnitudes, members, weights, refine, images, public_mix
+
+
+class TestRestartMisfits:
+    FLIPPED = 3
+
+    def test_a_flipped_channel_fits_worst(self, settled):
+        magnitudes, members, weights, _, images, public_mix = settled
+        flipped = images.clone()
+        flipped[self.FLIPPED, ..., 0] *= -1
+        misfit = cluster_misfit(magnitudes, members, weights, flipped, public_mix)
+        assert int(misfit.argmax()) == self.FLIPPED
+        assert float(misfit[self.FLIPPED]) > 2 * float(misfit.median())  # measured ×4
+        unused = cluster_misfit(magnitudes, members, weights, torch.cat([images, images[:1]]), public_mix)
+        assert float(unused[-1]) == 0.0  # a cluster no encoding names
+
+    def test_turns_the_flipped_channel_back_and_leaves_the_rest(self, challenge, settled):
+        _, truth = challenge
+        magnitudes, members, weights, refine, images, public_mix = settled
+        flipped = images.clone()
+        flipped[self.FLIPPED, ..., 0] *= -1
+        restarted = restart_misfits(magnitudes, members, weights, flipped, public_mix, refine, channel=0,
+                                    fraction=0.1)
+        original = torch.from_numpy(truth.privates[self.FLIPPED])
+        before, after = float(ssim(flipped[self.FLIPPED], original)), float(ssim(restarted[self.FLIPPED], original))
+        assert after >= max(0.95, before + 0.1), (before, after)  # measured 0.83 → 0.99
+        changed = (restarted != flipped).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        assert self.FLIPPED in changed and len(changed) <= 2  # fraction 0.1 of 20 clusters: two tried
+
+    def test_keeps_the_given_images_where_the_restart_fits_worse(self, settled):
+        magnitudes, members, weights, _, images, public_mix = settled
+
+        def worse(start):
+            return torch.zeros_like(start), public_mix
+
+        restarted = restart_misfits(magnitudes, members, weights, images, public_mix, worse, channel=0, fraction=0.5)
+        assert torch.equal(restarted, images)
+        assert restart_misfits(magnitudes, members, weights, images, public_mix, worse, channel=0,
+                               fraction=0.0) is images
+        with pytest.raises(InvalidInputError, match=r"must lie in \[0, 1\]"):
+            restart_misfits(magnitudes, members, weights, images, public_mix, worse, channel=0, fraction=1.5)
+        with pytest.raises(InvalidInputError, match=r"must lie in \[0, 3\)"):
+            restart_misfits(magnitudes, members, weights, images, public_mix, worse, channel=3)
+
+    def test_the_least_oriented_channel_is_red_for_natural_means(self):
+        assert least_oriented_channel(torch.tensor(NATURAL_CHANNEL_MEAN), 3) == 0
+        assert least_oriented_channel((0.3, 0.02, -0.2), 3) == 1
+        assert least_oriented_channel(-0.1, 1) == 0
+
+
 class TestPoolAwareAttack:
     def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, pool):
         view, truth = challenge
@@ -195,7 +261,7 @@ class TestPoolAwareAttack:
         result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=key_aware,
                                              encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS)
         assert torch.equal(result.members, key_aware.members)
-        assert list(result.stage_seconds) == ["public_mix"]
+        assert list(result.stage_seconds) == ["public_mix", "restarts"]
         assert _max_ssim(result, truth) >= _max_ssim(key_aware, truth) + 0.08  # measured 0.70 → 0.89
 
     def test_the_very_pool_beats_other_crops_of_its_photos(self, challenge, key_aware, pool):
@@ -231,5 +297,8 @@ class TestPoolAwareAttack:
         with pytest.raises(InvalidInputError, match="must be at least 0"):
             attack(view.encryption, view.labels, pool=pool, start=key_aware, encodings_per_image=PER_IMAGE,
                    reassignment_rounds=-1)
+        with pytest.raises(InvalidInputError, match=r"must lie in \[0, 1\]"):
+            attack(view.encryption, view.labels, pool=pool, start=key_aware, encodings_per_image=PER_IMAGE,
+                   restart_fraction=-0.1)
         with pytest.raises(InvalidInputError, match="the start's members"):
             attack(view.encryption[:-1], view.labels[:-1], pool=pool, start=key_aware, encodings_per_image=PER_IMAGE)
