@@ -351,8 +351,8 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
 
 def cluster_misfit(magnitudes: Tensor, members: Tensor, weights: Tensor, images: Tensor,
                    public_mix: Tensor) -> Tensor:
-    """(M,) how badly each cluster's encodings are explained: the mean over the encodings it is a member
-    of of ``mean((|e| − |λa·Pa + λb·Pb + O|)²)``, with O each encoding's fitted public mix.
+    """(M,) how badly each cluster's encodings are explained: each encoding's ``mean((|e| − |λa·Pa + λb·Pb
+    + O|)²)``, O its fitted public mix, averaged over the encodings the cluster is a member of.
 
     Clusters no encoding names get 0. All tensors flattened or not: (E, ...) magnitudes and public
     mixes, (M, ...) images, (E, 2) members and weights.
