@@ -9,6 +9,7 @@ import torch
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack
 from instahide_ops.attacks.pool_aware import (
+    DEFAULT_ANNEAL,
     STAGES,
     cluster_misfit,
     least_oriented_channel,
@@ -116,7 +117,7 @@ class TestRefineWithPool:
                                                pool.images.float(), steps=STEPS)
         originals = torch.from_numpy(truth.privates)
         before, after = float(ssim(key_aware.recovered, originals).mean()), float(ssim(refined, originals).mean())
-        # measured 0.70 → 0.88 (12 steps)
+        # measured 0.70 → 0.89 (12 steps)
         assert after >= before + 0.08, (before, after)
         assert refined.shape == key_aware.recovered.shape and float(refined.abs().max()) <= 1.0
         # The fitted mix explains |e| far better than the public mass times the natural mean does.
@@ -126,6 +127,19 @@ class TestRefineWithPool:
         baseline = ((encryption.abs() - private.abs()).square().mean())
         assert float(explained) < 0.3 * float(baseline)
 
+    def test_annealing_the_sign_noise_recovers_more(self, challenge, key_aware, pool):
+        view, truth = challenge
+        originals = torch.from_numpy(truth.privates)
+
+        def recovered(anneal: float) -> float:
+            refined, _ = refine_with_pool(torch.from_numpy(view.encryption).abs(), torch.from_numpy(truth.pair_indices),
+                                          torch.from_numpy(truth.coefficients[:, :2]), key_aware.recovered,
+                                          pool.images.float(), steps=2 * STEPS, anneal=anneal)
+            return float(ssim(refined, originals).mean())
+
+        constant, annealed = recovered(1.0), recovered(DEFAULT_ANNEAL)
+        assert annealed >= constant + 0.01, (constant, annealed)  # measured 0.906 → 0.924
+
     def test_bad_shapes(self, challenge, key_aware, pool):
         view, truth = challenge
         encryption = torch.from_numpy(view.encryption)
@@ -133,6 +147,10 @@ class TestRefineWithPool:
             refine_with_pool(encryption.abs(), torch.from_numpy(truth.pair_indices),
                              torch.from_numpy(truth.coefficients[:, :2]), key_aware.recovered,
                              pool.images.float()[:, :16], steps=1)
+        with pytest.raises(InvalidInputError, match="anneal >= 1"):
+            refine_with_pool(encryption.abs(), torch.from_numpy(truth.pair_indices),
+                             torch.from_numpy(truth.coefficients[:, :2]), key_aware.recovered,
+                             pool.images.float(), steps=1, anneal=0.5)
 
 
 class TestReassignPairs:
@@ -198,7 +216,7 @@ class TestRestartMisfits:
         flipped[self.FLIPPED, ..., 0] *= -1
         misfit = cluster_misfit(magnitudes, members, weights, flipped, public_mix)
         assert int(misfit.argmax()) == self.FLIPPED
-        assert float(misfit[self.FLIPPED]) > 2 * float(misfit.median())  # measured ×4
+        assert float(misfit[self.FLIPPED]) > 2 * float(misfit.median())  # measured ×10
         unused = cluster_misfit(magnitudes, members, weights, torch.cat([images, images[:1]]), public_mix)
         assert float(unused[-1]) == 0.0  # a cluster no encoding names
 
@@ -211,7 +229,7 @@ class TestRestartMisfits:
                                     fraction=0.1)
         original = torch.from_numpy(truth.privates[self.FLIPPED])
         before, after = float(ssim(flipped[self.FLIPPED], original)), float(ssim(restarted[self.FLIPPED], original))
-        assert after >= max(0.95, before + 0.1), (before, after)  # measured 0.83 → 0.99
+        assert after >= max(0.95, before + 0.1), (before, after)  # measured 0.82 → 0.98
         changed = (restarted != flipped).flatten(1).any(dim=1).nonzero().flatten().tolist()
         assert self.FLIPPED in changed and len(changed) <= 2  # fraction 0.1 of 20 clusters: two tried
 
@@ -244,7 +262,7 @@ class TestPoolAwareAttack:
                                              encodings_per_image=PER_IMAGE, steps=STEPS,
                                              progress=lambda stage, fraction: events.append((stage, fraction)))
         before, after = _max_ssim(ciphertext_only, truth), _max_ssim(result, truth)
-        assert after >= before + 0.08, (before, after)  # measured 0.655 → 0.84
+        assert after >= before + 0.08, (before, after)  # measured 0.655 → 0.87
         assert list(dict.fromkeys(stage for stage, _ in events)) == list(STAGES)
         assert list(result.stage_seconds) == list(STAGES)
         assert result.decryption.shape == view.encryption.shape and result.members.shape == (len(view.encryption), 2)
@@ -262,11 +280,11 @@ class TestPoolAwareAttack:
                                              encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS)
         assert torch.equal(result.members, key_aware.members)
         assert list(result.stage_seconds) == ["public_mix", "restarts"]
-        assert _max_ssim(result, truth) >= _max_ssim(key_aware, truth) + 0.08  # measured 0.70 → 0.89
+        assert _max_ssim(result, truth) >= _max_ssim(key_aware, truth) + 0.08  # measured 0.70 → 0.90
 
     def test_the_very_pool_beats_other_crops_of_its_photos(self, challenge, key_aware, pool):
         # Crops of the pool's photos at other places still help (they hold similar patches), but
-        # naming the very images the encodings mixed in is worth more (measured 0.70 → 0.78 and 0.89).
+        # naming the very images the encodings mixed in is worth more (measured 0.70 → 0.79 and 0.90).
         view, truth = challenge
         attack = create_attack("pool_aware")
         other = PublicPool.from_array(attacker_images((32, 32, 3), 2048, seed=1))
