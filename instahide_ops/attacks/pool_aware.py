@@ -378,12 +378,9 @@ def cluster_misfit(magnitudes: Tensor, members: Tensor, weights: Tensor, images:
     num_enc, num_images = len(magnitudes), len(images)
     prediction = pair_mix(images.reshape(num_images, -1), members, weights) + public_mix.reshape(num_enc, -1)
     per_encoding = (magnitudes.reshape(num_enc, -1) - prediction.abs()).square().mean(dim=1)
-    total = torch.zeros(num_images, device=per_encoding.device, dtype=per_encoding.dtype)
-    count = torch.zeros_like(total)
-    for slot in range(2):
-        total.index_add_(0, members[:, slot], per_encoding)
-        count.index_add_(0, members[:, slot], torch.ones_like(per_encoding))
-    return total / count.clamp_min(1.0)
+    slots = members.flatten()  # each encoding's two clusters, in turn
+    total = torch.bincount(slots, weights=per_encoding.repeat_interleave(2), minlength=num_images)
+    return total / torch.bincount(slots, minlength=num_images).clamp_min(1)
 
 
 def restart_misfits(magnitudes: Tensor, members: Tensor, weights: Tensor, images: Tensor, public_mix: Tensor,
