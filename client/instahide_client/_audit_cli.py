@@ -22,6 +22,9 @@ from instahide_client import cli
 from instahide_client.audits import STATE_VALUES, Audit, AuditEvent, AuditReport
 from instahide_client.client import InstaHideClient
 
+ATTACK_NAMES = {"ciphertext_only": "ciphertext-only", "pool_aware": "pool-aware", "key_aware": "key-aware bound"}
+"""How the tables name the report's attacks."""
+
 
 def add_parser(commands: argparse._SubParsersAction,
                connection_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -235,10 +238,17 @@ def _list(client: InstaHideClient, args: argparse.Namespace) -> int:
         audits.append(audit)
         if len(audits) >= args.limit:
             break
-    rows = [(a.name, a.state, _when(a.create_time), str(a.report.images) if a.report else "-",
-             _number(a.report.ciphertext_only.max_ssim) if a.report else "-") for a in audits]
-    print(_table(("name", "state", "created", "images", "Max_SSIM"), rows))
+    rows = [(a.name, a.state, _when(a.create_time), *_headline(a.report)) for a in audits]
+    print(_table(("name", "state", "created", "images", "strongest_attack", "Max_SSIM"), rows))
     return 0
+
+
+def _headline(report: AuditReport | None) -> tuple[str, str, str]:
+    """Images, and the attack without keys that recovered most with its Max_SSIM ("-" without a report)."""
+    if report is None:
+        return "-", "-", "-"
+    name, scores = report.strongest_attack_without_keys()
+    return str(report.images), ATTACK_NAMES[name], _number(scores.max_ssim)
 
 
 def _cancel(client: InstaHideClient, args: argparse.Namespace) -> int:
@@ -272,8 +282,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def format_summary(report: AuditReport) -> str:
     """The leakage table: one row per attack, then the device and sizes."""
-    names = {"ciphertext_only": "ciphertext-only", "pool_aware": "pool-aware", "key_aware": "key-aware bound"}
-    rows = [(names[name], _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
+    rows = [(ATTACK_NAMES[name], _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
              f"{s.recovered_above_0_5:.1%}", f"{s.recovered_above_0_8:.1%}",
              f"{sum(s.stage_seconds.values()):.1f}")
             for name, s in report.attacks().items()]

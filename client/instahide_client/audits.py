@@ -35,6 +35,8 @@ STATES: dict[int, str] = {
 STATE_VALUES: dict[str, int] = {name: value for value, name in STATES.items() if value}
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 ATTACKS = ("ciphertext_only", "pool_aware", "key_aware")
+KEYLESS_ATTACKS = ("ciphertext_only", "pool_aware")
+"""The attacks that hold no key: together they are what the encodings leak to anyone who sees them."""
 METRICS = ("max_ssim", "mean_ssim", "min_l2", "mean_l2")
 NAME_PREFIX = "audits/"
 
@@ -271,6 +273,15 @@ class AuditReport:
         """The attacks that ran, by name: "ciphertext_only", then "pool_aware" and "key_aware" when present."""
         attacks = {"ciphertext_only": self.ciphertext_only, "pool_aware": self.pool_aware, "key_aware": self.key_aware}
         return {name: scores for name, scores in attacks.items() if scores is not None}
+
+    def strongest_attack_without_keys(self) -> tuple[str, AttackScores]:
+        """The attack without keys that recovered most (highest Max_SSIM), as ``(name, scores)``.
+
+        This is the report's headline: the leakage to an attacker who holds no key. The ciphertext-only
+        attack wins a tie, and a NaN Max_SSIM never wins.
+        """
+        keyless = [(name, scores) for name, scores in self.attacks().items() if name in KEYLESS_ATTACKS]
+        return max(keyless, key=lambda item: item[1].max_ssim if math.isfinite(item[1].max_ssim) else -math.inf)
 
     def to_dict(self) -> dict[str, Any]:
         """Every number of the report, JSON-clean, with the audit's name, state, times and spec."""

@@ -72,6 +72,25 @@ class TestAudit:
         assert co.stage_seconds == {"recovery": 2.25, "similarity": 0.5}
         assert report.key_aware is not None and list(report.attacks()) == ["ciphertext_only", "key_aware"]
 
+    @pytest.mark.parametrize(("ciphertext_only", "pool_aware", "expected"), [
+        (0.41, None, "ciphertext_only"),
+        (0.41, 0.93, "pool_aware"),
+        (0.41, 0.30, "ciphertext_only"),
+        (0.41, 0.41, "ciphertext_only"),
+        (math.nan, 0.30, "pool_aware"),
+    ])
+    def test_strongest_attack_without_keys(self, ciphertext_only, pool_aware, expected):
+        # The key-aware bound (scored highest here) holds keys, so it is never the answer.
+        msg = audit_proto()
+        msg.report.ciphertext_only.max_ssim = ciphertext_only
+        msg.report.key_aware.max_ssim = 0.99
+        if pool_aware is not None:
+            msg.report.pool_aware.CopyFrom(attack_scores(3))
+            msg.report.pool_aware.max_ssim = pool_aware
+        report = Audit.from_proto(msg).report
+        name, scores = report.strongest_attack_without_keys()
+        assert name == expected and scores is report.attacks()[expected]
+
     def test_proto_defaults_made_explicit(self):
         audit = Audit.from_proto(audit_pb2.Audit(name="audits/x", state=audit_pb2.AUDIT_STATE_QUEUED))
         assert audit.state == "queued" and not audit.done
