@@ -122,7 +122,7 @@ def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 
         raise InvalidInputError(f"scales must be positive crop sizes, got {list(scales)}", field="scales")
     if not sources:
         raise InvalidInputError("no source images", field="sources")
-    crops = [_crop_size(scale, height, width) for scale in sorted(set(scales))]
+    crops = [crop_size(scale, height, width) for scale in sorted(set(scales))]
     for i, source in enumerate(sources):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
             raise InvalidInputError(f"source {i}: expected uint8 (H, W, 3), got {source.dtype} "
@@ -158,7 +158,7 @@ def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 
     return np.stack(kept)
 
 
-def _crop_size(scale: int, height: int, width: int) -> tuple[int, int]:
+def crop_size(scale: int, height: int, width: int) -> tuple[int, int]:
     """(crop height, crop width) with the output's aspect ratio and ``scale`` as the longer side."""
     longer = max(height, width)
     return max(1, round(scale * height / longer)), max(1, round(scale * width / longer))

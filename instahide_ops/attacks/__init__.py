@@ -4,7 +4,9 @@
 labels and the public parameters. ``create_attack("key_aware")`` is the bound for an attacker who
 also holds each encoding's private indices and coefficients (a leaked key store, a broken PRNG).
 ``create_attack("pool_aware")`` continues either for an attacker who also holds the public pool the
-encodings mixed in (public by design; the bundled default pool is rebuilt by anyone).
+encodings mixed in (public by design; the bundled default pool is rebuilt by anyone), and
+``create_attack("photo_aware")`` continues the ciphertext-only attack for one who holds only the photos
+the pool was cut from.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def attack_names() -> list[str]:
 
 
 # Registration happens on import of the modules below.
-from instahide_ops.attacks import ciphertext_only, key_aware, pool_aware  # noqa: E402, F401
+from instahide_ops.attacks import ciphertext_only, key_aware, photo_aware, pool_aware  # noqa: E402, F401
 
 __all__ = [
     "AttackCancelled",
