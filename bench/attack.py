@@ -1,16 +1,19 @@
-"""Leakage of a challenge-shaped set under the ciphertext-only attack, the pool-aware attack and the key-aware bound.
+"""Leakage of a challenge-shaped set under the ciphertext-only, photo-aware and pool-aware attacks and the bound.
 
 Builds N bundled private images × T encodings (default 100 × 50, k = 6, cross mode: the InstaHide
 Challenge's shape) with the public pool cut from other photos, and runs the same audit the audit
 service runs (``instahide_ops.audit.audit_deployment``): the ciphertext-only attack, the pool-aware
 attack (the same attacker holding the public pool, which anyone rebuilds from this package), the
-key-aware bound, each scored the way the challenge scores. Writes the challenge files and the picture of
-originals over their best recoveries to --out. The last line of output is one JSON object.
+key-aware bound, each scored the way the challenge scores; with --photo-aware also the attacker who holds
+the photos the pool was cut from but not the pool (the InstaHide Challenge's position: its publics were
+ImageNet crops). Writes the challenge files and the picture of originals over their best recoveries to
+--out. The last line of output is one JSON object.
 
 Anchors: Carlini et al. reached Max_SSIM 0.90 / Mean_SSIM 0.43 / Min_L2 0.01 / Mean_L2 0.31 in about
 12 GPU-hours; the PRNG attack reached 0.98 because the challenge used a 32-bit seed.
 
-Usage: python bench/attack.py [--quick] [--device cuda] [--no-pool-aware] [--private-dir DIR] [--out DIR]
+Usage: python bench/attack.py [--quick] [--device cuda] [--photo-aware] [--no-pool-aware] [--private-dir DIR]
+                              [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import torch
 from instahide_ops.attacks.ciphertext_only import SIMILARITIES
 from instahide_ops.audit import audit_deployment
 from instahide_ops.challenge import (
+    PUBLIC_SOURCE_NAMES,
     build_challenge,
     bundled_private_images,
     challenge_public_pool,
     load_private_images,
     save_challenge,
 )
+from instahide_ops.pool import bundled_sources
 
 
 def main() -> None:
@@ -46,6 +51,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--similarity", choices=SIMILARITIES, default="auto",
                         help="the attack's similarity stage (auto: the learned network on CUDA, else high-pass)")
+    parser.add_argument("--photo-aware", action="store_true",
+                        help="also run the attacker who holds the public pool's photos but not the pool")
     parser.add_argument("--no-pool-aware", action="store_true", help="skip the pool-aware attack")
     parser.add_argument("--private-dir", default=None,
                         help="attack your own images instead of the bundled ones: a folder of images (pseudo-classes) "
@@ -71,6 +78,7 @@ def main() -> None:
     report = audit_deployment(
         privates, classes, k=args.k, encodings_per_image=per_image, pool=pool, seed=args.seed, device=args.device,
         similarity=args.similarity, pool_aware=not args.no_pool_aware,
+        photos=list(bundled_sources(PUBLIC_SOURCE_NAMES).values()) if args.photo_aware else None,
         progress=lambda stage, fraction, overall: print(f"  {overall:6.1%}  {stage:12s} {fraction:6.1%}",
                                                          end="\r", flush=True))
     if args.out:  # the same set (same seed), in the challenge's format for anyone to attack or rescore

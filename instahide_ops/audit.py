@@ -2,8 +2,9 @@
 
 ``audit_deployment`` encodes the private images T times with the configuration under audit (the
 same encoder the service's Encode stream uses, fresh keys unless seeded), runs the ciphertext-only
-attack and, optionally, the pool-aware attack (the same attacker holding the public pool) and the
-key-aware bound, and scores each the way the InstaHide Challenge does.
+attack and, optionally, the photo-aware attack (the same attacker holding the photos the pool was cut
+from), the pool-aware attack (holding the public pool itself) and the key-aware bound, and scores each
+the way the InstaHide Challenge does.
 ``audit_encodings`` audits encodings made elsewhere against their originals. ``bench/attack.py`` and
 the audit service both call these, so their numbers agree for the same data and seed.
 """
@@ -11,7 +12,7 @@ the audit service both call these, so their numbers agree for the same data and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from instahide_ops.attacks import AttackResult, CancelToken, create_attack
 from instahide_ops.attacks.ciphertext_only import attack_stages
+from instahide_ops.attacks.photo_aware import STAGES as PHOTO_POOL_STAGES
 from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.challenge import build_challenge, challenge_public_pool
@@ -34,7 +36,7 @@ AuditProgressCallback = Callable[[str, float, float], None]
 STAGE_WEIGHTS = {"encoding": 0.05, "training": 0.30, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05,
                  "pool_aware": 1.80, "public_mix": 0.27, "reclustering": 0.02, "refinement": 0.28,
-                 "reassignment": 0.90, "restarts": 0.28}
+                 "reassignment": 0.90, "restarts": 0.28, "photo_aware": 2.50, "photo_pool": 0.70}
 GRID_PAIRS = 20
 
 
@@ -67,6 +69,7 @@ class LeakageReport:
     encodings: int
     grid_png: bytes
     seconds: float
+    photo_aware: AttackReport | None = None
 
     def summary(self) -> dict:
         """The headline numbers, JSON-ready."""
@@ -78,8 +81,10 @@ class LeakageReport:
         return out
 
     def attacks(self) -> dict[str, AttackReport]:
-        """The attacks that ran, by name: "ciphertext_only", then "pool_aware" and "key_aware" when run."""
-        reports = {"ciphertext_only": self.ciphertext_only, "pool_aware": self.pool_aware, "key_aware": self.key_aware}
+        """The attacks that ran, by name: "ciphertext_only", then "photo_aware", "pool_aware" and "key_aware"
+        when run."""
+        reports = {"ciphertext_only": self.ciphertext_only, "photo_aware": self.photo_aware,
+                   "pool_aware": self.pool_aware, "key_aware": self.key_aware}
         return {name: report for name, report in reports.items() if report is not None}
 
 
@@ -119,7 +124,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                      mode: str = "cross", num_classes: int | None = None, pool: PublicPool | None = None,
                      seed: int | None = None, device: torch.device | str = "cpu", key_aware: bool = True,
                      pool_aware: bool = True, progress: AuditProgressCallback | None = None,
-                     cancel: CancelToken | None = None, similarity: str = "auto") -> LeakageReport:
+                     cancel: CancelToken | None = None, similarity: str = "auto",
+                     photos: Sequence[np.ndarray] | None = None) -> LeakageReport:
     """Simulate shipping ``privates`` encoded with (mode, k), T encodings each, and measure what leaks.
 
     Args:
@@ -136,6 +142,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         progress: (stage, stage fraction, overall fraction) callback.
         cancel: stops the audit (AttackCancelled) at its next progress report.
         similarity: the attack's similarity stage ("auto": learned on CUDA, else the high-pass statistic).
+        photos: also run the photo-aware attack (cross mode): the ciphertext-only attacker holding these
+            (H, W, C) uint8 photos, which the pool was cut from, but not the pool.
     """
     start = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -144,7 +152,9 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         raise InvalidInputError(f"need at least 2 images with one label each, got {len(privates)} images and "
                                 f"{len(labels)} labels", field="images")
     pool_aware = pool_aware and mode == "cross"
-    stages = ["encoding", *attack_stages(similarity, device), *(["pool_aware"] if pool_aware else []),
+    photo_aware = photos is not None and mode == "cross"
+    stages = ["encoding", *attack_stages(similarity, device), *(["photo_aware"] if photo_aware else []),
+              *(["pool_aware"] if pool_aware else []),
               *(["key_aware"] if key_aware else []), "scoring"]
     report = _Progress(progress, stages)
     report("encoding", 0.0)
@@ -158,6 +168,12 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=k,
                                               encodings_per_image=encodings_per_image, mode=mode, device=device,
                                               progress=report, cancel=cancel, similarity=similarity)
+    from_photos = None
+    if photo_aware:
+        from_photos = create_attack("photo_aware")(
+            challenge.encryption, challenge.labels, photos=photos, start=attack,
+            encodings_per_image=encodings_per_image, k=k, device=device, cancel=cancel,
+            progress=report.renamed("photo_aware", (*PHOTO_POOL_STAGES, *POOL_AWARE_STAGES)))
     demixed = None
     if pool_aware:
         demixed = create_attack("pool_aware")(
@@ -178,9 +194,11 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     report("scoring", 0.0)
     originals = torch.from_numpy(truth.privates)
     pairs = torch.from_numpy(truth.pair_indices)
-    scored = [_score(result, originals, pairs) if result is not None else None for result in (attack, bound, demixed)]
+    scored = [_score(result, originals, pairs) if result is not None else None
+              for result in (attack, bound, demixed, from_photos)]
     report("scoring", 1.0)
-    return _leakage_report(*scored, originals, device, len(challenge.encryption), start)
+    return _leakage_report(*scored, originals=originals, device=device, encodings=len(challenge.encryption),
+                           start=start)
 
 
 def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,
@@ -204,7 +222,8 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     pairs = best_two if best_two.shape[1] == 2 else best_two.repeat(1, 2)
     scored = _score(attack, originals_t, pairs)
     report("scoring", 1.0)
-    return _leakage_report(scored, None, None, originals_t, device, len(encryption), start)
+    return _leakage_report(scored, None, None, None, originals=originals_t, device=device, encodings=len(encryption),
+                           start=start)
 
 
 def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:
@@ -213,10 +232,11 @@ def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -
 
 
 def _leakage_report(attack: AttackReport, bound: AttackReport | None, demixed: AttackReport | None,
-                    originals: torch.Tensor, device: torch.device | str, encodings: int, start: float) -> LeakageReport:
+                    from_photos: AttackReport | None, *, originals: torch.Tensor, device: torch.device | str,
+                    encodings: int, start: float) -> LeakageReport:
     shown = min(GRID_PAIRS, len(originals))
-    strongest = demixed or attack  # the picture shows the worst case without keys
+    strongest = demixed or from_photos or attack  # the picture shows the worst case without keys
     grid = image_grid(originals[:shown], strongest.recovered[strongest.recovery.best_match[:shown]])
     return LeakageReport(attack, bound, demixed, device_name(device), len(originals), encodings, encode_png(grid),
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, from_photos)
 

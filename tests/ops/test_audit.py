@@ -12,6 +12,7 @@ from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack
 from instahide_ops.audit import audit_deployment, audit_encodings
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
 from instahide_ops.metrics import challenge_scores
+from instahide_ops.pool import PublicPool, build_pool, bundled_sources
 
 IMAGES, PER_IMAGE = 16, 6
 
@@ -74,6 +75,24 @@ def test_without_the_pool_aware_attack(privates, pool):
     assert report.pool_aware is None and "pool_aware" not in report.summary()
     assert list(report.key_aware.stage_seconds) == ["recovery", "orientation"]  # the plain bound
     assert "pool_aware" not in {stage for stage, _, _ in events} and events[-1][2] == 1.0
+
+
+def test_with_the_photo_aware_attack(privates):
+    # A pool cut from two photos the attacker holds; 256 crops for 16 × 6 × 4 public slots.
+    images, classes = privates
+    photos = list(bundled_sources(("china", "flower")).values())
+    pool = PublicPool.from_array(build_pool(photos, count=256, scales=(64, 96), seed=3))
+    events: list[tuple[str, float, float]] = []
+    report = audit_deployment(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=4, photos=photos,
+                              key_aware=False, progress=lambda *event: events.append(event))
+    assert list(report.attacks()) == ["ciphertext_only", "photo_aware", "pool_aware"]
+    assert list(report.summary())[-3:] == ["ciphertext_only", "photo_aware", "pool_aware"]
+    assert report.photo_aware.stage_seconds["photo_pool"] > 0
+    assert 0.0 < report.photo_aware.scores.max_ssim <= 1.0
+    assert [s for s in dict.fromkeys(s for s, _, _ in events)][-4:] == ["orientation", "photo_aware", "pool_aware",
+                                                                        "scoring"]
+    overall = [o for _, _, o in events]
+    assert overall == sorted(overall) and overall[-1] == 1.0
 
 
 def test_cancel(privates, pool):
