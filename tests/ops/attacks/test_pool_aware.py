@@ -189,7 +189,9 @@ class TestReassignPairs:
             targets = torch.stack([signed[row] - mass[0] * images[a] - mass[1] * images[b] for a, b in candidates])
             chosen, fit = match_public_mix(targets, flat_pool, atoms=4)
             residual = (targets - (fit[:, :, None] * flat_pool[chosen]).sum(dim=1)).square().sum(dim=1)
-            assert tuple(members[row].tolist()) == candidates[int(residual.argmin())]
+            # Two images of one class with equal masses leave the same residual in either order: compare residuals.
+            picked = candidates.index(tuple(members[row].tolist()))
+            assert residual[picked] <= residual.min() * (1 + 1e-5), (candidates[picked], residual[picked])
 
 
 @pytest.fixture(scope="module")
