@@ -36,7 +36,7 @@ AuditProgressCallback = Callable[[str, float, float], None]
 STAGE_WEIGHTS = {"encoding": 0.05, "training": 0.30, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05,
                  "pool_aware": 1.80, "public_mix": 0.27, "reclustering": 0.02, "refinement": 0.28,
-                 "reassignment": 0.90, "restarts": 0.28, "photo_aware": 2.50, "photo_pool": 0.70}
+                 "reassignment": 0.90, "restarts": 0.28, "photo_aware": 2.90, "photo_pool": 1.30}
 GRID_PAIRS = 20
 
 
