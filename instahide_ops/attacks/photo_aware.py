@@ -42,8 +42,8 @@ DEFAULT_MIN_PICKS = 2
 """Encodings that must pick a window (within ``BIN`` pixels) for it to join the pool."""
 
 BIN = 2
-"""Picks this many shrunk pixels apart count as one window, so one public is picked once per encoding
-and the encodings that hold it agree on it though their residuals' best offsets differ by a pixel."""
+"""Picks within a BIN × BIN cell of a shrunk photo count as one window, so the encodings that hold one
+public agree on it though their residuals' best offsets differ by a pixel."""
 
 APART = 4
 """Pixels (of a shrunk photo) between the windows one residual picks: a window's neighbours a pixel or two
@@ -147,8 +147,8 @@ def pick_windows(residuals: Tensor, shrunk: Sequence[ShrunkPhoto], *, picks: int
     Args:
         residuals: (E, H, W, C) the encodings' residuals (``encoding_residuals``).
         shrunk: the shrunk photos (``shrink_photos``).
-        picks: windows (at least ``BIN`` pixels apart) each residual picks.
-        min_picks: residuals that must pick a window for it to be kept.
+        picks: windows (at least ``APART`` pixels apart) each residual picks.
+        min_picks: residuals that must pick a window (within ``BIN`` pixels) for it to be kept.
         report: called with the fraction of window positions done.
 
     Returns:
