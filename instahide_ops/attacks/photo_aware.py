@@ -295,13 +295,11 @@ def exact_crops(picked: Sequence[PickedWindow], shrunk: Sequence[ShrunkPhoto], p
     return np.stack(list(chosen.values()))
 
 
-def photo_pool(residuals: Tensor, photos: Sequence[np.ndarray], *, scales: Sequence[int] = DEFAULT_SCALES,
+def photo_pool(residuals: Tensor, shrunk: Sequence[ShrunkPhoto], photos: Sequence[np.ndarray], *,
                picks: int = DEFAULT_PICKS, min_picks: int = DEFAULT_MIN_PICKS,
                report: Callable[[float], None] | None = None) -> np.ndarray:
-    """The pool images the residuals point at among all crops of the photos (``pick_windows``, then
-    ``exact_crops``): (N, H, W, C) uint8, N possibly 0."""
-    _, height, width, _ = residuals.shape
-    shrunk = shrink_photos(photos, height=height, width=width, scales=scales)
+    """The pool images the residuals point at among all crops of the photos (``pick_windows`` over ``shrunk``,
+    ``shrink_photos``' result for ``photos``, then ``exact_crops``): (N, H, W, C) uint8, N possibly 0."""
     def part(start: float, share: float) -> Callable[[float], None] | None:
         return None if report is None else lambda fraction: report(start + share * fraction)
 
@@ -340,7 +338,8 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
     if rounds < 1:
         raise InvalidInputError(f"must be at least 1, got {rounds}", field="rounds")
     height, width = encryption.shape[1:3]
-    if not shrink_photos(photos, height=height, width=width, scales=scales):
+    shrunk = shrink_photos(photos, height=height, width=width, scales=scales)
+    if not shrunk:
         raise InvalidInputError(f"no photo holds a window of {height} × {width} at scales {list(scales)}",
                                 field="photos")
     tracker = StageTracker(progress, cancel)
@@ -348,7 +347,7 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
     result, attack_seconds = start, {}
     for _ in range(rounds):
         with tracker.stage("photo_pool") as report:
-            windows = photo_pool(encoding_residuals(encryption.abs(), result, public_mean), photos, scales=scales,
+            windows = photo_pool(encoding_residuals(encryption.abs(), result, public_mean), shrunk, photos,
                                  picks=picks, min_picks=min_picks, report=report)
         if len(windows) == 0:
             raise InvalidInputError(f"no window of the photos was picked by {min_picks} encodings", field="photos")

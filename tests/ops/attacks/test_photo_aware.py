@@ -25,6 +25,11 @@ def photos():
 
 
 @pytest.fixture(scope="module")
+def shrunk(photos):
+    return shrink_photos(photos, height=32, width=32, scales=SCALES)
+
+
+@pytest.fixture(scope="module")
 def pool(photos):
     # Smaller than the 20 × 20 set's 1,600 public slots, so each public is mixed into about 6 encodings.
     return PublicPool.from_array(build_pool(photos, count=256, scales=SCALES, seed=3))
@@ -80,13 +85,13 @@ class TestShrinkPhotos:
 
 
 class TestPickWindows:
-    def test_finds_the_pool_images_that_several_mixes_share(self, photos, pool):
+    def test_finds_the_pool_images_that_several_mixes_share(self, photos, shrunk, pool):
         # 300 mixes of 4 pool images each (weights as the public slots get them), with noise.
         generator = torch.Generator().manual_seed(0)
         chosen = torch.stack([torch.randperm(len(pool), generator=generator)[:4] for _ in range(300)])
         weights = 0.08 + 0.1 * torch.rand(300, 4, 1, 1, 1, generator=generator)
         mixes = (weights * pool.images[chosen]).sum(dim=1) + 0.05 * torch.randn(300, 32, 32, 3, generator=generator)
-        found = photo_pool(mixes, photos, scales=SCALES)
+        found = photo_pool(mixes, shrunk, photos)
         precision, hit = _matched(found, pool)
         used = torch.zeros(len(pool), dtype=torch.bool)
         used[chosen.unique()] = True
@@ -94,14 +99,13 @@ class TestPickWindows:
         assert precision >= 0.8, precision
         assert hit[used].float().mean() >= 0.8, hit[used].float().mean()
 
-    def test_one_pick_per_bin_and_at_least_min_picks_pickers(self, photos, pool):
+    def test_one_pick_per_bin_and_at_least_min_picks_pickers(self, photos, shrunk, pool):
         mix = pool.images[:1].repeat(3, 1, 1, 1)  # three mixes of the one image
-        shrunk = shrink_photos(photos, height=32, width=32, scales=SCALES)
         assert pick_windows(mix[:1], shrunk, picks=1, min_picks=2) == []
         picked = pick_windows(mix, shrunk, picks=1, min_picks=3)
         assert len(picked) == 1 and picked[0].pickers.tolist() == [0, 1, 2]
         # The window is the nearest on the shrunk grid; the exact crop is the pool's image itself.
-        np.testing.assert_array_equal(photo_pool(mix, photos, scales=SCALES, picks=1, min_picks=3),
+        np.testing.assert_array_equal(photo_pool(mix, shrunk, photos, picks=1, min_picks=3),
                                       pool.pixels[:1].numpy())
 
     def test_bad_arguments(self, photos):
@@ -111,7 +115,7 @@ class TestPickWindows:
 
 
 class TestPhotoAwareAttack:
-    def test_residuals_of_the_true_images_name_the_pool(self, challenge, photos, pool):
+    def test_residuals_of_the_true_images_name_the_pool(self, challenge, photos, shrunk, pool):
         # With the true images and pairs, each residual is the encoding's public mix but for the E-step's
         # sign errors, so most kept crops are the pool's own images, and most of the pool is found.
         view, truth = challenge
@@ -120,7 +124,7 @@ class TestPhotoAwareAttack:
                              torch.from_numpy(truth.coefficients[:, :2]))
         residuals = encoding_residuals(encryption.abs(), exact, torch.tensor(NATURAL_CHANNEL_MEAN))
         assert residuals.shape == encryption.shape
-        precision, hit = _matched(photo_pool(residuals, photos, scales=SCALES), pool)
+        precision, hit = _matched(photo_pool(residuals, shrunk, photos), pool)
         assert precision >= 0.6 and hit.float().mean() >= 0.7, (precision, hit.float().mean())  # measured 0.68, 0.80
 
     def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, photos, pool):
