@@ -275,6 +275,41 @@ def load_pool(path: str | os.PathLike) -> np.ndarray:
     return pool
 
 
+def load_photos(folder: str | os.PathLike, *, height: int = 32, width: int = 32,
+                scales: Sequence[int] = DEFAULT_SCALES) -> list[np.ndarray]:
+    """Read the photos a pool is to be cut from (``build_pool``'s sources) out of a folder.
+
+    Args:
+        folder: a folder of ``.png``/``.jpg``/``.jpeg``/``.bmp`` photos of any sizes.
+        height, width, scales: the pool ``build_pool`` will cut; each photo must hold its smallest crop.
+
+    Returns:
+        (H, W, 3) uint8 RGB photos, in file-name order.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        ValueError: not a folder, no image in it, an unreadable image or one smaller than the smallest crop.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"photo folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise InvalidInputError(f"{str(folder)!r} is not a folder of photos", field="photos")
+    files = image_files(folder)
+    if not files:
+        raise InvalidInputError(f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files", field="photos")
+    smallest = min(crop_size(scale, height, width) for scale in scales)
+    photos = []
+    for file in files:
+        photo = read_rgb(file, field="photos")
+        if photo.shape[0] < smallest[0] or photo.shape[1] < smallest[1]:
+            raise InvalidInputError(f"{str(file)!r} is {list(photo.shape[:2])}, smaller than the smallest crop "
+                                    f"{list(smallest)}", field="photos")
+        photos.append(photo)
+    logger.info("loaded %d photos to cut public pools from (%s)", len(photos), folder)
+    return photos
+
+
 def _load_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)

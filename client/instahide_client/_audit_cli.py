@@ -22,7 +22,8 @@ from instahide_client import cli
 from instahide_client.audits import STATE_VALUES, Audit, AuditEvent, AuditReport
 from instahide_client.client import InstaHideClient
 
-ATTACK_NAMES = {"ciphertext_only": "ciphertext-only", "pool_aware": "pool-aware", "key_aware": "key-aware bound"}
+ATTACK_NAMES = {"ciphertext_only": "ciphertext-only", "photo_aware": "photo-aware", "pool_aware": "pool-aware",
+                "key_aware": "key-aware bound"}
 """How the tables name the report's attacks."""
 
 
@@ -61,6 +62,9 @@ def add_parser(commands: argparse._SubParsersAction,
                        help="skip the key-aware bound (the attacker who holds the keys)")
     start.add_argument("--no-pool-aware", action="store_true",
                        help="skip the pool-aware attack (the attacker who also holds the public pool)")
+    start.add_argument("--photo-aware", action="store_true",
+                       help="also run the photo-aware attack (the attacker who holds the photos the server's "
+                            "pool was cut from, but not the pool; slow)")
     start.add_argument("--display-name", default="", help="a name for people")
     start.add_argument("--chunk-images", type=cli._positive_int, default=1024,
                        help="images per upload message (default %(default)s)")
@@ -144,6 +148,7 @@ def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
             **inputs, dataset=args.dataset, mode=args.mode, k=args.k,
             encodings_per_image=args.encodings_per_image, num_classes=args.num_classes, seed=args.seed,
             key_aware_bound=not args.no_key_aware, pool_aware_attack=not args.no_pool_aware,
+            photo_aware_attack=args.photo_aware,
             display_name=args.display_name,
             chunk_images=args.chunk_images, timeout=args.timeout)
     except (ValueError, TypeError) as exc:
@@ -303,6 +308,7 @@ def format_audit(audit: Audit) -> str:
         f"created {_when(audit.create_time)}  started {_when(audit.start_time)}  ended {_when(audit.end_time)}",
         f"{source}; mode {spec.mode}, k {spec.k}, T {spec.encodings_per_image or 'E/N'}, "
         f"seed {'none' if spec.seed is None else spec.seed}, pool-aware {'yes' if spec.pool_aware_attack else 'no'}, "
+        f"photo-aware {'yes' if spec.photo_aware_attack else 'no'}, "
         f"key-aware bound {'yes' if spec.key_aware_bound else 'no'}",
     ]
     if audit.state in ("queued", "running"):

@@ -32,8 +32,8 @@ class AuditUpload:
 
 def audit_spec(*, mode: str = "cross", k: int | None = 6, encodings_per_image: int | None = None,
                num_classes: int | None = None, seed: int | None = None, key_aware_bound: bool = True,
-               pool_aware_attack: bool = True, dataset: str | None = None, precomputed_encodings: bool = False,
-               display_name: str = "") -> audit_pb2.AuditSpec:
+               pool_aware_attack: bool = True, photo_aware_attack: bool = False, dataset: str | None = None,
+               precomputed_encodings: bool = False, display_name: str = "") -> audit_pb2.AuditSpec:
     """The ``AuditSpec`` message from keyword options (None = the service's default: k 6, T 50, or
     for precomputed encodings T = E / N).
 
@@ -60,6 +60,7 @@ def audit_spec(*, mode: str = "cross", k: int | None = 6, encodings_per_image: i
         precomputed_encodings=bool(precomputed_encodings),
         key_aware_bound=bool(key_aware_bound),
         pool_aware_attack=bool(pool_aware_attack),
+        photo_aware_attack=bool(photo_aware_attack),
         display_name=display_name,
     )
     if seed is not None:

@@ -34,8 +34,8 @@ STATES: dict[int, str] = {
 }
 STATE_VALUES: dict[str, int] = {name: value for value, name in STATES.items() if value}
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-ATTACKS = ("ciphertext_only", "pool_aware", "key_aware")
-KEYLESS_ATTACKS = ("ciphertext_only", "pool_aware")
+ATTACKS = ("ciphertext_only", "photo_aware", "pool_aware", "key_aware")
+KEYLESS_ATTACKS = ("ciphertext_only", "photo_aware", "pool_aware")
 """The attacks that hold no key: together they are what the encodings leak to anyone who sees them."""
 METRICS = ("max_ssim", "mean_ssim", "min_l2", "mean_l2")
 NAME_PREFIX = "audits/"
@@ -110,6 +110,7 @@ class AuditSpec:
         seed: the simulated deployment's key seed, or None (fresh keys).
         key_aware_bound: the key-aware bound is run too.
         pool_aware_attack: the pool-aware attack is run too (not for precomputed encodings).
+        photo_aware_attack: the photo-aware attack is run too.
         display_name: a name for people.
     """
 
@@ -122,6 +123,7 @@ class AuditSpec:
     seed: int | None = None
     key_aware_bound: bool = True
     pool_aware_attack: bool = True
+    photo_aware_attack: bool = False
     display_name: str = ""
 
     @classmethod
@@ -136,6 +138,7 @@ class AuditSpec:
             seed=int(msg.seed) if msg.HasField("seed") else None,
             key_aware_bound=bool(msg.key_aware_bound) if msg.HasField("key_aware_bound") else True,
             pool_aware_attack=bool(msg.pool_aware_attack) if msg.HasField("pool_aware_attack") else True,
+            photo_aware_attack=bool(msg.photo_aware_attack),
             display_name=msg.display_name,
         )
 
@@ -236,9 +239,11 @@ class AuditReport:
         key_aware: the bound for an attacker holding the keys (and the pool, when pool_aware ran), or None
             when not run.
         pool_aware: the attack for an attacker who also holds the public pool, or None when not run.
+        photo_aware: the attack for an attacker who holds the photos the pool was cut from, or None when
+            not run.
         device: where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu".
         grid_png: PNG of private images over their best recoveries by the strongest attack without keys
-            (pool-aware when run, else ciphertext-only; b"" in a summary).
+            (pool-aware when run, else photo-aware when run, else ciphertext-only; b"" in a summary).
         images: private images audited.
         encodings: encodings attacked.
         seconds: the whole audit, queue excluded.
@@ -254,6 +259,7 @@ class AuditReport:
     encodings: int
     seconds: float
     audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    photo_aware: AttackScores | None = None
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AuditReport, *, audit: dict[str, Any] | None = None) -> AuditReport:
@@ -261,6 +267,7 @@ class AuditReport:
             ciphertext_only=AttackScores.from_proto(msg.ciphertext_only),
             key_aware=AttackScores.from_proto(msg.key_aware) if msg.HasField("key_aware") else None,
             pool_aware=AttackScores.from_proto(msg.pool_aware) if msg.HasField("pool_aware") else None,
+            photo_aware=AttackScores.from_proto(msg.photo_aware) if msg.HasField("photo_aware") else None,
             device=msg.device,
             grid_png=bytes(msg.grid_png),
             images=int(msg.images),
@@ -270,8 +277,9 @@ class AuditReport:
         )
 
     def attacks(self) -> dict[str, AttackScores]:
-        """The attacks that ran, by name: "ciphertext_only", then "pool_aware" and "key_aware" when present."""
-        attacks = {"ciphertext_only": self.ciphertext_only, "pool_aware": self.pool_aware, "key_aware": self.key_aware}
+        """The attacks that ran, by name, in ``ATTACKS``' order: "ciphertext_only", then "photo_aware",
+        "pool_aware" and "key_aware" when present."""
+        attacks = {name: getattr(self, name) for name in ATTACKS}
         return {name: scores for name, scores in attacks.items() if scores is not None}
 
     def strongest_attack_without_keys(self) -> tuple[str, AttackScores]:

@@ -277,6 +277,7 @@ class InstaHideClient:
         seed: int | None = None,
         key_aware_bound: bool = True,
         pool_aware_attack: bool = True,
+        photo_aware_attack: bool = False,
         dataset: str | None = None,
         encodings: np.ndarray | None = None,
         encoding_labels: np.ndarray | None = None,
@@ -307,6 +308,9 @@ class InstaHideClient:
             key_aware_bound: also run the key-aware bound (the attacker who holds the keys).
             pool_aware_attack: also run the pool-aware attack (the ciphertext-only attacker who also
                 holds the service's public pool; not run for precomputed encodings).
+            photo_aware_attack: also run the photo-aware attack (the ciphertext-only attacker who
+                holds the photos the service's pool was cut from, but not the pool; RGB images only,
+                not for precomputed encodings, refused by a server whose pool was given as images).
             display_name: a name for people.
             chunk_images: most images a message; fewer when needed to stay below ``max_message_bytes``.
 
@@ -325,7 +329,8 @@ class InstaHideClient:
         upload = check_audit_inputs(
             images, labels, dataset=dataset, encodings=encodings, encoding_labels=encoding_labels,
             mode=mode, k=k, encodings_per_image=encodings_per_image, num_classes=num_classes, seed=seed,
-            key_aware_bound=key_aware_bound, pool_aware_attack=pool_aware_attack, display_name=display_name)
+            key_aware_bound=key_aware_bound, pool_aware_attack=pool_aware_attack,
+            photo_aware_attack=photo_aware_attack, display_name=display_name)
         requests = audit_requests(upload, chunk_images=chunk_images, max_message_bytes=self.max_message_bytes)
         return Audit.from_proto(self._unary(self._audits.StartAudit, requests, timeout, metadata).audit)
 

@@ -17,6 +17,7 @@ Each further round picks again from the previous round's recoveries, whose resid
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageT
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import DEFAULT_SCALES, PublicPool, crop_size, resize_image, to_unit_range
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PICKS = 4
 """Windows each encoding picks: its k − 2 = 4 public slots."""
@@ -328,10 +331,11 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
         device, progress, cancel: as for the other attacks.
 
     Returns:
-        The last round's result; its stage seconds summed over the rounds.
+        The last round's result, its stage seconds summed over the rounds; ``start``'s images when no window
+        of the photos is picked by ``min_picks`` encodings (a small set may reuse no public image).
 
     Raises:
-        InvalidInputError: bad arguments, or no window agreed on (nothing to build a pool from).
+        InvalidInputError: bad arguments.
     """
     device = torch.device(device)
     encryption, labels = check_challenge_arrays(encryption, labels, device)
@@ -349,8 +353,9 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
         with tracker.stage("photo_pool") as report:
             windows = photo_pool(encoding_residuals(encryption.abs(), result, public_mean), shrunk, photos,
                                  picks=picks, min_picks=min_picks, report=report)
-        if len(windows) == 0:
-            raise InvalidInputError(f"no window of the photos was picked by {min_picks} encodings", field="photos")
+        if len(windows) == 0:  # the photos hold nothing the encodings agree on: the attacker stays where it was
+            logger.info("photo-aware attack: no window of the photos was picked by %d encodings", min_picks)
+            break
         result = pool_aware_attack(encryption, labels, pool=PublicPool.from_array(windows, device=device),
                                    start=result, encodings_per_image=encodings_per_image, k=k, device=device,
                                    steps=steps, progress=progress, cancel=cancel)

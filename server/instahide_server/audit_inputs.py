@@ -45,6 +45,7 @@ class AuditParams:
     seed: int | None
     key_aware: bool
     pool_aware: bool
+    photo_aware: bool
     precomputed: bool
     dataset: str
 
@@ -85,6 +86,9 @@ def check_spec(spec: audit_pb2.AuditSpec) -> AuditParams:
     if spec.dataset and spec.precomputed_encodings:
         raise InvalidArgument("spec.dataset: a dataset holds private images, not precomputed encodings; "
                               "upload the encodings instead", "spec.dataset")
+    if spec.photo_aware_attack and spec.precomputed_encodings:
+        raise InvalidArgument("spec.photo_aware_attack: not for precomputed encodings (the photos their pool was "
+                              "cut from are unknown)", "spec.photo_aware_attack")
     encodings_per_image = spec.encodings_per_image
     if not encodings_per_image and not spec.precomputed_encodings:
         encodings_per_image = DEFAULT_ENCODINGS_PER_IMAGE
@@ -93,6 +97,7 @@ def check_spec(spec: audit_pb2.AuditSpec) -> AuditParams:
         seed=spec.seed if spec.HasField("seed") else None,
         key_aware=spec.key_aware_bound if spec.HasField("key_aware_bound") else True,
         pool_aware=spec.pool_aware_attack if spec.HasField("pool_aware_attack") else True,
+        photo_aware=spec.photo_aware_attack,
         precomputed=spec.precomputed_encodings, dataset=spec.dataset,
     )
 

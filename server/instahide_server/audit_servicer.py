@@ -17,7 +17,7 @@ import grpc
 from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc
 
 from instahide_server.audit_inputs import Upload, check_spec, load_dataset
-from instahide_server.errors import InvalidArgument
+from instahide_server.errors import FailedPrecondition, InvalidArgument
 from instahide_server.jobs import AuditJobs
 from instahide_server.pools import PoolRegistry
 
@@ -44,6 +44,10 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("spec: the first message of StartAudit must carry the spec", "spec")
         params = check_spec(first.spec)
+        if params.photo_aware and not self._pools.holds_photos:
+            raise FailedPrecondition("spec.photo_aware_attack: this server's public pool was given as images "
+                                     "(--pool), so it holds no photos the pool was cut from; start it with "
+                                     "--pool-photos, or with the bundled pool")
         upload = Upload(params, max_images=self._max_images)
         upload.add(first)
         async for request in iterator:
@@ -56,6 +60,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 self._data_root, params.dataset, params, max_images=self._max_images))
         else:
             data = upload.finish()
+        if params.photo_aware and data.image_shape[2] != 3:
+            raise InvalidArgument(f"spec.photo_aware_attack: needs RGB images (the photos are), got "
+                                  f"{data.image_shape[2]} channel(s)", "spec.photo_aware_attack")
         if not params.precomputed:
             await loop.run_in_executor(None, self._pools.get, data.image_shape)  # builds it once, or refuses
         return audit_pb2.StartAuditResponse(audit=self._jobs.submit(first.spec, data))

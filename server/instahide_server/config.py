@@ -34,6 +34,7 @@ class ServerConfig:
     port_file: pathlib.Path | None = None  # the bound port is written here once serving
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     pool: pathlib.Path | None = None  # .npy or folder of images; None = the bundled default pool
+    pool_photos: pathlib.Path | None = None  # folder of photos to cut the pool from at a secret seed
     cache_dir: pathlib.Path | None = None  # where the default pool is cached; None = ops' default
     token: str | None = field(default=None, repr=False)  # bearer token; None disables auth
     # Transport security: PEM files (read and checked by tls.load_tls). Paths only; the key never sits here.
@@ -120,6 +121,9 @@ class ServerConfig:
             given, missing = (("--tls-cert-file", "--tls-key-file") if self.tls_key_file is None
                               else ("--tls-key-file", "--tls-cert-file"))
             raise ConfigError(f"{given} needs {missing} too (TLS takes a certificate and its key)")
+        if self.pool is not None and self.pool_photos is not None:
+            raise ConfigError("--pool and --pool-photos both name the public pool: give one (--pool for the "
+                              "pool's images, --pool-photos for photos to cut it from)")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file: "
                               "the server must have its own certificate")
@@ -197,6 +201,7 @@ _SETTINGS = (
     _Setting("port_file", pathlib.Path),
     _Setting("device", str),
     _Setting("pool", pathlib.Path),
+    _Setting("pool_photos", pathlib.Path),
     _Setting("cache_dir", pathlib.Path),
     _Setting("max_message_bytes", int),
     _Setting("max_images_per_request", int),

@@ -348,7 +348,8 @@ class AuditJobs:
                                           encodings_per_image=params.encodings_per_image, mode=params.mode,
                                           num_classes=params.num_classes, pool=pool, seed=params.seed,
                                           device=self._device, key_aware=params.key_aware,
-                                          pool_aware=params.pool_aware, progress=progress, cancel=job.cancel)
+                                          pool_aware=params.pool_aware, progress=progress, cancel=job.cancel,
+                                          photos=self._pools.photos if params.photo_aware else None)
             if job.cancel.cancelled:  # stopped after the attack's last check: still honour it
                 raise AttackCancelled("the audit was cancelled")
             return _Outcome(SUCCEEDED, report=report_message(report))

@@ -19,7 +19,7 @@ Domain metrics (``instahide_*``):
   audits_total{state}                 audits ended, by final state (succeeded | failed | cancelled)
   audit_seconds                       running time of each audit that ran
   audit_max_ssim{attack}              the Max_SSIM of each succeeded audit, per attack it ran
-                                      (ciphertext_only | pool_aware | key_aware)
+                                      (ciphertext_only | photo_aware | pool_aware | key_aware)
   device_info{device}                 1, for the device the server encodes on
   gpu_memory_bytes{kind}              torch's allocated / reserved CUDA memory (absent on CPU)
   build_info{version}                 1, for the installed instahide-server version

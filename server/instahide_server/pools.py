@@ -1,25 +1,32 @@
 """The public pools, one per image shape (H, W, C), built on first use on the encoding device.
 
-A pool comes from the configured pool (``--pool``, loaded once at start-up) resized and
-channel-converted to the shape asked for, or, without one, from the bundled default pool built for
-that size (``instahide_ops.pool.default_pool``, cached on disk). Builds run in the encoding threads,
-never on the event loop; a per-shape lock makes concurrent streams wait for one build instead of
-each doing their own. At most ``max_shapes`` pools are kept, the least recently used dropped first.
+A pool comes from one of three places:
+- the configured pool (``--pool``, loaded once at start-up), resized and channel-converted to the shape
+  asked for;
+- the configured photos (``--pool-photos``), cut for each shape as ``instahide_ops.pool.build_pool``
+  cuts, at a seed drawn from the CSPRNG at start-up and never written anywhere;
+- without either, the bundled default pool built for that size (``instahide_ops.pool.default_pool``,
+  cut from the bundled photos at a public seed, cached on disk).
+Builds run in the encoding threads, never on the event loop; a per-shape lock makes concurrent streams
+wait for one build instead of each doing their own. At most ``max_shapes`` pools are kept, the least
+recently used dropped first.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
+import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from instahide_ops import InvalidInputError
-from instahide_ops.pool import PublicPool, adapt_pool, default_pool
+from instahide_ops.pool import PublicPool, adapt_pool, build_pool, bundled_sources, default_pool
 from instahide_server.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -31,21 +38,47 @@ class PoolRegistry:
     """Public pools by image shape; thread-safe."""
 
     def __init__(self, *, device: torch.device, source: np.ndarray | None = None,
-                 cache_dir: pathlib.Path | None = None, max_shapes: int = 8) -> None:
+                 photos: Sequence[np.ndarray] | None = None, cache_dir: pathlib.Path | None = None,
+                 max_shapes: int = 8) -> None:
         """
         Args:
             device: where the pools' images live (the encoding device).
-            source: the configured uint8 (P, H, W, C) pool; None uses the bundled default pool.
+            source: the configured uint8 (P, H, W, C) pool.
+            photos: the configured (H, W, 3) uint8 photos to cut pools from at a secret seed.
             cache_dir: the default pool's cache folder; None leaves it to instahide_ops.
             max_shapes: pools kept at once.
+
+        Without ``source`` or ``photos`` the pools are the bundled default pool.
         """
+        if source is not None and photos is not None:
+            raise ValueError("a pool is given either as images (source) or as photos to cut it from, not both")
         self._device = device
         self._source = source
+        self._photos = None if photos is None else list(photos)
+        # Every shape's pool is cut at this one seed, so each is the same draw from the photos. It is kept
+        # in memory only: an attacker who learns it rebuilds the pool, and it changes at every start.
+        self._photo_seed = secrets.randbits(63) if photos is not None else None
         self._cache_dir = cache_dir
         self._max_shapes = max_shapes
         self._pools: OrderedDict[Shape, PublicPool] = OrderedDict()
         self._building: dict[Shape, threading.Lock] = {}
         self._lock = threading.Lock()  # guards _pools and _building; never held during a build
+
+    @property
+    def holds_photos(self) -> bool:
+        """Whether the pools are cut from photos the server holds (``photos`` is not None)."""
+        return self._source is None
+
+    @property
+    def photos(self) -> list[np.ndarray] | None:
+        """The photos the pools are cut from, which a photo-aware attacker holds: the configured photos, the
+        bundled ones for the default pool, or None for a pool given as images."""
+        if self._source is not None:
+            return None
+        with self._lock:
+            if self._photos is None:
+                self._photos = list(bundled_sources().values())  # default_pool's sources, in its order
+            return self._photos
 
     def get(self, shape: Shape) -> PublicPool:
         """The pool for images of ``shape`` (H, W, C), building it when it is not there yet.
@@ -90,8 +123,11 @@ class PoolRegistry:
         height, width, channels = shape
         start = time.perf_counter()
         try:
-            array = self._source
-            if array is None:
+            if self._source is not None:
+                array = self._source
+            elif self._photo_seed is not None:
+                array = build_pool(self.photos, height=height, width=width, seed=self._photo_seed)
+            else:
                 array = default_pool(height, width, cache_dir=self._cache_dir)
             array = adapt_pool(array, height=height, width=width, channels=channels)
             pool = PublicPool.from_array(array, device=self._device)

@@ -33,7 +33,9 @@ import os
 import pathlib
 import signal
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import torch
@@ -41,7 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from instahide_ops.pool import load_pool
+from instahide_ops.pool import load_photos, load_pool
 from instahide_server import audit_servicer, transform_servicer
 from instahide_server.config import DEFAULT_METRICS_PORT, ConfigError, ServerConfig
 from instahide_server.encoder import BatchEncoder
@@ -113,13 +115,9 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     device = resolve_device(config.device)
     tls = load_tls(config)  # before anything is opened: a bad file leaves nothing to clean up
     metrics = ServerMetrics(device=device)
-    source = None
-    if config.pool is not None:
-        try:
-            source = load_pool(config.pool)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--pool {config.pool}: {exc}") from None
-    pools = PoolRegistry(device=device, source=source, cache_dir=config.cache_dir,
+    source = _load_or_refuse(load_pool, config.pool, "--pool")
+    photos = _load_or_refuse(load_photos, config.pool_photos, "--pool-photos")
+    pools = PoolRegistry(device=device, source=source, photos=photos, cache_dir=config.cache_dir,
                          max_shapes=config.max_pool_shapes)
     limits = Limits(max_images_per_request=config.max_images_per_request,
                     max_message_bytes=config.max_message_bytes)
@@ -172,7 +170,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
                 jobs.workers,
                 config.audit_queue_size, config.data_root or "none")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
-                config.pool or "bundled default", "on" if config.token else "off", config.max_message_bytes,
+                _pool_origin(config), "on" if config.token else "off", config.max_message_bytes,
                 config.workers)
     logger.info("limits: %s concurrent calls, %s streams per connection, %d in flight per stream",
                 config.max_concurrent_rpcs or "unlimited", config.max_concurrent_streams or "unlimited",
@@ -309,6 +307,22 @@ async def _unwind_cancelled_calls(timeout: float = 2.0) -> None:
     others = asyncio.all_tasks() - {asyncio.current_task()}
     if others:
         await asyncio.wait(others, timeout=timeout)
+
+
+def _load_or_refuse(load: Callable[[pathlib.Path], Any], path: pathlib.Path | None, flag: str) -> Any:
+    """``load(path)``, None without a path; ConfigError naming the flag when it cannot be used."""
+    if path is None:
+        return None
+    try:
+        return load(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{flag} {path}: {exc}") from None
+
+
+def _pool_origin(config: ServerConfig) -> str:
+    if config.pool_photos is not None:
+        return f"cut from the photos in {config.pool_photos} at a secret seed"
+    return str(config.pool or "bundled default")
 
 
 def _warm_pool(pools: PoolRegistry, shape: tuple[int, int, int]) -> None:

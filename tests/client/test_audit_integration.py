@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from instahide_client._audit_cli import format_summary
 from instahide_client.cli import main
 
 from instahide_ops.metrics import ssim
-from instahide_ops.pool import unit_range_array
+from instahide_ops.pool import bundled_sources, unit_range_array
 
 UNKNOWN_ID = "0" * 32
 
@@ -174,3 +175,55 @@ def test_unknown_id_exits_1_with_one_line(audit_server, action):
     line = _one_error_line(proc.stderr)
     assert line.startswith("error: NOT_FOUND: ") and UNKNOWN_ID in line
     assert len(proc.stderr.strip().splitlines()) == 1  # no progress bar drawn before the error
+
+
+# The photo-aware attack: a server that cuts its pool from photos (at a secret seed) plays the attacker who
+# holds those photos but not the pool.
+
+@pytest.fixture(scope="module")
+def photo_server(tmp_path_factory, launch_server):
+    tmp = tmp_path_factory.mktemp("photo-server")
+    photos = tmp / "photos"
+    photos.mkdir()
+    for name, photo in bundled_sources(("china", "flower")).items():
+        cv2.imwrite(str(photos / f"{name}.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    with launch_server(tmp, "--pool-photos", str(photos), "--state-dir", str(tmp / "state")) as proc:
+        yield proc
+
+
+def test_cli_runs_the_photo_aware_attack_on_a_pool_cut_from_photos(photo_server, privates, tmp_path, capsys):
+    _, _, path = privates
+    target = ["--target", photo_server.target]
+    report_dir = tmp_path / "report"
+    assert main(["audit", "start", *target, "--images", str(path), "--encodings-per-image", "3", "--seed", "2",
+                 "--no-key-aware", "--no-pool-aware", "--photo-aware", "--report-dir", str(report_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "succeeded" in err
+    assert "ciphertext-only" in out and "photo-aware" in out and "pool-aware " not in out
+    data = json.loads((report_dir / "report.json").read_text())
+    assert data["audit"]["spec"]["photo_aware_attack"] and "pool_aware" not in data
+    photo_aware = data["photo_aware"]
+    assert "photo_pool" in photo_aware["stage_seconds"]
+    assert -1 <= photo_aware["max_ssim"] <= 1
+    assert sum(bucket["count"] for bucket in photo_aware["best_ssim_histogram"]) == 10
+    with np.load(report_dir / "recoveries.npz") as npz:
+        assert npz["photo_aware_recovered"].shape[1:] == (32, 32, 3)
+    # 30 encodings reuse few of the 2,048 public images, so the attacker may find none and keep its start.
+    # Either way the list names the stronger attack without keys.
+    assert main(["audit", "list", *target]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    strongest = max(("ciphertext-only", data["ciphertext_only"]["max_ssim"]),
+                    ("photo-aware", photo_aware["max_ssim"]), key=lambda item: item[1])
+    assert row[-2] == strongest[0] and float(row[-1]) == pytest.approx(strongest[1], abs=5e-5)
+    assert "Traceback" not in photo_server.log()
+
+
+def test_photo_aware_refusals(photo_server, audit_server, privates):
+    images, labels, _ = privates
+    with InstaHideClient(photo_server.target) as client, pytest.raises(InstaHideError) as info:
+        client.start_audit(images[..., :1], labels, photo_aware_attack=True)
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details.startswith("spec.photo_aware_attack: needs RGB images")
+    with InstaHideClient(audit_server.target) as client, pytest.raises(InstaHideError) as info:
+        client.start_audit(images, labels, photo_aware_attack=True)  # its pool was given as images (--pool)
+    assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION and "--pool-photos" in info.value.details

@@ -27,17 +27,19 @@ class TestAuditSpec:
         assert not spec.HasField("seed")
         assert spec.HasField("key_aware_bound") and spec.key_aware_bound
         assert spec.HasField("pool_aware_attack") and spec.pool_aware_attack
+        assert spec.HasField("photo_aware_attack") and not spec.photo_aware_attack  # slow: asked for by name
         assert spec.dataset == "" and not spec.precomputed_encodings
 
     def test_options(self):
         spec = audit_spec(mode="inside", k=4, encodings_per_image=3, num_classes=10, seed=2**64 - 1,
-                          key_aware_bound=False, pool_aware_attack=False, dataset="cifar/test.npz",
-                          display_name="nightly")
+                          key_aware_bound=False, pool_aware_attack=False, photo_aware_attack=True,
+                          dataset="cifar/test.npz", display_name="nightly")
         assert spec.mode == transform_pb2.ENCODE_MODE_INSIDE
         assert (spec.k, spec.encodings_per_image, spec.num_classes) == (4, 3, 10)
         assert spec.seed == 2**64 - 1
         assert spec.HasField("key_aware_bound") and not spec.key_aware_bound
         assert spec.HasField("pool_aware_attack") and not spec.pool_aware_attack
+        assert spec.photo_aware_attack
         assert (spec.dataset, spec.display_name) == ("cifar/test.npz", "nightly")
 
     def test_none_means_service_default(self):

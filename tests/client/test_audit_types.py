@@ -72,14 +72,17 @@ class TestAudit:
         assert co.stage_seconds == {"recovery": 2.25, "similarity": 0.5}
         assert report.key_aware is not None and list(report.attacks()) == ["ciphertext_only", "key_aware"]
 
-    @pytest.mark.parametrize(("ciphertext_only", "pool_aware", "expected"), [
-        (0.41, None, "ciphertext_only"),
-        (0.41, 0.93, "pool_aware"),
-        (0.41, 0.30, "ciphertext_only"),
-        (0.41, 0.41, "ciphertext_only"),
-        (math.nan, 0.30, "pool_aware"),
+    @pytest.mark.parametrize(("ciphertext_only", "pool_aware", "photo_aware", "expected"), [
+        (0.41, None, None, "ciphertext_only"),
+        (0.41, 0.93, None, "pool_aware"),
+        (0.41, 0.30, None, "ciphertext_only"),
+        (0.41, 0.41, None, "ciphertext_only"),
+        (math.nan, 0.30, None, "pool_aware"),
+        (0.41, 0.93, 0.95, "photo_aware"),
+        (0.41, None, 0.90, "photo_aware"),
+        (0.41, 0.93, 0.90, "pool_aware"),
     ])
-    def test_strongest_attack_without_keys(self, ciphertext_only, pool_aware, expected):
+    def test_strongest_attack_without_keys(self, ciphertext_only, pool_aware, photo_aware, expected):
         # The key-aware bound (scored highest here) holds keys, so it is never the answer.
         msg = audit_proto()
         msg.report.ciphertext_only.max_ssim = ciphertext_only
@@ -87,7 +90,12 @@ class TestAudit:
         if pool_aware is not None:
             msg.report.pool_aware.CopyFrom(attack_scores(3))
             msg.report.pool_aware.max_ssim = pool_aware
+        if photo_aware is not None:
+            msg.report.photo_aware.CopyFrom(attack_scores(3))
+            msg.report.photo_aware.max_ssim = photo_aware
         report = Audit.from_proto(msg).report
+        ran = {"photo_aware": photo_aware is not None, "pool_aware": pool_aware is not None}
+        assert list(report.attacks()) == ["ciphertext_only", *(name for name, yes in ran.items() if yes), "key_aware"]
         name, scores = report.strongest_attack_without_keys()
         assert name == expected and scores is report.attacks()[expected]
 

@@ -19,6 +19,7 @@ from instahide_ops.pool import (
     bundled_sources,
     count_keypoints,
     default_pool,
+    load_photos,
     load_pool,
     to_unit_range,
     unit_range_array,
@@ -241,6 +242,33 @@ class TestLoadPool:
         (tmp_path / "pool.txt").write_text("x")
         with pytest.raises(ValueError, match=r"neither a \.npy file nor a folder"):
             load_pool(tmp_path / "pool.txt")
+
+
+class TestLoadPhotos:
+    def test_folder_of_photos_of_any_size_in_name_order(self, tmp_path):
+        red_bgr = np.zeros((70, 90, 3), dtype=np.uint8)
+        red_bgr[..., 2] = 255
+        cv2.imwrite(str(tmp_path / "b.png"), red_bgr)
+        cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((64, 64, 3), dtype=np.uint8))
+        (tmp_path / "notes.txt").write_text("ignored")
+        photos = load_photos(tmp_path)
+        assert [photo.shape for photo in photos] == [(64, 64, 3), (70, 90, 3)]
+        np.testing.assert_array_equal(photos[1][0, 0], [255, 0, 0])
+
+    def test_errors(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_photos(tmp_path / "missing")
+        (tmp_path / "file.png").write_bytes(b"not a png")
+        with pytest.raises(ValueError, match="is not a folder of photos"):
+            load_photos(tmp_path / "file.png")
+        with pytest.raises(ValueError, match="cannot read image"):
+            load_photos(tmp_path)
+        (tmp_path / "file.png").unlink()
+        with pytest.raises(ValueError, match=r"holds no \.png"):
+            load_photos(tmp_path)
+        cv2.imwrite(str(tmp_path / "small.png"), np.zeros((63, 100, 3), dtype=np.uint8))
+        with pytest.raises(ValueError, match=r"small\.png' is \[63, 100\], smaller than the smallest crop \[64, 64\]"):
+            load_photos(tmp_path)
 
 
 class TestAdaptPool:

@@ -376,6 +376,12 @@ def _bad_requests(data_root: pathlib.Path) -> list[tuple[str, list, grpc.StatusC
             spec=audit_pb2.AuditSpec(precomputed_encodings=True), images=to_tensor(images),
             encodings=to_tensor(enc), encoding_labels=to_tensor(np.full((6, 10), value, np.float32)))],
            C.INVALID_ARGUMENT, "encoding_labels") for value in (np.nan, np.inf, -0.1, 0.2)),  # 0.2: rows sum to 2
+        ("photo-aware for precomputed encodings", [audit_pb2.StartAuditRequest(
+            spec=audit_pb2.AuditSpec(precomputed_encodings=True, photo_aware_attack=True), images=to_tensor(images),
+            encodings=to_tensor(enc), encoding_labels=to_tensor(np.full((6, 10), 0.05, np.float32)))],
+         C.INVALID_ARGUMENT, "spec.photo_aware_attack"),
+        ("photo-aware with a pool given as images", list(upload(small_spec(photo_aware_attack=True), images, labels)),
+         C.FAILED_PRECONDITION, "spec.photo_aware_attack"),
         ("unknown dataset", [audit_pb2.StartAuditRequest(spec=small_spec(dataset="sets/missing.npz"))],
          C.NOT_FOUND, "spec.dataset"),
         ("dataset lacks labels", [audit_pb2.StartAuditRequest(spec=small_spec(dataset="unlabelled.npz"))],

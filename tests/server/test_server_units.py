@@ -4,6 +4,7 @@ interceptor."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -19,6 +20,8 @@ from instahide_server.config import ConfigError, ServerConfig
 from instahide_server.errors import InvalidArgument, Status
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.pools import PoolRegistry
+
+from instahide_ops.pool import BUNDLED_SOURCE_NAMES, build_pool, bundled_sources
 
 
 def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
@@ -63,6 +66,7 @@ class TestConfig:
         (["--stream-window-bytes", "1024"], {}, "stream_window_bytes"),
         (["--token-file", "/nonexistent/token"], {}, "token file"),
         ([], {"INSTAHIDE_LOG_LEVEL": "loud"}, "INSTAHIDE_LOG_LEVEL"),
+        (["--pool", "pool.npy"], {"INSTAHIDE_POOL_PHOTOS": "photos"}, "--pool and --pool-photos"),
     ])
     def test_bad_settings_name_their_source(self, argv, env, needle):
         with pytest.raises(ConfigError, match=needle):
@@ -131,6 +135,33 @@ class TestPoolRegistry:
         with pytest.raises(InvalidArgument) as caught:
             registry.get((8, 8, 4))
         assert caught.value.field == "images.shape"
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return list(bundled_sources(("china", "flower")).values())
+
+
+class TestPoolRegistryFromPhotos:
+    def test_cut_from_the_photos_at_a_seed_of_its_own(self, photos, caplog):
+        caplog.set_level(logging.DEBUG)
+        first = PoolRegistry(device=torch.device("cpu"), photos=photos)
+        second = PoolRegistry(device=torch.device("cpu"), photos=photos)
+        assert first.holds_photos and first.photos is not None and len(first.photos) == 2
+        pool = first.get((32, 32, 3))
+        # Exactly build_pool's cut of these photos, at a seed drawn for this registry and never logged.
+        np.testing.assert_array_equal(pool.pixels.numpy(), build_pool(photos, seed=first._photo_seed))
+        assert first._photo_seed != second._photo_seed
+        assert str(first._photo_seed) not in caplog.text and str(second._photo_seed) not in caplog.text
+
+    def test_where_the_photos_come_from(self, photos):
+        bundled = PoolRegistry(device=torch.device("cpu")).photos  # the default pool's: every bundled photo
+        assert bundled is not None and len(bundled) == len(BUNDLED_SOURCE_NAMES)
+        np.testing.assert_array_equal(bundled[0], bundled_sources(BUNDLED_SOURCE_NAMES[:1])[BUNDLED_SOURCE_NAMES[0]])
+        images = PoolRegistry(device=torch.device("cpu"), source=TestPoolRegistry.source)
+        assert not images.holds_photos and images.photos is None
+        with pytest.raises(ValueError, match="not both"):
+            PoolRegistry(device=torch.device("cpu"), source=TestPoolRegistry.source, photos=photos)
 
 
 def test_error_interceptor_maps_domain_errors_and_hides_the_unexpected(caplog):

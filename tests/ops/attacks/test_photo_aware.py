@@ -160,5 +160,13 @@ class TestPhotoAwareAttack:
             attack(view.encryption, view.labels, photos=photos, rounds=0, **arguments)
         with pytest.raises(InvalidInputError, match="no photo holds a window"):
             attack(view.encryption, view.labels, photos=[np.zeros((40, 40, 3), np.uint8)], **arguments)
-        with pytest.raises(InvalidInputError, match="no window of the photos was picked by 1000 encodings"):
-            attack(view.encryption, view.labels, photos=photos, min_picks=1000, **arguments)
+
+    def test_stays_with_its_start_when_no_window_is_agreed_on(self, challenge, ciphertext_only, photos):
+        # A set too small to reuse public images leaves nothing to build a pool from: the attacker is then
+        # no stronger than the ciphertext-only attack, not failed.
+        view, _ = challenge
+        result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
+                                              encodings_per_image=PER_IMAGE, scales=SCALES, min_picks=1000)
+        torch.testing.assert_close(result.decryption, ciphertext_only.decryption)
+        torch.testing.assert_close(result.recovered, ciphertext_only.recovered)
+        assert list(result.stage_seconds) == ["photo_pool"]

@@ -74,6 +74,7 @@ class AuditSpec(_message.Message):
     KEY_AWARE_BOUND_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     POOL_AWARE_ATTACK_FIELD_NUMBER: _builtins.int
+    PHOTO_AWARE_ATTACK_FIELD_NUMBER: _builtins.int
     mode: _transform_pb2.EncodeMode.ValueType
     """Mixing mode of the configuration under audit (cross by default)."""
     k: _builtins.int
@@ -105,6 +106,17 @@ class AuditSpec(_message.Message):
     installs this package. Not run for precomputed encodings (their pool is
     unknown). Absent means true.
     """
+    photo_aware_attack: _builtins.bool
+    """Also run the photo-aware attack: the ciphertext-only attacker who holds
+    the photos the server's public pool was cut from (the bundled photos, or
+    the operator's --pool-photos, cut at a secret seed) but not the pool. It
+    answers whether keeping the pool secret protects when its photos are
+    public, as ImageNet was in the InstaHide Challenge. Needs 3-channel
+    images; FAILED_PRECONDITION when the server's pool came from --pool (it
+    holds no photos); not for precomputed encodings. Absent means false: it
+    searches every crop of the photos and takes several times the
+    ciphertext-only attack's time.
+    """
     def __init__(
         self,
         *,
@@ -118,19 +130,24 @@ class AuditSpec(_message.Message):
         key_aware_bound: _builtins.bool | None = ...,
         display_name: _builtins.str = ...,
         pool_aware_attack: _builtins.bool | None = ...,
+        photo_aware_attack: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "key_aware_bound", b"key_aware_bound", "pool_aware_attack", b"pool_aware_attack", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_photo_aware_attack", b"_photo_aware_attack", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "key_aware_bound", b"key_aware_bound", "photo_aware_attack", b"photo_aware_attack", "pool_aware_attack", b"pool_aware_attack", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "dataset", b"dataset", "display_name", b"display_name", "encodings_per_image", b"encodings_per_image", "k", b"k", "key_aware_bound", b"key_aware_bound", "mode", b"mode", "num_classes", b"num_classes", "pool_aware_attack", b"pool_aware_attack", "precomputed_encodings", b"precomputed_encodings", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_photo_aware_attack", b"_photo_aware_attack", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "dataset", b"dataset", "display_name", b"display_name", "encodings_per_image", b"encodings_per_image", "k", b"k", "key_aware_bound", b"key_aware_bound", "mode", b"mode", "num_classes", b"num_classes", "photo_aware_attack", b"photo_aware_attack", "pool_aware_attack", b"pool_aware_attack", "precomputed_encodings", b"precomputed_encodings", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__key_aware_bound: _TypeAlias = _typing.Literal["key_aware_bound"]  # noqa: Y015
     _WhichOneofArgType__key_aware_bound: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound"]  # noqa: Y015
+    _WhichOneofReturnType__photo_aware_attack: _TypeAlias = _typing.Literal["photo_aware_attack"]  # noqa: Y015
+    _WhichOneofArgType__photo_aware_attack: _TypeAlias = _typing.Literal["_photo_aware_attack", b"_photo_aware_attack"]  # noqa: Y015
     _WhichOneofReturnType__pool_aware_attack: _TypeAlias = _typing.Literal["pool_aware_attack"]  # noqa: Y015
     _WhichOneofArgType__pool_aware_attack: _TypeAlias = _typing.Literal["_pool_aware_attack", b"_pool_aware_attack"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__key_aware_bound) -> _WhichOneofReturnType__key_aware_bound | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__photo_aware_attack) -> _WhichOneofReturnType__photo_aware_attack | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pool_aware_attack) -> _WhichOneofReturnType__pool_aware_attack | None: ...
     @_typing.overload
@@ -198,7 +215,7 @@ class AuditProgress(_message.Message):
     stage: _builtins.str
     """Current stage: "encoding", "training" (on CUDA: the attacker's similarity
     network), "similarity", "clustering", "assignment", "recovery",
-    "orientation", "pool_aware", "key_aware", "scoring".
+    "orientation", "photo_aware", "pool_aware", "key_aware", "scoring".
     """
     stage_fraction: _builtins.float
     """Fraction of the current stage done, in [0, 1]."""
@@ -350,6 +367,7 @@ class AuditReport(_message.Message):
     CIPHERTEXT_ONLY_FIELD_NUMBER: _builtins.int
     KEY_AWARE_FIELD_NUMBER: _builtins.int
     POOL_AWARE_FIELD_NUMBER: _builtins.int
+    PHOTO_AWARE_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     GRID_PNG_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
@@ -359,7 +377,8 @@ class AuditReport(_message.Message):
     """Where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu"."""
     grid_png: _builtins.bytes
     """PNG: private images (top rows) over their best recoveries by the strongest
-    attack without keys that ran (pool-aware when run, else ciphertext-only).
+    attack without keys that ran (pool-aware when run, else photo-aware when
+    run, else ciphertext-only).
     """
     images: _builtins.int
     """Private images and encodings audited."""
@@ -384,21 +403,30 @@ class AuditReport(_message.Message):
         public pool can do (unset when not run).
         """
 
+    @_builtins.property
+    def photo_aware(self) -> Global___AttackScores:
+        """The photo-aware attack: what anyone who sees the encodings and holds the
+        photos the pool was cut from can do (unset when not run). When its
+        photos yield no crop that several encodings share (a small audit may
+        reuse no public image), it reports the ciphertext-only attack's result.
+        """
+
     def __init__(
         self,
         *,
         ciphertext_only: Global___AttackScores | None = ...,
         key_aware: Global___AttackScores | None = ...,
         pool_aware: Global___AttackScores | None = ...,
+        photo_aware: Global___AttackScores | None = ...,
         device: _builtins.str = ...,
         grid_png: _builtins.bytes = ...,
         images: _builtins.int = ...,
         encodings: _builtins.int = ...,
         seconds: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "key_aware", b"key_aware", "pool_aware", b"pool_aware"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "key_aware", b"key_aware", "photo_aware", b"photo_aware", "pool_aware", b"pool_aware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "device", b"device", "encodings", b"encodings", "grid_png", b"grid_png", "images", b"images", "key_aware", b"key_aware", "pool_aware", b"pool_aware", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "device", b"device", "encodings", b"encodings", "grid_png", b"grid_png", "images", b"images", "key_aware", b"key_aware", "photo_aware", b"photo_aware", "pool_aware", b"pool_aware", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
