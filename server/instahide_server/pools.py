@@ -75,10 +75,10 @@ class PoolRegistry:
         bundled ones for the default pool, or None for a pool given as images."""
         if self._source is not None:
             return None
-        with self._lock:
-            if self._photos is None:
-                self._photos = list(bundled_sources().values())  # default_pool's sources, in its order
-            return self._photos
+        photos = self._photos
+        if photos is None:  # two threads may both load them; either list will do
+            photos = self._photos = list(bundled_sources().values())  # default_pool's sources, in its order
+        return photos
 
     def get(self, shape: Shape) -> PublicPool:
         """The pool for images of ``shape`` (H, W, C), building it when it is not there yet.
