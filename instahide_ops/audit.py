@@ -21,7 +21,7 @@ import torch
 from instahide_ops.attacks import AttackResult, CancelToken, create_attack
 from instahide_ops.attacks.ciphertext_only import attack_stages
 from instahide_ops.attacks.photo_aware import STAGES as PHOTO_POOL_STAGES
-from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS
+from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS, DEFAULT_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.errors import InvalidInputError
@@ -32,11 +32,12 @@ from instahide_ops.pool import PublicPool, unit_range_array
 AuditProgressCallback = Callable[[str, float, float], None]
 """Called with (stage, fraction of the stage, fraction of the whole audit)."""
 
-# Rough share of an audit's time per stage (CPU, 100 × 50), for the overall fraction.
-STAGE_WEIGHTS = {"encoding": 0.05, "training": 0.30, "similarity": 0.05, "clustering": 0.03, "assignment": 0.01,
-                 "recovery": 0.40, "orientation": 0.01, "key_aware": 0.40, "scoring": 0.05,
-                 "pool_aware": 1.80, "public_mix": 0.27, "reclustering": 0.02, "refinement": 0.28,
-                 "reassignment": 0.90, "restarts": 0.28, "photo_aware": 2.90, "photo_pool": 1.30}
+# Rough seconds of each attack stage on two CPU cores at 100 × 50, over 250, for the overall fraction (measured
+# through the service on 2026-11-24). An attack run inside the audit as one stage (photo_aware, pool_aware,
+# key_aware) weighs what its own stages weigh.
+STAGE_WEIGHTS = {"encoding": 0.03, "training": 0.30, "similarity": 0.01, "clustering": 0.03, "assignment": 0.01,
+                 "recovery": 0.45, "orientation": 0.01, "scoring": 0.02, "photo_pool": 1.60, "public_mix": 0.35,
+                 "reclustering": 0.04, "refinement": 0.36, "reassignment": 1.20, "restarts": 0.35}
 GRID_PAIRS = 20
 
 
@@ -91,26 +92,38 @@ class LeakageReport:
 class _Progress:
     """Turns stage reports into (stage, stage fraction, overall fraction) callbacks."""
 
-    def __init__(self, callback: AuditProgressCallback | None, stages: list[str]) -> None:
+    def __init__(self, callback: AuditProgressCallback | None, weights: dict[str, float]) -> None:
+        """``weights``: each stage the audit reports, in order, with its share of the time (any unit)."""
         self._callback = callback
-        total = sum(STAGE_WEIGHTS[s] for s in stages)
-        self._start: dict[str, float] = {}
-        done = 0.0
-        for stage in stages:
-            self._start[stage] = done
-            done += STAGE_WEIGHTS[stage] / total
-        self._weights = {s: STAGE_WEIGHTS[s] / total for s in stages}
+        self._weights = weights
+        self._before = _summed_before(weights)
+        self._total = sum(weights.values())
 
     def __call__(self, stage: str, fraction: float) -> None:
-        if self._callback is not None and stage in self._start:
-            self._callback(stage, fraction, min(1.0, self._start[stage] + self._weights[stage] * fraction))
+        if self._callback is not None and stage in self._before:
+            overall = (self._before[stage] + self._weights[stage] * fraction) / self._total
+            self._callback(stage, fraction, min(1.0, overall))
 
-    def renamed(self, name: str, stages: tuple[str, ...]) -> Callable[[str, float], None]:
-        """A callback reporting a sub-attack's ``stages`` as consecutive parts of the one stage ``name``."""
-        total = sum(STAGE_WEIGHTS[s] for s in stages)
-        before = {s: sum(STAGE_WEIGHTS[t] for t in stages[:i]) for i, s in enumerate(stages)}
-        # One division of the weights summed so far: a stage's end then equals the next one's start exactly.
-        return lambda stage, fraction: self(name, (before[stage] + STAGE_WEIGHTS[stage] * fraction) / total)
+    def renamed(self, name: str, parts: dict[str, float]) -> Callable[[str, float], None]:
+        """A callback reporting a sub-attack's stages (``parts``: each with its weight, in order) as consecutive
+        parts of the one stage ``name``."""
+        before, total = _summed_before(parts), sum(parts.values())
+        return lambda stage, fraction: self(name, (before[stage] + parts[stage] * fraction) / total)
+
+
+def _summed_before(weights: dict[str, float]) -> dict[str, float]:
+    # One division of the weights summed so far, in order: a stage's end then equals the next one's start,
+    # and the last one's end the total, exactly.
+    before, done = {}, 0.0
+    for stage, weight in weights.items():
+        before[stage] = done
+        done += weight
+    return before
+
+
+def _weights(stages: Sequence[str], *, slower: Sequence[str] = (), by: float = 1.0) -> dict[str, float]:
+    """``STAGE_WEIGHTS`` of ``stages``, those in ``slower`` multiplied by ``by``."""
+    return {stage: STAGE_WEIGHTS[stage] * (by if stage in slower else 1.0) for stage in stages}
 
 
 def device_name(device: torch.device | str) -> str:
@@ -153,10 +166,15 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                                 f"{len(labels)} labels", field="images")
     pool_aware = pool_aware and mode == "cross"
     photo_aware = photos is not None and mode == "cross"
-    stages = ["encoding", *attack_stages(similarity, device), *(["photo_aware"] if photo_aware else []),
-              *(["pool_aware"] if pool_aware else []),
-              *(["key_aware"] if key_aware else []), "scoring"]
-    report = _Progress(progress, stages)
+    parts = {"photo_aware": _weights((*PHOTO_POOL_STAGES, *POOL_AWARE_STAGES)) if photo_aware else {},
+             "pool_aware": _weights(POOL_AWARE_STAGES) if pool_aware else {},
+             # The bound holding the pool runs the public-mix EM (and its restarts) for more steps.
+             "key_aware": _weights(("recovery", "orientation", *(("public_mix", "restarts") if pool_aware else ())),
+                                   slower=("public_mix", "restarts"),
+                                   by=BOUND_PUBLIC_MIX_STEPS / DEFAULT_PUBLIC_MIX_STEPS) if key_aware else {}}
+    report = _Progress(progress, {**_weights(["encoding", *attack_stages(similarity, device)]),
+                                  **{name: sum(weights.values()) for name, weights in parts.items() if weights},
+                                  **_weights(["scoring"])})
     report("encoding", 0.0)
     cancel.raise_if_cancelled()
     if mode == "cross" and pool is None:  # the pool build_challenge would build, which the attacker holds
@@ -173,16 +191,15 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         from_photos = create_attack("photo_aware")(
             challenge.encryption, challenge.labels, photos=photos, start=attack,
             encodings_per_image=encodings_per_image, k=k, device=device, cancel=cancel,
-            progress=report.renamed("photo_aware", (*PHOTO_POOL_STAGES, *POOL_AWARE_STAGES)))
+            progress=report.renamed("photo_aware", parts["photo_aware"]))
     demixed = None
     if pool_aware:
         demixed = create_attack("pool_aware")(
             challenge.encryption, challenge.labels, pool=pool, start=attack, encodings_per_image=encodings_per_image,
-            k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", POOL_AWARE_STAGES))
+            k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", parts["pool_aware"]))
     bound = None
     if key_aware:
-        bound_stages = ("recovery", "orientation", *(("public_mix", "restarts") if pool_aware else ()))
-        progress = report.renamed("key_aware", bound_stages)
+        progress = report.renamed("key_aware", parts["key_aware"])
         bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
                                            coefficients=truth.coefficients, num_images=len(privates), k=k,
                                            device=device, cancel=cancel, progress=progress)
@@ -212,7 +229,7 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     best SSIM over all originals. No key-aware bound (no keys).
     """
     start = time.perf_counter()
-    report = _Progress(progress, [*attack_stages(similarity, device), "scoring"])
+    report = _Progress(progress, _weights([*attack_stages(similarity, device), "scoring"]))
     attack = create_attack("ciphertext_only")(encryption, labels, k=k, encodings_per_image=encodings_per_image,
                                               mode=mode, device=device, progress=report, cancel=cancel,
                                               similarity=similarity)

@@ -53,6 +53,9 @@ def test_report_equals_the_steps_run_by_hand(privates, pool):
     assert set(summary["ciphertext_only"]["fractions"]) == {"0.5", "0.8"}
     overall = [o for _, _, o in events]
     assert overall == sorted(overall) and overall[-1] == 1.0
+    # The bound holding the pool took 515 of such an audit's 1,273 s through the service (100 × 50, CPU), so
+    # the bar stands near 60 % when it starts, not near its end.
+    assert 0.5 < next(o for s, _, o in events if s == "key_aware") < 0.7
     assert [s for s in dict.fromkeys(s for s, _, _ in events)] == [
         "encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "pool_aware", "key_aware",
         "scoring"]
