@@ -193,6 +193,13 @@ class TestDefaultPool:
         assert default_pool(count=2, cache_dir=blocker / "sub").shape == (2, 32, 32, 3)
 
 
+def _write_red(path, height: int, width: int) -> None:
+    """A pure red image file (OpenCV writes BGR)."""
+    bgr = np.zeros((height, width, 3), dtype=np.uint8)
+    bgr[..., 2] = 255
+    cv2.imwrite(str(path), bgr)
+
+
 class TestLoadPool:
     def test_uint8_npy(self, tmp_path):
         array = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
@@ -207,9 +214,7 @@ class TestLoadPool:
         np.testing.assert_array_equal(loaded, array)
 
     def test_folder_of_pngs_is_rgb(self, tmp_path):
-        red_bgr = np.zeros((10, 12, 3), dtype=np.uint8)
-        red_bgr[..., 2] = 255
-        cv2.imwrite(str(tmp_path / "a.png"), red_bgr)
+        _write_red(tmp_path / "a.png", 10, 12)
         cv2.imwrite(str(tmp_path / "b.PNG"), np.zeros((10, 12, 3), dtype=np.uint8))
         (tmp_path / "notes.txt").write_text("ignored")
         pool = load_pool(tmp_path)
@@ -246,9 +251,7 @@ class TestLoadPool:
 
 class TestLoadPhotos:
     def test_folder_of_photos_of_any_size_in_name_order(self, tmp_path):
-        red_bgr = np.zeros((70, 90, 3), dtype=np.uint8)
-        red_bgr[..., 2] = 255
-        cv2.imwrite(str(tmp_path / "b.png"), red_bgr)
+        _write_red(tmp_path / "b.png", 70, 90)
         cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((64, 64, 3), dtype=np.uint8))
         (tmp_path / "notes.txt").write_text("ignored")
         photos = load_photos(tmp_path)
