@@ -33,8 +33,8 @@ AuditProgressCallback = Callable[[str, float, float], None]
 """Called with (stage, fraction of the stage, fraction of the whole audit)."""
 
 # Rough seconds of each attack stage on two CPU cores at 100 × 50, over 250, for the overall fraction (measured
-# through the service on 2026-11-24). An attack run inside the audit as one stage (photo_aware, pool_aware,
-# key_aware) weighs what its own stages weigh.
+# through the service on 2026-11-24; training, which runs on CUDA only, keeps its older rough share). An attack
+# run inside the audit as one stage (photo_aware, pool_aware, key_aware) weighs what its own stages weigh.
 STAGE_WEIGHTS = {"encoding": 0.03, "training": 0.30, "similarity": 0.01, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.45, "orientation": 0.01, "scoring": 0.02, "photo_pool": 1.60, "public_mix": 0.35,
                  "reclustering": 0.04, "refinement": 0.36, "reassignment": 1.20, "restarts": 0.35}
