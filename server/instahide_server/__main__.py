@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port-file", help="write the bound port to this file once serving")
     add("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when available, else CPU)")
     add("--pool", help="public pool: a .npy file or a folder of images (default: the bundled pool)")
-    add("--pool-photos", help="a folder of photos to cut the public pool from, at a secret seed drawn at "
-                              "each start (instead of --pool); audits can then play the attacker who holds "
-                              "these photos but not the pool")
+    add("--pool-photos", metavar="DIR",
+        help="a folder of photos to cut the public pool from, at a secret seed drawn at each start (instead of "
+             "--pool); audits can then play the attacker who holds these photos but not the pool")
     add("--cache-dir", help="where the bundled pool is cached (default ~/.cache/instahide)")
     add("--token-file", help="require 'authorization: Bearer <token>' with the token in this file "
                              "(INSTAHIDE_TOKEN_FILE; or the token itself in INSTAHIDE_TOKEN)")
