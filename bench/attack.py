@@ -12,8 +12,8 @@ ImageNet crops). Writes the challenge files and the picture of originals over th
 Anchors: Carlini et al. reached Max_SSIM 0.90 / Mean_SSIM 0.43 / Min_L2 0.01 / Mean_L2 0.31 in about
 12 GPU-hours; the PRNG attack reached 0.98 because the challenge used a 32-bit seed.
 
-Usage: python bench/attack.py [--quick] [--device cuda] [--photo-aware] [--no-pool-aware] [--private-dir DIR]
-                              [--out DIR]
+Usage: python bench/attack.py [--quick] [--device cuda] [--photo-aware] [--no-pool-aware] [--pool-size P]
+                              [--private-dir DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from instahide_ops.challenge import (
     load_private_images,
     save_challenge,
 )
-from instahide_ops.pool import bundled_sources
+from instahide_ops.pool import DEFAULT_POOL_SIZE, bundled_sources
 
 
 def main() -> None:
@@ -53,6 +53,9 @@ def main() -> None:
                         help="the attack's similarity stage (auto: the learned network on CUDA, else high-pass)")
     parser.add_argument("--photo-aware", action="store_true",
                         help="also run the attacker who holds the public pool's photos but not the pool")
+    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE,
+                        help=f"public images in the pool (default {DEFAULT_POOL_SIZE}); a larger one reuses each "
+                             "image in fewer encodings")
     parser.add_argument("--no-pool-aware", action="store_true", help="skip the pool-aware attack")
     parser.add_argument("--private-dir", default=None,
                         help="attack your own images instead of the bundled ones: a folder of images (pseudo-classes) "
@@ -73,7 +76,7 @@ def main() -> None:
         privates, classes = privates[:images], classes[:images]
     else:
         privates, classes = bundled_private_images(images)
-    pool = challenge_public_pool(device=args.device)
+    pool = challenge_public_pool(count=args.pool_size, device=args.device)
     build_seconds = time.perf_counter() - start
     report = audit_deployment(
         privates, classes, k=args.k, encodings_per_image=per_image, pool=pool, seed=args.seed, device=args.device,
@@ -87,8 +90,8 @@ def main() -> None:
     (out / "grid.png").write_bytes(report.grid_png)
 
     results = {"benchmark": "attack", "cpu": platform.machine(), "cores": os.cpu_count(),
-               "k": args.k, "encodings_per_image": per_image, "seed": args.seed, "similarity": args.similarity,
-               "setup_seconds": build_seconds,
+               "k": args.k, "encodings_per_image": per_image, "pool_size": args.pool_size, "seed": args.seed,
+               "similarity": args.similarity, "setup_seconds": build_seconds,
                **report.summary(), "out": str(out)}
     print(" " * 60)
     for name in report.attacks():

@@ -19,6 +19,7 @@ import torch
 from instahide_ops.encode import EncodeParams, apply_keys, encode
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import (
+    DEFAULT_POOL_SIZE,
     IMAGE_SUFFIXES,
     PublicPool,
     bundled_sources,
@@ -156,10 +157,12 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def challenge_public_pool(height: int = 32, width: int = 32, *, device: torch.device | str = "cpu",
+def challenge_public_pool(height: int = 32, width: int = 32, *, count: int = DEFAULT_POOL_SIZE,
+                          device: torch.device | str = "cpu",
                           cache_dir: str | os.PathLike | None = None) -> PublicPool:
-    """The public pool for bundled challenge sets: cut only from photos no private image comes from."""
-    array = default_pool(height, width, cache_dir=cache_dir, sources=PUBLIC_SOURCE_NAMES)
+    """The public pool (``count`` images) for bundled challenge sets: cut only from photos no private image
+    comes from."""
+    array = default_pool(height, width, count=count, cache_dir=cache_dir, sources=PUBLIC_SOURCE_NAMES)
     return PublicPool.from_array(array, device=device)
 
 

@@ -13,12 +13,13 @@ from instahide_ops.challenge import (
     PUBLIC_SOURCE_NAMES,
     build_challenge,
     bundled_private_images,
+    challenge_public_pool,
     load_challenge,
     load_ground_truth,
     load_private_images,
     save_challenge,
 )
-from instahide_ops.pool import PublicPool
+from instahide_ops.pool import PublicPool, build_pool, bundled_sources
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,12 @@ class TestBundledPrivateImages:
     def test_other_sizes(self):
         images, _ = bundled_private_images(4, height=24, width=40)
         assert images.shape == (4, 24, 40, 3)
+
+
+def test_public_pool_of_a_given_size_is_cut_from_the_public_photos_only(tmp_path):
+    pool = challenge_public_pool(count=24, cache_dir=tmp_path)
+    expected = build_pool(bundled_sources(PUBLIC_SOURCE_NAMES).values(), count=24)
+    assert len(pool) == 24 and np.array_equal(pool.pixels.numpy(), expected)
 
 
 class TestBuildChallenge:
