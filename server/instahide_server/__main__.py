@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--pool-photos", metavar="DIR",
         help="a folder of photos to cut the public pool from, at a secret seed drawn at each start (instead of "
              "--pool); audits can then play the attacker who holds these photos but not the pool")
+    add("--pool-size", type=int, metavar="N",
+        help="images in the pool the server cuts, bundled or from --pool-photos (default 2048); a larger pool "
+             "reuses each public image in fewer encodings")
     add("--cache-dir", help="where the bundled pool is cached (default ~/.cache/instahide)")
     add("--token-file", help="require 'authorization: Bearer <token>' with the token in this file "
                              "(INSTAHIDE_TOKEN_FILE; or the token itself in INSTAHIDE_TOKEN)")

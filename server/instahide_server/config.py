@@ -35,6 +35,7 @@ class ServerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     pool: pathlib.Path | None = None  # .npy or folder of images; None = the bundled default pool
     pool_photos: pathlib.Path | None = None  # folder of photos to cut the pool from at a secret seed
+    pool_size: int | None = None  # images in a pool the server cuts (default or from pool_photos); None = ops' default
     cache_dir: pathlib.Path | None = None  # where the default pool is cached; None = ops' default
     token: str | None = field(default=None, repr=False)  # bearer token; None disables auth
     # Transport security: PEM files (read and checked by tls.load_tls). Paths only; the key never sits here.
@@ -124,6 +125,11 @@ class ServerConfig:
         if self.pool is not None and self.pool_photos is not None:
             raise ConfigError("--pool and --pool-photos both name the public pool: give one (--pool for the "
                               "pool's images, --pool-photos for photos to cut it from)")
+        if self.pool_size is not None and self.pool is not None:
+            raise ConfigError("--pool-size sizes a pool the server cuts (the bundled one or --pool-photos); "
+                              "--pool gives the pool's images, so its size is theirs")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigError(f"pool_size must be at least 1, got {self.pool_size}")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ConfigError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file: "
                               "the server must have its own certificate")
@@ -202,6 +208,7 @@ _SETTINGS = (
     _Setting("device", str),
     _Setting("pool", pathlib.Path),
     _Setting("pool_photos", pathlib.Path),
+    _Setting("pool_size", int),
     _Setting("cache_dir", pathlib.Path),
     _Setting("max_message_bytes", int),
     _Setting("max_images_per_request", int),

@@ -7,6 +7,7 @@ A pool comes from one of three places:
   cuts, at a seed drawn from the CSPRNG at start-up and never written anywhere;
 - without either, the bundled default pool built for that size (``instahide_ops.pool.default_pool``,
   cut from the bundled photos at a public seed, cached on disk).
+The last two hold ``--pool-size`` images each.
 Builds run in the encoding threads, never on the event loop; a per-shape lock makes concurrent streams
 wait for one build instead of each doing their own. At most ``max_shapes`` pools are kept, the least
 recently used dropped first.
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from instahide_ops import InvalidInputError
-from instahide_ops.pool import PublicPool, adapt_pool, build_pool, bundled_sources, default_pool
+from instahide_ops.pool import DEFAULT_POOL_SIZE, PublicPool, adapt_pool, build_pool, bundled_sources, default_pool
 from instahide_server.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -38,13 +39,14 @@ class PoolRegistry:
     """Public pools by image shape; thread-safe."""
 
     def __init__(self, *, device: torch.device, source: np.ndarray | None = None,
-                 photos: Sequence[np.ndarray] | None = None, cache_dir: pathlib.Path | None = None,
-                 max_shapes: int = 8) -> None:
+                 photos: Sequence[np.ndarray] | None = None, size: int | None = None,
+                 cache_dir: pathlib.Path | None = None, max_shapes: int = 8) -> None:
         """
         Args:
             device: where the pools' images live (the encoding device).
             source: the configured uint8 (P, H, W, C) pool.
             photos: the configured (H, W, 3) uint8 photos to cut pools from at a secret seed.
+            size: images in each pool cut from ``photos`` or the bundled photos; None = ``DEFAULT_POOL_SIZE``.
             cache_dir: the default pool's cache folder; None leaves it to instahide_ops.
             max_shapes: pools kept at once.
 
@@ -52,9 +54,12 @@ class PoolRegistry:
         """
         if source is not None and photos is not None:
             raise ValueError("a pool is given either as images (source) or as photos to cut it from, not both")
+        if source is not None and size is not None:
+            raise ValueError("size sets pools cut from photos; a pool given as images (source) is as large as they are")
         self._device = device
         self._source = source
         self._photos = None if photos is None else list(photos)
+        self._size = DEFAULT_POOL_SIZE if size is None else size
         # Every shape's pool is cut at this one seed, so each is the same draw from the photos. It is kept
         # in memory only: an attacker who learns it rebuilds the pool, and it changes at every start.
         self._photo_seed = secrets.randbits(63) if photos is not None else None
@@ -126,9 +131,9 @@ class PoolRegistry:
             if self._source is not None:
                 array = self._source
             elif self._photo_seed is not None:
-                array = build_pool(self.photos, height=height, width=width, seed=self._photo_seed)
+                array = build_pool(self.photos, height=height, width=width, count=self._size, seed=self._photo_seed)
             else:
-                array = default_pool(height, width, cache_dir=self._cache_dir)
+                array = default_pool(height, width, count=self._size, cache_dir=self._cache_dir)
             array = adapt_pool(array, height=height, width=width, channels=channels)
             pool = PublicPool.from_array(array, device=self._device)
         except InvalidInputError as exc:

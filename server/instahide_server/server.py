@@ -117,8 +117,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     metrics = ServerMetrics(device=device)
     source = _load_or_refuse(load_pool, config.pool, "--pool")
     photos = _load_or_refuse(load_photos, config.pool_photos, "--pool-photos")
-    pools = PoolRegistry(device=device, source=source, photos=photos, cache_dir=config.cache_dir,
-                         max_shapes=config.max_pool_shapes)
+    pools = PoolRegistry(device=device, source=source, photos=photos, size=config.pool_size,
+                         cache_dir=config.cache_dir, max_shapes=config.max_pool_shapes)
     limits = Limits(max_images_per_request=config.max_images_per_request,
                     max_message_bytes=config.max_message_bytes)
     encoder = BatchEncoder(device=device, pools=pools, limits=limits, metrics=metrics)
@@ -320,9 +320,10 @@ def _load_or_refuse(load: Callable[[pathlib.Path], Any], path: pathlib.Path | No
 
 
 def _pool_origin(config: ServerConfig) -> str:
+    size = "" if config.pool_size is None else f", {config.pool_size} images"
     if config.pool_photos is not None:
-        return f"cut from the photos in {config.pool_photos} at a secret seed"
-    return str(config.pool or "bundled default")
+        return f"cut from the photos in {config.pool_photos} at a secret seed{size}"
+    return str(config.pool or f"bundled default{size}")
 
 
 def _warm_pool(pools: PoolRegistry, shape: tuple[int, int, int]) -> None:

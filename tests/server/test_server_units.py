@@ -21,7 +21,7 @@ from instahide_server.errors import InvalidArgument, Status
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.pools import PoolRegistry
 
-from instahide_ops.pool import BUNDLED_SOURCE_NAMES, build_pool, bundled_sources
+from instahide_ops.pool import BUNDLED_SOURCE_NAMES, build_pool, bundled_sources, default_pool
 
 
 def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
@@ -52,6 +52,10 @@ class TestConfig:
         assert _config([], {"INSTAHIDE_TOKEN_FILE": str(token_file)}).token == "from-file"
         assert "from-file" not in repr(_config(["--token-file", str(token_file)], {}))
 
+    def test_pool_size(self):
+        assert _config([], {}).pool_size is None
+        assert _config(["--pool-photos", "photos"], {"INSTAHIDE_POOL_SIZE": "64"}).pool_size == 64
+
     def test_warm_shapes(self):
         assert _config([], {}).warm_shapes == ((32, 32, 3),)
         assert _config(["--warm-shapes", "24x40x3, 16x16x1"], {}).warm_shapes == ((24, 40, 3), (16, 16, 1))
@@ -67,6 +71,8 @@ class TestConfig:
         (["--token-file", "/nonexistent/token"], {}, "token file"),
         ([], {"INSTAHIDE_LOG_LEVEL": "loud"}, "INSTAHIDE_LOG_LEVEL"),
         (["--pool", "pool.npy"], {"INSTAHIDE_POOL_PHOTOS": "photos"}, "--pool and --pool-photos"),
+        (["--pool", "pool.npy", "--pool-size", "64"], {}, "--pool-size sizes a pool the server cuts"),
+        ([], {"INSTAHIDE_POOL_SIZE": "0"}, "pool_size must be at least 1"),
     ])
     def test_bad_settings_name_their_source(self, argv, env, needle):
         with pytest.raises(ConfigError, match=needle):
@@ -153,6 +159,14 @@ class TestPoolRegistryFromPhotos:
         np.testing.assert_array_equal(pool.pixels.numpy(), build_pool(photos, seed=first._photo_seed))
         assert first._photo_seed != second._photo_seed
         assert str(first._photo_seed) not in caplog.text and str(second._photo_seed) not in caplog.text
+
+    def test_pools_it_cuts_hold_the_size_asked_for(self, photos, tmp_path):
+        cut = PoolRegistry(device=torch.device("cpu"), photos=photos, size=24).get((32, 32, 3))
+        assert len(cut) == 24
+        bundled = PoolRegistry(device=torch.device("cpu"), size=24, cache_dir=tmp_path).get((16, 16, 3))
+        np.testing.assert_array_equal(bundled.pixels.numpy(), default_pool(16, 16, count=24, cache_dir=tmp_path))
+        with pytest.raises(ValueError, match="as large as they are"):
+            PoolRegistry(device=torch.device("cpu"), source=TestPoolRegistry.source, size=24)
 
     def test_where_the_photos_come_from(self, photos):
         bundled = PoolRegistry(device=torch.device("cpu")).photos  # the default pool's: every bundled photo
