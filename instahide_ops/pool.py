@@ -295,13 +295,9 @@ def load_photos(folder: str | os.PathLike, *, height: int = 32, width: int = 32,
         raise FileNotFoundError(f"photo folder {str(folder)!r} does not exist")
     if not folder.is_dir():
         raise InvalidInputError(f"{str(folder)!r} is not a folder of photos", field="photos")
-    files = image_files(folder)
-    if not files:
-        raise InvalidInputError(f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files", field="photos")
     smallest = min(crop_size(scale, height, width) for scale in scales)
     photos = []
-    for file in files:
-        photo = read_rgb(file, field="photos")
+    for file, photo in _read_folder(folder, field="photos"):
         if photo.shape[0] < smallest[0] or photo.shape[1] < smallest[1]:
             raise InvalidInputError(f"{str(file)!r} is {list(photo.shape[:2])}, smaller than the smallest crop "
                                     f"{list(smallest)}", field="photos")
@@ -326,18 +322,22 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_folder(path: Path) -> np.ndarray:
-    files = image_files(path)
-    if not files:
-        raise InvalidInputError(f"{str(path)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files", field="pool")
-    images: list[np.ndarray] = []
-    for file in files:
-        rgb = read_rgb(file, field="pool")
-        if images and rgb.shape != images[0].shape:
-            raise InvalidInputError(f"{str(file)!r} is {list(rgb.shape[:2])} but {str(files[0])!r} is "
-                                    f"{list(images[0].shape[:2])}; all pool images must share one size",
+    images = _read_folder(path, field="pool")
+    first, first_rgb = images[0]
+    for file, rgb in images:
+        if rgb.shape != first_rgb.shape:
+            raise InvalidInputError(f"{str(file)!r} is {list(rgb.shape[:2])} but {str(first)!r} is "
+                                    f"{list(first_rgb.shape[:2])}; all pool images must share one size",
                                     field="pool")
-        images.append(rgb)
-    return np.stack(images)
+    return np.stack([rgb for _, rgb in images])
+
+
+def _read_folder(folder: Path, *, field: str) -> list[tuple[Path, np.ndarray]]:
+    """Every image file of ``folder`` (``image_files``) with its RGB pixels; at least one, or InvalidInputError."""
+    files = image_files(folder)
+    if not files:
+        raise InvalidInputError(f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files", field=field)
+    return [(file, read_rgb(file, field=field)) for file in files]
 
 
 def image_files(folder: Path) -> list[Path]:
