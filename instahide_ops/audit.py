@@ -24,6 +24,7 @@ from instahide_ops.attacks.photo_aware import STAGES as PHOTO_POOL_STAGES
 from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS, DEFAULT_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.challenge import build_challenge, challenge_public_pool
+from instahide_ops.encode import EncodeParams
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
 from instahide_ops.metrics import ChallengeScores, RecoveryScores, challenge_scores, pairwise_ssim, recovered_fractions
@@ -71,11 +72,14 @@ class LeakageReport:
     grid_png: bytes
     seconds: float
     photo_aware: AttackReport | None = None
+    pool_images: int = 0  # the public pool the encodings mixed in; 0 and "" for none (or unknown)
+    pool_fingerprint: str = ""
 
     def summary(self) -> dict:
         """The headline numbers, JSON-ready."""
         out: dict = {"device": self.device, "images": self.images, "encodings": self.encodings,
-                     "seconds": self.seconds}
+                     "seconds": self.seconds, "pool_images": self.pool_images,
+                     "pool_fingerprint": self.pool_fingerprint}
         for name, report in self.attacks().items():
             out[name] = {**(report.scores.to_dict() if report.scores else {}),
                          **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
@@ -177,7 +181,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                                   **_weights(["scoring"])})
     report("encoding", 0.0)
     cancel.raise_if_cancelled()
-    if mode == "cross" and pool is None:  # the pool build_challenge would build, which the attacker holds
+    mixes_pool = EncodeParams(mode=mode, k=k).private_slots < k
+    if mixes_pool and pool is None:  # the pool build_challenge would build, which the attacker holds
         pool = challenge_public_pool(*np.shape(privates)[1:3], device=device)
     challenge, truth = build_challenge(privates, labels, encodings_per_image=encodings_per_image, k=k, mode=mode,
                                        pool=pool, num_classes=num_classes or int(labels.max()) + 1, seed=seed,
@@ -215,7 +220,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
               for result in (attack, bound, demixed, from_photos)]
     report("scoring", 1.0)
     return _leakage_report(*scored, originals=originals, device=device, encodings=len(challenge.encryption),
-                           start=start)
+                           start=start, pool=pool if mixes_pool else None)
 
 
 def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,
@@ -240,7 +245,7 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     scored = _score(attack, originals_t, pairs)
     report("scoring", 1.0)
     return _leakage_report(scored, None, None, None, originals=originals_t, device=device, encodings=len(encryption),
-                           start=start)
+                           start=start, pool=None)
 
 
 def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:
@@ -250,10 +255,11 @@ def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -
 
 def _leakage_report(attack: AttackReport, bound: AttackReport | None, demixed: AttackReport | None,
                     from_photos: AttackReport | None, *, originals: torch.Tensor, device: torch.device | str,
-                    encodings: int, start: float) -> LeakageReport:
+                    encodings: int, start: float, pool: PublicPool | None) -> LeakageReport:
     shown = min(GRID_PAIRS, len(originals))
     strongest = demixed or from_photos or attack  # the picture shows the worst case without keys
     grid = image_grid(originals[:shown], strongest.recovered[strongest.recovery.best_match[:shown]])
     return LeakageReport(attack, bound, demixed, device_name(device), len(originals), encodings, encode_png(grid),
-                         time.perf_counter() - start, from_photos)
+                         time.perf_counter() - start, from_photos, pool_images=0 if pool is None else len(pool),
+                         pool_fingerprint="" if pool is None else pool.fingerprint)
 

@@ -286,16 +286,17 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def format_summary(report: AuditReport) -> str:
-    """The leakage table: one row per attack, then the device and sizes."""
+    """The leakage table: one row per attack, then the device, sizes and the pool mixed in."""
     rows = [(ATTACK_NAMES[name], _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
              f"{s.recovered_above_0_5:.1%}", f"{s.recovered_above_0_8:.1%}",
              f"{sum(s.stage_seconds.values()):.1f}")
             for name, s in report.attacks().items()]
     table = _table(("attack", "Max_SSIM", "Mean_SSIM", "Min_L2", "Mean_L2", "recovered>0.5", ">0.8", "seconds"),
                    rows)
+    pool = f"  pool: {report.pool_images} images ({report.pool_fingerprint[:12]})" if report.pool_images else ""
     return (f"{table}\n"
             f"device: {report.device}  images: {report.images}  encodings: {report.encodings}  "
-            f"seconds: {report.seconds:.1f}")
+            f"seconds: {report.seconds:.1f}{pool}")
 
 
 def format_audit(audit: Audit) -> str:

@@ -248,6 +248,9 @@ class AuditReport:
         encodings: encodings attacked.
         seconds: the whole audit, queue excluded.
         audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
+        pool_images, pool_fingerprint: the public pool the audited encodings mixed in, the one the server
+            encodes this image shape with (its fingerprint is ``Keys.pool_fingerprint``); 0 and "" when
+            none was (inside mode) or it is unknown (precomputed encodings).
     """
 
     ciphertext_only: AttackScores
@@ -260,6 +263,8 @@ class AuditReport:
     seconds: float
     audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     photo_aware: AttackScores | None = None
+    pool_images: int = 0
+    pool_fingerprint: str = ""
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AuditReport, *, audit: dict[str, Any] | None = None) -> AuditReport:
@@ -274,6 +279,8 @@ class AuditReport:
             encodings=int(msg.encodings),
             seconds=float(msg.seconds),
             audit=dict(audit or {}),
+            pool_images=int(msg.pool_images),
+            pool_fingerprint=msg.pool_fingerprint,
         )
 
     def attacks(self) -> dict[str, AttackScores]:
@@ -297,7 +304,8 @@ class AuditReport:
         if self.audit:
             out["audit"] = self.audit
         out.update({"device": self.device, "images": self.images, "encodings": self.encodings,
-                    "seconds": json_number(self.seconds)})
+                    "seconds": json_number(self.seconds), "pool_images": self.pool_images,
+                    "pool_fingerprint": self.pool_fingerprint})
         for name, scores in self.attacks().items():
             out[name] = scores.to_dict()
         out["files"] = {"grid": GRID_PNG if self.grid_png else None,

@@ -10,9 +10,10 @@ from instahide_ops.audit import AttackReport, LeakageReport
 
 
 def report_message(report: LeakageReport) -> audit_pb2.AuditReport:
-    """The wire form of a leakage report (the attacks that ran, device, grid, sizes and seconds)."""
+    """The wire form of a leakage report (the attacks that ran, device, grid, sizes, seconds and pool)."""
     message = audit_pb2.AuditReport(device=report.device, grid_png=report.grid_png, images=report.images,
-                                    encodings=report.encodings, seconds=report.seconds)
+                                    encodings=report.encodings, seconds=report.seconds,
+                                    pool_images=report.pool_images, pool_fingerprint=report.pool_fingerprint)
     for name, attack in report.attacks().items():
         getattr(message, name).CopyFrom(attack_scores(attack))
     return message

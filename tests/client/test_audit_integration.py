@@ -56,6 +56,7 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
         audit = client.wait_audit(started.id, progress=events.append, timeout=60)
         summary = client.get_audit(started.name, summary_only=True)
         listed = [a.name for a in client.list_audits(state="succeeded")]
+        encoded_with = client.encode(images, labels, return_keys=True).keys.pool_fingerprint
 
     assert audit.state == "succeeded" and audit.error == "" and audit.done
     assert audit.start_time is not None and audit.end_time >= audit.start_time >= audit.create_time
@@ -69,6 +70,8 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
 
     report = audit.report
     assert (report.images, report.encodings) == (10, 30) and report.device.startswith("cpu")
+    # The audit mixed in the pool the server encodes with: the small pool it was started with.
+    assert (report.pool_images, report.pool_fingerprint) == (64, encoded_with)
     assert report.grid_png.startswith(b"\x89PNG") and report.seconds > 0
     assert set(report.attacks()) == {"ciphertext_only", "pool_aware", "key_aware"}
     table = format_summary(report).splitlines()
@@ -89,6 +92,7 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
     assert sorted(p.name for p in paths) == ["grid.png", "recoveries.npz", "report.json"]
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["audit"]["name"] == audit.name and data["audit"]["state"] == "succeeded"
+    assert (data["pool_images"], data["pool_fingerprint"]) == (64, encoded_with)
     assert data["audit"]["spec"]["display_name"] == "e2e"
     assert data["ciphertext_only"]["max_ssim"] == pytest.approx(report.ciphertext_only.max_ssim)
     assert (tmp_path / "report" / "grid.png").read_bytes() == report.grid_png
@@ -114,7 +118,7 @@ def test_cli_start_list_get_delete(audit_server, privates, tmp_path, capsys):
     name = next(line.split()[1] for line in err.splitlines() if line.startswith("started "))
     assert "succeeded" in err and "100%" in err
     assert "ciphertext-only" in out and "key-aware" not in out and "pool-aware" not in out
-    assert "Max_SSIM" in out and "device: cpu" in out
+    assert "Max_SSIM" in out and "device: cpu" in out and "pool: 64 images (" in out
     assert sorted(p.name for p in report_dir.iterdir()) == ["grid.png", "recoveries.npz", "report.json"]
     data = json.loads((report_dir / "report.json").read_text())
     assert "key_aware" not in data and "pool_aware" not in data and not data["audit"]["spec"]["pool_aware_attack"]
@@ -217,6 +221,7 @@ def test_cli_runs_the_photo_aware_attack_on_a_pool_cut_from_photos(photo_server,
     assert "ciphertext-only" in out and "photo-aware" in out and "pool-aware " not in out
     data = json.loads((report_dir / "report.json").read_text())
     assert data["audit"]["spec"]["photo_aware_attack"] and "pool_aware" not in data
+    assert data["pool_images"] == PHOTO_POOL_SIZE
     photo_aware = data["photo_aware"]
     # It found public images among the photos' windows and ran the pool-aware attack with them ...
     assert {"photo_pool", "public_mix", "recovery"} <= set(photo_aware["stage_seconds"])

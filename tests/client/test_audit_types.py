@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 from instahide_client import Audit, AuditEvent, AuditReport
+from instahide_client._audit_cli import format_summary
 from instahide_client._convert import to_tensor
 from instahide_client.audits import audit_name
 from instahide_client.instahide.v1 import audit_pb2, transform_pb2
@@ -71,6 +72,18 @@ class TestAudit:
         assert len(co.histogram) == 20 and co.histogram[0] == (-1.0, pytest.approx(-0.9), 2)
         assert co.stage_seconds == {"recovery": 2.25, "similarity": 0.5}
         assert report.key_aware is not None and list(report.attacks()) == ["ciphertext_only", "key_aware"]
+        assert (report.pool_images, report.pool_fingerprint) == (0, "")  # inside mode mixes no pool
+        assert "pool:" not in format_summary(report)
+
+    def test_the_pool_mixed_in(self, tmp_path):
+        msg = audit_proto()
+        msg.report.pool_images, msg.report.pool_fingerprint = 2048, "ab12" * 16
+        report = Audit.from_proto(msg).report
+        assert (report.pool_images, report.pool_fingerprint) == (2048, "ab12" * 16)
+        assert format_summary(report).endswith("pool: 2048 images (ab12ab12ab12)")
+        report.write(tmp_path)
+        data = json.loads((tmp_path / "report.json").read_text())
+        assert (data["pool_images"], data["pool_fingerprint"]) == (2048, "ab12" * 16)
 
     @pytest.mark.parametrize(("ciphertext_only", "pool_aware", "photo_aware", "expected"), [
         (0.41, None, None, "ciphertext_only"),

@@ -59,7 +59,9 @@ def test_report_equals_the_steps_run_by_hand(privates, pool):
     assert [s for s in dict.fromkeys(s for s, _, _ in events)] == [
         "encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "pool_aware", "key_aware",
         "scoring"]
-    assert list(summary) == ["device", "images", "encodings", "seconds", "ciphertext_only", "pool_aware", "key_aware"]
+    assert list(summary) == ["device", "images", "encodings", "seconds", "pool_images", "pool_fingerprint",
+                             "ciphertext_only", "pool_aware", "key_aware"]
+    assert (summary["pool_images"], summary["pool_fingerprint"]) == (len(pool), pool.fingerprint)
     grid = cv2.imdecode(np.frombuffer(report.grid_png, np.uint8), cv2.IMREAD_COLOR)
     assert grid is not None and grid.shape[0] > 64 and grid.shape[1] > 64
 
@@ -98,6 +100,12 @@ def test_with_the_photo_aware_attack(privates):
     assert overall == sorted(overall) and overall[-1] == 1.0
 
 
+def test_inside_mode_mixes_no_pool(privates):
+    images, classes = privates
+    report = audit_deployment(images, classes, k=4, mode="inside", encodings_per_image=2, seed=1, key_aware=False)
+    assert report.pool_aware is None and (report.pool_images, report.pool_fingerprint) == (0, "")
+
+
 def test_cancel(privates, pool):
     images, classes = privates
     cancel = CancelToken()
@@ -115,6 +123,7 @@ def test_precomputed_encodings_are_matched_to_their_best_originals(privates, poo
     challenge, _ = build_challenge(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=2)
     report = audit_encodings(challenge.encryption, challenge.labels, images, k=6, encodings_per_image=PER_IMAGE)
     assert report.key_aware is None and report.pool_aware is None  # no keys, and no knowing their pool
+    assert (report.pool_images, report.pool_fingerprint) == (0, "")
     # Against the best-matching originals the score is at least what the true pairs give.
     assert report.ciphertext_only.scores.max_ssim > 0.2
     assert len(report.ciphertext_only.recovery.best_ssim) == IMAGES

@@ -184,6 +184,8 @@ def test_report_equals_the_library_and_events_come_in_order(stub, challenge_pool
     expected = audit_deployment(images, labels, k=6, encodings_per_image=4, pool=library_pool(challenge_pool_path),
                                 seed=1, device="cpu", key_aware=True)
     assert (report.images, report.encodings, report.device) == (12, 48, "cpu")
+    assert (report.pool_images, report.pool_fingerprint) == (expected.pool_images, expected.pool_fingerprint)
+    assert report.pool_fingerprint == library_pool(challenge_pool_path).fingerprint
     assert report.grid_png.startswith(b"\x89PNG")
     assert report.HasField("pool_aware")  # the server's pool is the attacker's too
     for scores, want in ((report.ciphertext_only, expected.ciphertext_only), (report.pool_aware, expected.pool_aware),
@@ -226,6 +228,7 @@ def test_precomputed_encodings(stub, challenge_pool_path):
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
     assert (done.report.images, done.report.encodings) == (12, 48)
     assert not done.report.HasField("key_aware") and not done.report.HasField("pool_aware")
+    assert (done.report.pool_images, done.report.pool_fingerprint) == (0, "")  # made elsewhere, with an unknown pool
     expected = audit_encodings(challenge.encryption, challenge.labels, images, k=6, encodings_per_image=4)
     assert done.report.ciphertext_only.max_ssim == pytest.approx(expected.ciphertext_only.scores.max_ssim, abs=1e-6)
 

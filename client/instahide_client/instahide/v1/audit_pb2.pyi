@@ -373,6 +373,8 @@ class AuditReport(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     ENCODINGS_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    POOL_IMAGES_FIELD_NUMBER: _builtins.int
+    POOL_FINGERPRINT_FIELD_NUMBER: _builtins.int
     device: _builtins.str
     """Where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu"."""
     grid_png: _builtins.bytes
@@ -386,6 +388,14 @@ class AuditReport(_message.Message):
     """Encodings attacked."""
     seconds: _builtins.float
     """Seconds the whole audit took, queue excluded."""
+    pool_images: _builtins.int
+    """The public pool the audited encodings mixed in, which is the pool the
+    server encodes with for images of this shape: its image count and its
+    fingerprint (SHA-256, hex, the Keys.pool_fingerprint an Encode response
+    names). 0 and "" when no pool was mixed in: inside mode, or precomputed
+    encodings, whose pool the server does not know.
+    """
+    pool_fingerprint: _builtins.str
     @_builtins.property
     def ciphertext_only(self) -> Global___AttackScores:
         """The ciphertext-only attack: what anyone who sees the encodings can do."""
@@ -423,10 +433,12 @@ class AuditReport(_message.Message):
         images: _builtins.int = ...,
         encodings: _builtins.int = ...,
         seconds: _builtins.float = ...,
+        pool_images: _builtins.int = ...,
+        pool_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "key_aware", b"key_aware", "photo_aware", b"photo_aware", "pool_aware", b"pool_aware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "device", b"device", "encodings", b"encodings", "grid_png", b"grid_png", "images", b"images", "key_aware", b"key_aware", "photo_aware", b"photo_aware", "pool_aware", b"pool_aware", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "device", b"device", "encodings", b"encodings", "grid_png", b"grid_png", "images", b"images", "key_aware", b"key_aware", "photo_aware", b"photo_aware", "pool_aware", b"pool_aware", "pool_fingerprint", b"pool_fingerprint", "pool_images", b"pool_images", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
