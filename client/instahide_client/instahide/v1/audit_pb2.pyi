@@ -389,13 +389,15 @@ class AuditReport(_message.Message):
     seconds: _builtins.float
     """Seconds the whole audit took, queue excluded."""
     pool_images: _builtins.int
-    """The public pool the audited encodings mixed in, which is the pool the
-    server encodes with for images of this shape: its image count and its
-    fingerprint (SHA-256, hex, the Keys.pool_fingerprint an Encode response
-    names). 0 and "" when no pool was mixed in: inside mode, or precomputed
-    encodings, whose pool the server does not know.
+    """Images in the public pool the audited encodings mixed in, which is the
+    pool the server encodes images of this shape with. 0 when no pool was
+    mixed in: inside mode, or precomputed encodings, whose pool the server
+    does not know.
     """
     pool_fingerprint: _builtins.str
+    """That pool's fingerprint (SHA-256, hex): the Keys.pool_fingerprint of the
+    server's Encode responses. "" when pool_images is 0.
+    """
     @_builtins.property
     def ciphertext_only(self) -> Global___AttackScores:
         """The ciphertext-only attack: what anyone who sees the encodings can do."""
