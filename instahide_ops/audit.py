@@ -24,7 +24,6 @@ from instahide_ops.attacks.photo_aware import STAGES as PHOTO_POOL_STAGES
 from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS, DEFAULT_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.challenge import build_challenge, challenge_public_pool
-from instahide_ops.encode import EncodeParams
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
 from instahide_ops.metrics import ChallengeScores, RecoveryScores, challenge_scores, pairwise_ssim, recovered_fractions
@@ -72,7 +71,7 @@ class LeakageReport:
     grid_png: bytes
     seconds: float
     photo_aware: AttackReport | None = None
-    pool_images: int = 0  # the public pool the encodings mixed in; 0 and "" for none (or unknown)
+    pool_images: int = 0  # the public pool the encodings mixed in; 0 and "" when none is known
     pool_fingerprint: str = ""
 
     def summary(self) -> dict:
@@ -181,8 +180,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                                   **_weights(["scoring"])})
     report("encoding", 0.0)
     cancel.raise_if_cancelled()
-    mixes_pool = EncodeParams(mode=mode, k=k).private_slots < k
-    if mixes_pool and pool is None:  # the pool build_challenge would build, which the attacker holds
+    if mode == "cross" and pool is None:  # the pool build_challenge would build, which the attacker holds
         pool = challenge_public_pool(*np.shape(privates)[1:3], device=device)
     challenge, truth = build_challenge(privates, labels, encodings_per_image=encodings_per_image, k=k, mode=mode,
                                        pool=pool, num_classes=num_classes or int(labels.max()) + 1, seed=seed,
@@ -220,7 +218,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
               for result in (attack, bound, demixed, from_photos)]
     report("scoring", 1.0)
     return _leakage_report(*scored, originals=originals, device=device, encodings=len(challenge.encryption),
-                           start=start, pool=pool if mixes_pool else None)
+                           start=start, pool=pool if mode == "cross" else None)
 
 
 def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,

@@ -249,8 +249,8 @@ class AuditReport:
         seconds: the whole audit, queue excluded.
         audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
         pool_images, pool_fingerprint: the public pool the audited encodings mixed in, the one the server
-            encodes this image shape with (its fingerprint is ``Keys.pool_fingerprint``); 0 and "" when
-            none was (inside mode) or it is unknown (precomputed encodings).
+            encodes this image shape with (its fingerprint is ``Keys.pool_fingerprint``); 0 and "" for
+            precomputed encodings, whose pool the server does not know.
     """
 
     ciphertext_only: AttackScores

@@ -72,7 +72,7 @@ class TestAudit:
         assert len(co.histogram) == 20 and co.histogram[0] == (-1.0, pytest.approx(-0.9), 2)
         assert co.stage_seconds == {"recovery": 2.25, "similarity": 0.5}
         assert report.key_aware is not None and list(report.attacks()) == ["ciphertext_only", "key_aware"]
-        assert (report.pool_images, report.pool_fingerprint) == (0, "")  # inside mode mixes no pool
+        assert (report.pool_images, report.pool_fingerprint) == (0, "")  # as for precomputed encodings
         assert "pool:" not in format_summary(report)
 
     def test_the_pool_mixed_in(self, tmp_path):

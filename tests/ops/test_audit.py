@@ -100,12 +100,6 @@ def test_with_the_photo_aware_attack(privates):
     assert overall == sorted(overall) and overall[-1] == 1.0
 
 
-def test_inside_mode_mixes_no_pool(privates):
-    images, classes = privates
-    report = audit_deployment(images, classes, k=4, mode="inside", encodings_per_image=2, seed=1, key_aware=False)
-    assert report.pool_aware is None and (report.pool_images, report.pool_fingerprint) == (0, "")
-
-
 def test_cancel(privates, pool):
     images, classes = privates
     cancel = CancelToken()

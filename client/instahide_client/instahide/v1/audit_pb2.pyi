@@ -390,9 +390,8 @@ class AuditReport(_message.Message):
     """Seconds the whole audit took, queue excluded."""
     pool_images: _builtins.int
     """Images in the public pool the audited encodings mixed in, which is the
-    pool the server encodes images of this shape with. 0 when no pool was
-    mixed in: inside mode, or precomputed encodings, whose pool the server
-    does not know.
+    pool the server encodes images of this shape with. 0 for precomputed
+    encodings, whose pool the server does not know.
     """
     pool_fingerprint: _builtins.str
     """That pool's fingerprint (SHA-256, hex): the Keys.pool_fingerprint of the
