@@ -12,8 +12,8 @@ ImageNet crops). Writes the challenge files and the picture of originals over th
 Anchors: Carlini et al. reached Max_SSIM 0.90 / Mean_SSIM 0.43 / Min_L2 0.01 / Mean_L2 0.31 in about
 12 GPU-hours; the PRNG attack reached 0.98 because the challenge used a 32-bit seed.
 
-Usage: python bench/attack.py [--quick] [--device cuda] [--photo-aware] [--no-pool-aware] [--pool-size P]
-                              [--private-dir DIR] [--out DIR]
+Usage: python bench/attack.py [--quick] [--device cuda] [--photo-aware] [--no-pool-aware] [--no-key-aware]
+                              [--pool-size P] [--private-dir DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> None:
                         help=f"public images in the pool (default {DEFAULT_POOL_SIZE}); a larger one reuses each "
                              "image in fewer encodings")
     parser.add_argument("--no-pool-aware", action="store_true", help="skip the pool-aware attack")
+    parser.add_argument("--no-key-aware", action="store_true", help="skip the key-aware bound")
     parser.add_argument("--private-dir", default=None,
                         help="attack your own images instead of the bundled ones: a folder of images (pseudo-classes) "
                              "or of one sub-folder per class; the first --images of them are used")
@@ -80,7 +81,7 @@ def main() -> None:
     build_seconds = time.perf_counter() - start
     report = audit_deployment(
         privates, classes, k=args.k, encodings_per_image=per_image, pool=pool, seed=args.seed, device=args.device,
-        similarity=args.similarity, pool_aware=not args.no_pool_aware,
+        similarity=args.similarity, pool_aware=not args.no_pool_aware, key_aware=not args.no_key_aware,
         photos=list(bundled_sources(PUBLIC_SOURCE_NAMES).values()) if args.photo_aware else None,
         progress=lambda stage, fraction, overall: print(f"  {overall:6.1%}  {stage:12s} {fraction:6.1%}",
                                                          end="\r", flush=True))
