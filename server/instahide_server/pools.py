@@ -28,7 +28,7 @@ import torch
 
 from instahide_ops import InvalidInputError
 from instahide_ops.pool import DEFAULT_POOL_SIZE, PublicPool, adapt_pool, build_pool, bundled_sources, default_pool
-from instahide_server.errors import InvalidArgument
+from instahide_server.errors import FailedPrecondition, InvalidArgument
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class PoolRegistry:
 
         Raises:
             InvalidArgument: no pool can be made for this shape (e.g. channels other than 1 or 3).
+            FailedPrecondition: the photos cannot fill a pool of ``size`` images (too few textured crops).
         """
         with self._lock:
             pool = self._cached(shape)
@@ -128,12 +129,12 @@ class PoolRegistry:
         height, width, channels = shape
         start = time.perf_counter()
         try:
-            if self._source is not None:
-                array = self._source
-            elif self._photo_seed is not None:
-                array = build_pool(self.photos, height=height, width=width, count=self._size, seed=self._photo_seed)
-            else:
-                array = default_pool(height, width, count=self._size, cache_dir=self._cache_dir)
+            array = self._cut(height, width)
+        except InvalidInputError as exc:  # the configured photos cannot fill the pool: not the caller's fault
+            raise FailedPrecondition(f"the server cannot cut a public pool of {self._size} images of {height}x{width} "
+                                     f"from its photos: {exc.reason}; its operator can lower --pool-size or give "
+                                     "more textured --pool-photos") from exc
+        try:
             array = adapt_pool(array, height=height, width=width, channels=channels)
             pool = PublicPool.from_array(array, device=self._device)
         except InvalidInputError as exc:
@@ -142,3 +143,12 @@ class PoolRegistry:
         logger.info("public pool for images %s ready: %d images on %s in %.2fs", list(shape), len(pool),
                     self._device, time.perf_counter() - start)
         return pool
+
+    def _cut(self, height: int, width: int) -> np.ndarray:
+        """The pool's uint8 images before they are adapted to a shape: the configured ones, or a cut of
+        ``size`` images of height × width from the configured or bundled photos."""
+        if self._source is not None:
+            return self._source
+        if self._photo_seed is not None:
+            return build_pool(self.photos, height=height, width=width, count=self._size, seed=self._photo_seed)
+        return default_pool(height, width, count=self._size, cache_dir=self._cache_dir)

@@ -47,6 +47,7 @@ from instahide_ops.pool import load_photos, load_pool
 from instahide_server import audit_servicer, transform_servicer
 from instahide_server.config import DEFAULT_METRICS_PORT, ConfigError, ServerConfig
 from instahide_server.encoder import BatchEncoder
+from instahide_server.errors import ServiceError
 from instahide_server.interceptors.auth import BearerTokenInterceptor
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.interceptors.malformed import MalformedMessageInterceptor
@@ -329,7 +330,9 @@ def _pool_origin(config: ServerConfig) -> str:
 def _warm_pool(pools: PoolRegistry, shape: tuple[int, int, int]) -> None:
     try:
         pools.get(shape)
-    except Exception:  # a request for this shape will report the problem to its caller
+    except ServiceError as exc:  # a request for this shape will get the same answer
+        logger.warning("could not build the public pool for images %s at start: %s", list(shape), exc)
+    except Exception:
         logger.warning("could not build the public pool for images %s at start", list(shape), exc_info=True)
 
 

@@ -19,6 +19,7 @@ MIB = 1 << 20
 NUM_CLASSES = 10
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
 
 def images(n: int = 8, shape: Sequence[int] = (32, 32, 3), *, seed: int = 0) -> np.ndarray:

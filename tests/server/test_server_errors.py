@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import grpc
 import numpy as np
 import pytest
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
 from server_testlib import (
+    FAILED_PRECONDITION,
     INVALID_ARGUMENT,
     MIB,
     RESOURCE_EXHAUSTED,
@@ -111,6 +113,24 @@ def test_limits_from_the_environment(tmp_path, small_pool_path):
         assert too_many.error.code == RESOURCE_EXHAUSTED and too_many.error.field == "images.shape"
         assert "limit of 4" in too_many.error.message
         assert encoded(just_enough).shape == (4, 32, 32, 3)
+
+
+def test_photos_that_cannot_fill_the_pool(tmp_path):
+    """A pool the configured photos cannot fill is the server's fault (FAILED_PRECONDITION, naming the remedy);
+    the stream goes on, and a request that mixes in no public image is served."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "flat.png"), np.full((300, 300, 3), 128, dtype=np.uint8))  # no SIFT keypoint
+    with start_server(tmp_path, "--pool-photos", str(photos), "--pool-size", "4") as server:
+        cross, inside = encode_all(server.target, [
+            request("cross", images(4), cfg=config()),
+            request("inside", images(4), cfg=config(mode=transform_pb2.ENCODE_MODE_INSIDE))])
+        assert cross.error.code == FAILED_PRECONDITION and cross.error.field == ""
+        assert "cannot cut a public pool of 4 images of 32x32" in cross.error.message
+        assert "--pool-size" in cross.error.message
+        assert encoded(inside).shape == (4, 32, 32, 3)
+    log = server.log()
+    assert "could not build the public pool for images [32, 32, 3] at start" in log and "Traceback" not in log
 
 
 def test_message_size_limits(tmp_path, small_pool_path):

@@ -17,7 +17,7 @@ from instahide_client.instahide.v1 import transform_pb2
 from instahide_server import wire
 from instahide_server.__main__ import build_parser
 from instahide_server.config import ConfigError, ServerConfig
-from instahide_server.errors import InvalidArgument, Status
+from instahide_server.errors import FailedPrecondition, InvalidArgument, Status
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.pools import PoolRegistry
 
@@ -167,6 +167,15 @@ class TestPoolRegistryFromPhotos:
         np.testing.assert_array_equal(bundled.pixels.numpy(), default_pool(16, 16, count=24, cache_dir=tmp_path))
         with pytest.raises(ValueError, match="as large as they are"):
             PoolRegistry(device=torch.device("cpu"), source=TestPoolRegistry.source, size=24)
+
+    def test_photos_that_cannot_fill_the_pool_are_the_servers_fault(self):
+        flat = [np.full((300, 300, 3), 128, dtype=np.uint8)]  # no crop of it has a SIFT keypoint
+        registry = PoolRegistry(device=torch.device("cpu"), photos=flat, size=4)
+        with pytest.raises(FailedPrecondition, match=r"cannot cut a public pool of 4 images of 32x32 .*only 0 of 4 "
+                                                     r"crops.*lower --pool-size"):
+            registry.get((32, 32, 3))
+        with pytest.raises(FailedPrecondition):  # nothing half-built was kept
+            registry.get((32, 32, 3))
 
     def test_where_the_photos_come_from(self, photos):
         bundled = PoolRegistry(device=torch.device("cpu")).photos  # the default pool's: every bundled photo
