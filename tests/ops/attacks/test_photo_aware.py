@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -92,21 +94,24 @@ class TestPickWindows:
         weights = 0.08 + 0.1 * torch.rand(300, 4, 1, 1, 1, generator=generator)
         mixes = (weights * pool.images[chosen]).sum(dim=1) + 0.05 * torch.randn(300, 32, 32, 3, generator=generator)
         found = photo_pool(mixes, shrunk, photos)
-        precision, hit = _matched(found, pool)
+        precision, hit = _matched(found.crops, pool)
         used = torch.zeros(len(pool), dtype=torch.bool)
         used[chosen.unique()] = True
         # measured: 86 % of the kept crops are pool images, and 85 % of the pool images mixed in are found
         assert precision >= 0.8, precision
         assert hit[used].float().mean() >= 0.8, hit[used].float().mean()
+        assert found.coverage >= 0.9, found.coverage  # nearly every mix picked a kept crop
 
     def test_one_pick_per_bin_and_at_least_min_picks_pickers(self, photos, shrunk, pool):
         mix = pool.images[:1].repeat(3, 1, 1, 1)  # three mixes of the one image
         assert pick_windows(mix[:1], shrunk, picks=1, min_picks=2) == []
         picked = pick_windows(mix, shrunk, picks=1, min_picks=3)
         assert len(picked) == 1 and picked[0].pickers.tolist() == [0, 1, 2]
-        # The window is the nearest on the shrunk grid; the exact crop is the pool's image itself.
-        np.testing.assert_array_equal(photo_pool(mix, shrunk, photos, picks=1, min_picks=3),
-                                      pool.pixels[:1].numpy())
+        # The window is the nearest on the shrunk grid; the exact crop is the pool's image itself. A fourth
+        # residual, of another pool image, picks no kept window: three of four are covered.
+        found = photo_pool(torch.cat([mix, pool.images[5:6]]), shrunk, photos, picks=1, min_picks=3)
+        np.testing.assert_array_equal(found.crops, pool.pixels[:1].numpy())
+        assert found.coverage == 0.75
 
     def test_bad_arguments(self, photos):
         with pytest.raises(InvalidInputError, match="picks and min_picks must be >= 1"):
@@ -124,7 +129,7 @@ class TestPhotoAwareAttack:
                              torch.from_numpy(truth.coefficients[:, :2]))
         residuals = encoding_residuals(encryption.abs(), exact, torch.tensor(NATURAL_CHANNEL_MEAN))
         assert residuals.shape == encryption.shape
-        precision, hit = _matched(photo_pool(residuals, shrunk, photos), pool)
+        precision, hit = _matched(photo_pool(residuals, shrunk, photos).crops, pool)
         assert precision >= 0.6 and hit.float().mean() >= 0.7, (precision, hit.float().mean())  # measured 0.68, 0.80
 
     def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, photos, pool):
@@ -160,6 +165,8 @@ class TestPhotoAwareAttack:
             attack(view.encryption, view.labels, photos=photos, rounds=0, **arguments)
         with pytest.raises(InvalidInputError, match="no photo holds a window"):
             attack(view.encryption, view.labels, photos=[np.zeros((40, 40, 3), np.uint8)], **arguments)
+        with pytest.raises(InvalidInputError, match=r"must lie in \[0, 1\]"):
+            attack(view.encryption, view.labels, photos=photos, min_coverage=1.5, **arguments)
 
     def test_stays_with_its_start_when_no_window_is_agreed_on(self, challenge, ciphertext_only, photos):
         # A set too small to reuse public images leaves nothing to build a pool from: the attacker is then
@@ -170,3 +177,20 @@ class TestPhotoAwareAttack:
         torch.testing.assert_close(result.decryption, ciphertext_only.decryption)
         torch.testing.assert_close(result.recovered, ciphertext_only.recovered)
         assert list(result.stage_seconds) == ["photo_pool"]
+
+    def test_stays_with_its_start_when_the_windows_explain_too_few_encodings(self, challenge, ciphertext_only,
+                                                                              photos, shrunk, caplog):
+        # Windows are found, but the pool-aware stages would model every encoding's public mix with them:
+        # below min_coverage of the encodings explained, the attacker keeps its start.
+        view, _ = challenge
+        encryption = torch.from_numpy(view.encryption)
+        found = photo_pool(encoding_residuals(encryption.abs(), ciphertext_only, torch.tensor(NATURAL_CHANNEL_MEAN)),
+                           shrunk, photos)
+        assert len(found.crops) > 0 and 0.5 <= found.coverage < 1.0, found.coverage
+        caplog.set_level(logging.INFO, logger="instahide_ops.attacks.photo_aware")
+        result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
+                                              encodings_per_image=PER_IMAGE, scales=SCALES,
+                                              min_coverage=min(1.0, found.coverage + 0.01))
+        torch.testing.assert_close(result.decryption, ciphertext_only.decryption)
+        assert list(result.stage_seconds) == ["photo_pool"]
+        assert f"explain {100 * found.coverage:.0f}% of the encodings" in caplog.text
