@@ -230,7 +230,7 @@ class AttackScores:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuditReport:
     """The leakage report of a finished audit.
 
@@ -247,24 +247,25 @@ class AuditReport:
         images: private images audited.
         encodings: encodings attacked.
         seconds: the whole audit, queue excluded.
-        audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
         pool_images, pool_fingerprint: the public pool the audited encodings mixed in, the one the server
             encodes this image shape with (its fingerprint is ``Keys.pool_fingerprint``); 0 and "" for
             precomputed encodings, whose pool the server does not know.
+        audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
     """
 
+    # In the proto's order; keyword-only, so fields added later with defaults need not come last.
     ciphertext_only: AttackScores
     key_aware: AttackScores | None
     pool_aware: AttackScores | None
+    photo_aware: AttackScores | None = None
     device: str
     grid_png: bytes
     images: int
     encodings: int
     seconds: float
-    audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    photo_aware: AttackScores | None = None
     pool_images: int = 0
     pool_fingerprint: str = ""
+    audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AuditReport, *, audit: dict[str, Any] | None = None) -> AuditReport:
