@@ -10,7 +10,8 @@ A pool comes from one of three places:
 The last two hold ``--pool-size`` images each.
 Builds run in the encoding threads, never on the event loop; a per-shape lock makes concurrent streams
 wait for one build instead of each doing their own. At most ``max_shapes`` pools are kept, the least
-recently used dropped first.
+recently used dropped first. A cut the photos cannot fill is not tried again: its failure is kept in the
+pool's place.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class PoolRegistry:
         self._photo_seed = secrets.randbits(63) if photos is not None else None
         self._cache_dir = cache_dir
         self._max_shapes = max_shapes
-        self._pools: OrderedDict[Shape, PublicPool] = OrderedDict()
+        self._pools: OrderedDict[Shape, PublicPool | str] = OrderedDict()  # a str: why the cut failed
         self._building: dict[Shape, threading.Lock] = {}
         self._lock = threading.Lock()  # guards _pools and _building; never held during a build
 
@@ -104,7 +105,13 @@ class PoolRegistry:
                 with self._lock:
                     pool = self._cached(shape)
                 if pool is None:
-                    pool = self._build(shape)
+                    try:
+                        pool = self._build(shape)
+                    except FailedPrecondition as exc:
+                        # The photos and the seed do not change while the server runs, so the cut would fail
+                        # again the same way, after as many attempts: the answer is kept instead.
+                        self._insert(shape, str(exc))
+                        raise
                     self._insert(shape, pool)
         finally:
             with self._lock:
@@ -113,12 +120,16 @@ class PoolRegistry:
         return pool
 
     def _cached(self, shape: Shape) -> PublicPool | None:
+        """The shape's pool, None when there is none yet; raises the failure kept for it (``_insert``)."""
         pool = self._pools.get(shape)
         if pool is not None:
             self._pools.move_to_end(shape)
+        if isinstance(pool, str):
+            raise FailedPrecondition(pool)
         return pool
 
-    def _insert(self, shape: Shape, pool: PublicPool) -> None:
+    def _insert(self, shape: Shape, pool: PublicPool | str) -> None:
+        """Keep the shape's pool, or the message of the failure to cut it."""
         with self._lock:
             self._pools[shape] = pool
             while len(self._pools) > self._max_shapes:

@@ -122,13 +122,15 @@ def test_photos_that_cannot_fill_the_pool(tmp_path):
     photos.mkdir()
     cv2.imwrite(str(photos / "flat.png"), np.full((300, 300, 3), 128, dtype=np.uint8))  # no SIFT keypoint
     with start_server(tmp_path, "--pool-photos", str(photos), "--pool-size", "4") as server:
-        cross, inside = encode_all(server.target, [
+        cross, inside, again = encode_all(server.target, [
             request("cross", images(4), cfg=config()),
-            request("inside", images(4), cfg=config(mode=transform_pb2.ENCODE_MODE_INSIDE))])
+            request("inside", images(4), cfg=config(mode=transform_pb2.ENCODE_MODE_INSIDE)),
+            request("again", images(4), cfg=config())])
         assert cross.error.code == FAILED_PRECONDITION and cross.error.field == ""
         assert "cannot cut a public pool of 4 images of 32x32" in cross.error.message
         assert "--pool-size" in cross.error.message
         assert encoded(inside).shape == (4, 32, 32, 3)
+        assert again.error == cross.error
     log = server.log()
     assert "could not build the public pool for images [32, 32, 3] at start" in log and "Traceback" not in log
 
