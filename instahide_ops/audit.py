@@ -50,12 +50,15 @@ class AttackReport:
         recovery: each private image's best recovery and the fractions above SSIM 0.5 / 0.8.
         recovered: (M, H, W, C) float32 recovered images.
         stage_seconds: seconds per attack stage.
+        public_coverage: the attack's ``AttackResult.public_coverage`` (None for attacks that find no
+            public image).
     """
 
     scores: ChallengeScores | None
     recovery: RecoveryScores
     recovered: torch.Tensor
     stage_seconds: dict[str, float]
+    public_coverage: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class LeakageReport:
         for name, report in self.attacks().items():
             out[name] = {**(report.scores.to_dict() if report.scores else {}),
                          **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
+            if report.public_coverage is not None:
+                out[name]["public_coverage"] = report.public_coverage
         return out
 
     def attacks(self) -> dict[str, AttackReport]:
@@ -248,7 +253,8 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
 
 def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:
     return AttackReport(challenge_scores(result.decryption, originals, pairs),
-                        recovered_fractions(result.recovered, originals), result.recovered, result.stage_seconds)
+                        recovered_fractions(result.recovered, originals), result.recovered, result.stage_seconds,
+                        result.public_coverage)
 
 
 def _leakage_report(attack: AttackReport, bound: AttackReport | None, demixed: AttackReport | None,

@@ -286,7 +286,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def format_summary(report: AuditReport) -> str:
-    """The leakage table: one row per attack, then the device, sizes and the pool mixed in."""
+    """The leakage table: one row per attack, then the device, sizes and the pool mixed in, then, for each attack that
+    looks for public images, the share of the encodings it found one in."""
     rows = [(ATTACK_NAMES[name], _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
              f"{s.recovered_above_0_5:.1%}", f"{s.recovered_above_0_8:.1%}",
              f"{sum(s.stage_seconds.values()):.1f}")
@@ -294,9 +295,11 @@ def format_summary(report: AuditReport) -> str:
     table = _table(("attack", "Max_SSIM", "Mean_SSIM", "Min_L2", "Mean_L2", "recovered>0.5", ">0.8", "seconds"),
                    rows)
     pool = f"  pool: {report.pool_images} images ({report.pool_fingerprint[:12]})" if report.pool_images else ""
+    found = "".join(f"\n{ATTACK_NAMES[name]} found public images in {s.public_coverage:.0%} of the encodings"
+                    for name, s in report.attacks().items() if s.public_coverage is not None)
     return (f"{table}\n"
             f"device: {report.device}  images: {report.images}  encodings: {report.encodings}  "
-            f"seconds: {report.seconds:.1f}{pool}")
+            f"seconds: {report.seconds:.1f}{pool}{found}")
 
 
 def format_audit(audit: Audit) -> str:

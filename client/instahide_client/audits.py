@@ -175,6 +175,8 @@ class AttackScores:
         best_ssim: (P,) float64, each private image's best SSIM over all recoveries.
         best_match: (P,) int64, the index into ``recovered`` of that best recovery.
         recovered: (M, H, W, C) float32 in [-1, 1], or None in a summary.
+        public_coverage: share of the encodings in which the attack found a public image among what it holds
+            (the photo-aware attack: crops of the photos); None for the attacks that look for none.
     """
 
     max_ssim: float
@@ -188,6 +190,7 @@ class AttackScores:
     best_ssim: np.ndarray
     best_match: np.ndarray
     recovered: np.ndarray | None
+    public_coverage: float | None = None
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AttackScores) -> AttackScores:
@@ -204,6 +207,7 @@ class AttackScores:
             best_ssim=np.asarray(msg.best_ssim, dtype=np.float64),
             best_match=np.asarray(msg.best_match, dtype=np.int64),
             recovered=recovered,
+            public_coverage=float(msg.public_coverage) if msg.HasField("public_coverage") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +222,7 @@ class AttackScores:
             "seconds": json_number(sum(self.stage_seconds.values())),
             "private_images": int(self.best_ssim.size),
             "recovered_images": None if self.recovered is None else int(self.recovered.shape[0]),
+            **({} if self.public_coverage is None else {"public_coverage": json_number(self.public_coverage)}),
         }
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:

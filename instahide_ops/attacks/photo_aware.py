@@ -357,9 +357,9 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
         device, progress, cancel: as for the other attacks.
 
     Returns:
-        The last round's result, its stage seconds summed over the rounds; ``start``'s images when the
-        windows picked by ``min_picks`` encodings explain under ``min_coverage`` of them (a small set reuses
-        few public images, if any).
+        The last round's result, its stage seconds summed over the rounds and its ``public_coverage`` the
+        last picking's; ``start``'s images when the windows picked by ``min_picks`` encodings explain under
+        ``min_coverage`` of them (a small set reuses few public images, if any).
 
     Raises:
         InvalidInputError: bad arguments.
@@ -377,11 +377,12 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
                                 field="photos")
     tracker = StageTracker(progress, cancel)
     public_mean = recovery_options(encryption, k, None, None)["public_mean"]
-    result, attack_seconds = start, {}
+    result, attack_seconds, coverage = start, {}, 0.0
     for _ in range(rounds):
         with tracker.stage("photo_pool") as report:
             found = photo_pool(encoding_residuals(encryption.abs(), result, public_mean), shrunk, photos,
                                picks=picks, min_picks=min_picks, report=report)
+        coverage = found.coverage
         if len(found.crops) == 0 or found.coverage < min_coverage:  # too little to act on: stay where it was
             logger.info("photo-aware attack: %d windows of the photos picked by %d encodings or more explain "
                         "%.0f%% of the encodings, under %.0f%%; the pool-aware stages do not run",
@@ -393,4 +394,4 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
         for name, value in result.stage_seconds.items():
             attack_seconds[name] = attack_seconds.get(name, 0.0) + value
     return AttackResult(result.recovered, result.decryption, result.members, result.coefficients,
-                        {**tracker.seconds, **attack_seconds}, str(device))
+                        {**tracker.seconds, **attack_seconds}, str(device), public_coverage=coverage)

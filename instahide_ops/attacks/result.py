@@ -17,6 +17,8 @@ class AttackResult:
     coefficients: (E, 2) float32 their λ (read from the labels, or the keys' for the key-aware bound).
     stage_seconds: seconds spent per stage, in stage order.
     device: where the attack ran.
+    public_coverage: share of the encodings in which the attack found a public image among what it holds
+        (the photo-aware attack: crops of the photos); None for the attacks that look for none.
     """
 
     recovered: torch.Tensor
@@ -25,3 +27,4 @@ class AttackResult:
     coefficients: torch.Tensor
     stage_seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    public_coverage: float | None = None

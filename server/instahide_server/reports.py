@@ -30,6 +30,8 @@ def attack_scores(attack: AttackReport) -> audit_pb2.AttackScores:
         best_match=[int(v) for v in recovery.best_match.tolist()],
         recovered=to_tensor(np.ascontiguousarray(attack.recovered.detach().cpu().numpy(), dtype=np.float32)),
     )
+    if attack.public_coverage is not None:
+        scores.public_coverage = attack.public_coverage
     if attack.scores is not None:
         scores.max_ssim = attack.scores.max_ssim
         scores.mean_ssim = attack.scores.mean_ssim

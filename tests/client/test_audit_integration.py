@@ -230,6 +230,9 @@ def test_cli_runs_the_photo_aware_attack_on_a_pool_cut_from_photos(photo_server,
     assert {"photo_pool", "public_mix", "recovery"} <= set(photo_aware["stage_seconds"])
     # ... which recovers the private images better than the attacker who holds no photos.
     assert photo_aware["max_ssim"] > data["ciphertext_only"]["max_ssim"] + 0.1
+    # ... having found public images in most encodings, which the summary says too.
+    assert 0.5 <= photo_aware["public_coverage"] <= 1.0 and "public_coverage" not in data["ciphertext_only"]
+    assert f"photo-aware found public images in {photo_aware['public_coverage']:.0%} of the encodings" in out
     assert sum(bucket["count"] for bucket in photo_aware["best_ssim_histogram"]) == PHOTO_AUDIT_IMAGES
     with np.load(report_dir / "recoveries.npz") as npz:
         assert npz["photo_aware_recovered"].shape[1:] == (32, 32, 3)

@@ -74,6 +74,20 @@ class TestAudit:
         assert report.key_aware is not None and list(report.attacks()) == ["ciphertext_only", "key_aware"]
         assert (report.pool_images, report.pool_fingerprint) == (0, "")  # as for precomputed encodings
         assert "pool:" not in format_summary(report)
+        assert co.public_coverage is None and "public_coverage" not in co.to_dict()
+        assert "found public images" not in format_summary(report)
+
+    def test_the_share_of_encodings_in_which_public_images_were_found(self, tmp_path):
+        msg = audit_proto()
+        msg.report.photo_aware.CopyFrom(attack_scores(3))
+        msg.report.photo_aware.public_coverage = 0.2
+        report = Audit.from_proto(msg).report
+        assert report.photo_aware.public_coverage == pytest.approx(0.2) and report.ciphertext_only.public_coverage is None
+        assert format_summary(report).endswith("photo-aware found public images in 20% of the encodings")
+        report.write(tmp_path)
+        data = json.loads((tmp_path / "report.json").read_text())
+        assert data["photo_aware"]["public_coverage"] == pytest.approx(0.2)
+        assert "public_coverage" not in data["ciphertext_only"]
 
     def test_the_pool_mixed_in(self, tmp_path):
         msg = audit_proto()

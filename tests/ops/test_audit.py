@@ -94,6 +94,10 @@ def test_with_the_photo_aware_attack(privates):
     assert list(report.summary())[-3:] == ["ciphertext_only", "photo_aware", "pool_aware"]
     assert report.photo_aware.stage_seconds["photo_pool"] > 0
     assert 0.0 < report.photo_aware.scores.max_ssim <= 1.0
+    # The photo-aware attack tells how much of the encodings' public part it found; the others look for none.
+    summary = report.summary()
+    assert 0.0 <= summary["photo_aware"]["public_coverage"] == report.photo_aware.public_coverage <= 1.0
+    assert "public_coverage" not in summary["ciphertext_only"] and "public_coverage" not in summary["pool_aware"]
     assert [s for s in dict.fromkeys(s for s, _, _ in events)][-4:] == ["orientation", "photo_aware", "pool_aware",
                                                                         "scoring"]
     overall = [o for _, _, o in events]

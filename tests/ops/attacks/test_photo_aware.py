@@ -140,6 +140,7 @@ class TestPhotoAwareAttack:
                                               progress=lambda stage, fraction: events.append((stage, fraction)))
         before, after = _max_ssim(ciphertext_only, truth), _max_ssim(result, truth)
         assert after >= before + 0.05, (before, after)
+        assert 0.5 <= result.public_coverage <= 1.0 and ciphertext_only.public_coverage is None
         assert list(dict.fromkeys(stage for stage, _ in events)) == [*STAGES, *POOL_AWARE_STAGES]
         assert list(result.stage_seconds) == [*STAGES, *POOL_AWARE_STAGES]
         assert result.decryption.shape == view.encryption.shape and result.members.shape == (len(view.encryption), 2)
@@ -192,5 +193,5 @@ class TestPhotoAwareAttack:
                                               encodings_per_image=PER_IMAGE, scales=SCALES,
                                               min_coverage=min(1.0, found.coverage + 0.01))
         torch.testing.assert_close(result.decryption, ciphertext_only.decryption)
-        assert list(result.stage_seconds) == ["photo_pool"]
+        assert list(result.stage_seconds) == ["photo_pool"] and result.public_coverage == found.coverage
         assert f"explain {100 * found.coverage:.0f}% of the encodings" in caplog.text

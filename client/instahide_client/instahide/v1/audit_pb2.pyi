@@ -303,6 +303,7 @@ class AttackScores(_message.Message):
     BEST_SSIM_FIELD_NUMBER: _builtins.int
     BEST_MATCH_FIELD_NUMBER: _builtins.int
     RECOVERED_FIELD_NUMBER: _builtins.int
+    PUBLIC_COVERAGE_FIELD_NUMBER: _builtins.int
     max_ssim: _builtins.float
     """Mean over encodings of the best SSIM against the encoding's private images."""
     mean_ssim: _builtins.float
@@ -315,6 +316,11 @@ class AttackScores(_message.Message):
     """Fraction of private images whose best recovery has SSIM above 0.5."""
     recovered_above_0_8: _builtins.float
     """Fraction of private images whose best recovery has SSIM above 0.8."""
+    public_coverage: _builtins.float
+    """Share of the encodings in which the attack found a public image among
+    what it holds (the photo-aware attack: crops of the photos); unset for
+    the attacks that look for none.
+    """
     @_builtins.property
     def best_ssim_histogram(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistogramBucket]:
         """Distribution of each private image's best SSIM over [-1, 1]."""
@@ -349,12 +355,15 @@ class AttackScores(_message.Message):
         best_ssim: _abc.Iterable[_builtins.float] | None = ...,
         best_match: _abc.Iterable[_builtins.int] | None = ...,
         recovered: _tensor_pb2.Tensor | None = ...,
+        public_coverage: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recovered", b"recovered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage", "public_coverage", b"public_coverage", "recovered", b"recovered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_match", b"best_match", "best_ssim", b"best_ssim", "best_ssim_histogram", b"best_ssim_histogram", "max_ssim", b"max_ssim", "mean_l2", b"mean_l2", "mean_ssim", b"mean_ssim", "min_l2", b"min_l2", "recovered", b"recovered", "recovered_above_0_5", b"recovered_above_0_5", "recovered_above_0_8", b"recovered_above_0_8", "stage_seconds", b"stage_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage", "best_match", b"best_match", "best_ssim", b"best_ssim", "best_ssim_histogram", b"best_ssim_histogram", "max_ssim", b"max_ssim", "mean_l2", b"mean_l2", "mean_ssim", b"mean_ssim", "min_l2", b"min_l2", "public_coverage", b"public_coverage", "recovered", b"recovered", "recovered_above_0_5", b"recovered_above_0_5", "recovered_above_0_8", b"recovered_above_0_8", "stage_seconds", b"stage_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__public_coverage: _TypeAlias = _typing.Literal["public_coverage"]  # noqa: Y015
+    _WhichOneofArgType__public_coverage: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__public_coverage) -> _WhichOneofReturnType__public_coverage | None: ...
 
 Global___AttackScores: _TypeAlias = AttackScores  # noqa: Y015
 
@@ -417,9 +426,10 @@ class AuditReport(_message.Message):
     @_builtins.property
     def photo_aware(self) -> Global___AttackScores:
         """The photo-aware attack: what anyone who sees the encodings and holds the
-        photos the pool was cut from can do (unset when not run). When its
-        photos yield no crop that several encodings share (a small audit may
-        reuse no public image), it reports the ciphertext-only attack's result.
+        photos the pool was cut from can do (unset when not run). When the crops
+        it finds explain under half the encodings (its public_coverage; a small
+        audit reuses few public images), it reports the ciphertext-only attack's
+        result.
         """
 
     def __init__(
