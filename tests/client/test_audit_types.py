@@ -82,7 +82,8 @@ class TestAudit:
         msg.report.photo_aware.CopyFrom(attack_scores(3))
         msg.report.photo_aware.public_coverage = 0.2
         report = Audit.from_proto(msg).report
-        assert report.photo_aware.public_coverage == pytest.approx(0.2) and report.ciphertext_only.public_coverage is None
+        assert report.photo_aware.public_coverage == pytest.approx(0.2)
+        assert report.ciphertext_only.public_coverage is None
         assert format_summary(report).endswith("photo-aware found public images in 20% of the encodings")
         report.write(tmp_path)
         data = json.loads((tmp_path / "report.json").read_text())
