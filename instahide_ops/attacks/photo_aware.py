@@ -330,7 +330,7 @@ def photo_pool(residuals: Tensor, shrunk: Sequence[ShrunkPhoto], photos: Sequenc
     for window in picked:
         covered[window.pickers] = True
     return FoundPool(exact_crops(picked, shrunk, photos, residuals, report=part(0.9, 0.1)),
-                     float(covered.float().mean()) if len(residuals) else 0.0)
+                     int(covered.sum()) / len(residuals) if len(residuals) else 0.0)
 
 
 @register_attack("photo_aware")
