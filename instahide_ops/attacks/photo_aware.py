@@ -33,6 +33,7 @@ from torch import Tensor
 from instahide_ops.attacks import register_attack
 from instahide_ops.attacks.ciphertext_only import check_challenge_arrays, recovery_options
 from instahide_ops.attacks.pool_aware import DEFAULT_PUBLIC_MIX_STEPS, pair_mix, pool_aware_attack, signed_sums
+from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.errors import InvalidInputError
@@ -387,6 +388,8 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
             logger.info("photo-aware attack: %d windows of the photos picked by %d encodings or more explain "
                         "%.0f%% of the encodings, under %.0f%%; the pool-aware stages do not run",
                         len(found.crops), min_picks, 100 * found.coverage, 100 * min_coverage)
+            if progress is not None:  # so a progress bar ends here instead of jumping past the skipped stages
+                progress(POOL_AWARE_STAGES[-1], 1.0)
             break
         result = pool_aware_attack(encryption, labels, pool=PublicPool.from_array(found.crops, device=device),
                                    start=result, encodings_per_image=encodings_per_image, k=k, device=device,

@@ -142,9 +142,9 @@ class PoolRegistry:
         try:
             array = self._cut(height, width)
         except InvalidInputError as exc:  # the configured photos cannot fill the pool: not the caller's fault
+            remedy = "lower --pool-size" + (" or give more textured --pool-photos" if self._photos is not None else "")
             raise FailedPrecondition(f"the server cannot cut a public pool of {self._size} images of {height}x{width} "
-                                     f"from its photos: {exc.reason}; its operator can lower --pool-size or give "
-                                     "more textured --pool-photos") from exc
+                                     f"from its photos: {exc.reason}; its operator can {remedy}") from exc
         try:
             array = adapt_pool(array, height=height, width=width, channels=channels)
             pool = PublicPool.from_array(array, device=self._device)

@@ -102,6 +102,7 @@ def test_with_the_photo_aware_attack(privates):
                                                                         "scoring"]
     overall = [o for _, _, o in events]
     assert overall == sorted(overall) and overall[-1] == 1.0
+    assert [f for s, f, _ in events if s == "photo_aware"][-1] == 1.0  # also when it skips its pool-aware stages
 
 
 def test_cancel(privates, pool):

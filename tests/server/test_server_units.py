@@ -14,13 +14,14 @@ import pytest
 import torch
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2
-from instahide_server import wire
+from instahide_server import pools, wire
 from instahide_server.__main__ import build_parser
 from instahide_server.config import ConfigError, ServerConfig
 from instahide_server.errors import FailedPrecondition, InvalidArgument, Status
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.pools import PoolRegistry
 
+from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import BUNDLED_SOURCE_NAMES, build_pool, bundled_sources, default_pool
 
 
@@ -178,6 +179,15 @@ class TestPoolRegistryFromPhotos:
         with pytest.raises(FailedPrecondition) as again:
             registry.get((32, 32, 3))
         assert str(again.value) == str(first.value) and registry.builds == [(32, 32, 3)]
+
+    def test_a_bundled_pool_that_cannot_be_cut_names_only_the_pool_size(self, monkeypatch):
+        # Only an absurd --pool-size fails on the bundled photos; the operator gave no --pool-photos to change.
+        def too_few(height, width, *, count, cache_dir=None):
+            raise InvalidInputError(f"only 7 of {count} crops have SIFT keypoints", field="count")
+
+        monkeypatch.setattr(pools, "default_pool", too_few)
+        with pytest.raises(FailedPrecondition, match=r"only 7 of 4096 crops.*can lower --pool-size$"):
+            PoolRegistry(device=torch.device("cpu"), size=4096).get((32, 32, 3))
 
     def test_where_the_photos_come_from(self, photos):
         bundled = PoolRegistry(device=torch.device("cpu")).photos  # the default pool's: every bundled photo

@@ -189,9 +189,13 @@ class TestPhotoAwareAttack:
                            shrunk, photos)
         assert len(found.crops) > 0 and 0.5 <= found.coverage < 1.0, found.coverage
         caplog.set_level(logging.INFO, logger="instahide_ops.attacks.photo_aware")
+        events: list[tuple[str, float]] = []
         result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                               encodings_per_image=PER_IMAGE, scales=SCALES,
-                                              min_coverage=min(1.0, found.coverage + 0.01))
+                                              min_coverage=min(1.0, found.coverage + 0.01),
+                                              progress=lambda stage, fraction: events.append((stage, fraction)))
         torch.testing.assert_close(result.decryption, ciphertext_only.decryption)
         assert list(result.stage_seconds) == ["photo_pool"] and result.public_coverage == found.coverage
         assert f"explain {100 * found.coverage:.0f}% of the encodings" in caplog.text
+        # a progress bar ends at the attack's end, not partway before the stages it skipped
+        assert events[-1] == (POOL_AWARE_STAGES[-1], 1.0) and events[-2] == ("photo_pool", 1.0)
