@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 
 from instahide_ops import InvalidInputError
-from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack
+from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, pool_aware
 from instahide_ops.attacks.pool_aware import (
     DEFAULT_ANNEAL,
     STAGES,
@@ -275,6 +277,16 @@ class TestPoolAwareAttack:
         result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=ciphertext_only,
                                              encodings_per_image=PER_IMAGE, steps=2, reassignment_rounds=0)
         assert list(result.stage_seconds) == [stage for stage in STAGES if stage != "reassignment"]
+
+    def test_a_pool_too_large_for_its_gram_matrix_skips_the_reassignment_and_says_so(self, challenge, ciphertext_only,
+                                                                                      pool, monkeypatch, caplog):
+        view, _ = challenge
+        monkeypatch.setattr(pool_aware, "GRAM_MAX_POOL", len(pool) - 1)
+        caplog.set_level(logging.WARNING, logger="instahide_ops.attacks.pool_aware")
+        result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=ciphertext_only,
+                                             encodings_per_image=PER_IMAGE, steps=2)
+        assert list(result.stage_seconds) == [stage for stage in STAGES if stage != "reassignment"]
+        assert f"the pool's {len(pool)} images are over {len(pool) - 1}" in caplog.text
 
     def test_from_the_key_aware_bound_keeps_its_pairs(self, challenge, key_aware, pool):
         view, truth = challenge
