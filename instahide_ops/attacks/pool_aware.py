@@ -309,6 +309,7 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
                      steps: int = DEFAULT_PUBLIC_MIX_STEPS, refit_every: int = DEFAULT_REFIT_EVERY,
                      sum_noise: float = DEFAULT_SUM_NOISE, smoothness: float = DEFAULT_SMOOTHNESS,
                      atoms: int = DEFAULT_ATOMS, anneal: float = DEFAULT_ANNEAL, public_mean: Tensor | float = 0.0,
+                     gram: Tensor | None = None,
                      report: Callable[[float], None] | None = None) -> tuple[Tensor, Tensor]:
     """EM over the private images with each encoding's public mix fitted from the pool.
 
@@ -322,6 +323,8 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
             keeps the sign noise at ``sum_noise`` throughout).
         public_mean: natural-image pixel mean (a float or (C,)); the first fit reads signs against the
             public mass times it, as the attacks' recovery does.
+        gram: the pool's ``pool_gram``, from a caller that refines against one pool several times (None: built
+            here, for a pool within ``GRAM_MAX_POOL``).
         report: called with the fraction done after every step; an exception it raises stops the run.
 
     Returns:
@@ -347,7 +350,8 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
     def private_part() -> Tensor:
         return pair_mix(privates.reshape(num_images, -1), members, weights)
 
-    gram = pool_gram(flat_pool)
+    if gram is None:
+        gram = pool_gram(flat_pool)
 
     def refit(private: Tensor, prior_mix: Tensor, noise: float) -> Tensor:
         signed = signed_sums(y, private + prior_mix, noise)
@@ -484,9 +488,11 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
     members, weights = start.members.to(device), start.coefficients.to(device)
     options = recovery_options(encryption, k, None, None)
     atoms = min(DEFAULT_ATOMS, len(pool))
+    flat_pool = public.reshape(len(public), -1)
+    gram = pool_gram(flat_pool)  # built once: every public-mix stage and the reassignment use it
     def refine(members: Tensor, weights: Tensor, images: Tensor, report: Callable[[float], None]):
         return refine_with_pool(magnitudes, members, weights, images, public, steps=steps, atoms=atoms,
-                                public_mean=options["public_mean"], report=report)
+                                public_mean=options["public_mean"], gram=gram, report=report)
 
     with tracker.stage("public_mix") as report:
         recovered, public_mix = refine(members, weights, start.recovered.to(device), report)
@@ -509,8 +515,6 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
             recovered = resolve_orientation(recovered)
         with tracker.stage("refinement") as report:
             recovered, public_mix = refine(members, weights, recovered, report)
-        flat_pool = public.reshape(len(public), -1)
-        gram = pool_gram(flat_pool)
         if gram is None and reassignment_rounds > 0:  # the audit is then weaker than it could be: say so
             logger.warning("pool-aware attack: the pool's %d images are over %d, too many for its Gram matrix; "
                            "the reassignment stage does not run", len(flat_pool), GRAM_MAX_POOL)

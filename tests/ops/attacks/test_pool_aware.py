@@ -111,6 +111,14 @@ class TestMatchPublicMix:
 
 
 class TestRefineWithPool:
+    def test_a_gram_matrix_from_the_caller_gives_the_same_refinement(self, challenge, key_aware, pool):
+        view, truth = challenge
+        arguments = (torch.from_numpy(view.encryption).abs(), torch.from_numpy(truth.pair_indices),
+                     torch.from_numpy(truth.coefficients[:, :2]), key_aware.recovered, pool.images.float())
+        built_here = refine_with_pool(*arguments, steps=2)
+        given = refine_with_pool(*arguments, steps=2, gram=pool_gram(pool.images.float().reshape(len(pool), -1)))
+        assert all(torch.equal(a, b) for a, b in zip(built_here, given, strict=True))
+
     def test_demixes_toward_the_true_public_mix(self, challenge, key_aware, pool):
         view, truth = challenge
         encryption = torch.from_numpy(view.encryption)
