@@ -228,12 +228,14 @@ def pool_gram(pool: Tensor) -> Tensor | None:
 
 def pair_mix(images: Tensor, members: Tensor, weights: Tensor) -> Tensor:
     """(E, D) each encoding's private part: its two (M, D) images weighted by their coefficients."""
-    return weights[:, 0, None] * images[members[:, 0]] + weights[:, 1, None] * images[members[:, 1]]
+    mix = weights[:, 0, None] * images[members[:, 0]]
+    mix += weights[:, 1, None] * images[members[:, 1]]  # in place: one (E, D) buffer fewer
+    return mix
 
 
 def signed_sums(magnitudes: Tensor, prediction: Tensor, noise: float = DEFAULT_SUM_NOISE) -> Tensor:
     """The E-step's reading of each unmasked sum: |e| with the predicted sum's sign, softened by ``noise``."""
-    return magnitudes * torch.tanh(magnitudes * prediction / noise)
+    return (magnitudes * prediction).div_(noise).tanh_().mul_(magnitudes)  # one (E, D) buffer throughout
 
 
 def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, images: Tensor, pool: Tensor,
@@ -366,7 +368,7 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
     for step in range(steps):
         noise = sum_noise * anneal ** max(0.0, 1.0 - step / (ANNEAL_FRACTION * steps))
         signed = signed_sums(y, private + public_mix, noise)
-        demixed = (signed - public_mix).reshape(num_enc, height * width, channels)
+        demixed = signed.sub_(public_mix).reshape(num_enc, height * width, channels)
         for c in range(channels):
             privates[..., c] = solve_with_priors(design.T @ demixed[..., c], normal, grid, smoothness,
                                                  (height, width))

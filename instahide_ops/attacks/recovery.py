@@ -167,13 +167,17 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
     mean = _field(public_mean if public_mean is not None else 0.0, (height, width, channels), y, "public_mean")
     std = _field(public_std, (height, width, channels), y, "public_std")
     rest = (1.0 - lam.sum(dim=1)).clamp_min(0.0)  # E: public mass
-    offset = rest[:, None, None] * mean[None]  # E, HW, C
-    noise = (public_noise_ratio(public_slots) * rest**2)[:, None, None] * std[None] ** 2 + 1e-4  # E, HW, C
-    precision = 1.0 / noise.mean(dim=1)  # E, C: the solve uses one variance per encoding and channel
+    # The fields are usually one value per channel: then offset and noise stay (E, 1, C) and broadcast,
+    # which saves the E-step whole passes over (E, HW, C) memory and gives the same numbers.
+    offset = rest[:, None, None] * _squeeze_constant(mean)[None]  # E, HW or 1, C
+    noise = (public_noise_ratio(public_slots) * rest**2)[:, None, None] * _squeeze_constant(std)[None] ** 2 + 1e-4
+    every_pixel = noise.expand(num_enc, height * width, channels).contiguous()  # reduced as before the squeeze
+    precision = 1.0 / every_pixel.mean(dim=1)  # E, C: the solve uses one variance per encoding and channel
     # Each encoding's public mix has a brightness of its own: an offset shared by all its pixels, whose
     # posterior mean (from the residuals of all HW pixels) shrinks their mean toward 0.
     brightness_var = (public_noise_ratio(public_slots) * rest**2)[:, None, None] * public_brightness_std**2
-    brightness_shrink = brightness_var / (brightness_var + noise.mean(dim=1, keepdim=True) / (height * width))
+    brightness_shrink = brightness_var / (brightness_var + every_pixel.mean(dim=1, keepdim=True) / (height * width))
+    del every_pixel
     design = design_matrix(members, lam, num_images)
     normal = [normal_eigen(design, precision[:, c]) for c in range(channels)]
     grid = grid_laplacian_eigen(height, width, like=y)
@@ -189,20 +193,24 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
                 best = int(strength.argmax())
                 weak = (strength < 0.5 * strength[best]).nonzero().flatten().tolist()
                 images[..., weak] = images[..., best : best + 1]
-            predicted = lam[:, 0, None, None] * images[members[:, 0]] + lam[:, 1, None, None] * images[members[:, 1]]
+            # In place where the old value is not needed again: each (E, HW, C) pass is a memory pass.
+            predicted = images[members[:, 0]].mul_(lam[:, 0, None, None])
+            predicted += images[members[:, 1]].mul_(lam[:, 1, None, None])
             predicted += offset
             if known_signs is None:
-                signed = y * torch.tanh(y * (predicted + brightness) / (noise * _temperature(step, steps, anneal)))
+                signed = torch.add(predicted, brightness).mul_(y)
+                signed = signed.div_(noise * _temperature(step, steps, anneal)).tanh_().mul_(y)
                 if public_brightness_std > 0:
-                    brightness = brightness_shrink * (signed - predicted).mean(dim=1, keepdim=True)
+                    residual = torch.sub(signed, predicted, out=predicted)  # predicted is not needed again
+                    brightness = brightness_shrink * residual.mean(dim=1, keepdim=True)
                 signed -= offset
             else:
                 signed = y * known_signs - offset
+            data_rhs = [design.T @ (signed[..., c] * precision[:, c, None]) for c in range(channels)]
             for c in range(channels):
-                rhs = design.T @ (signed[..., c] * precision[:, c, None])
-                images[..., c] = solve_with_priors(rhs, normal[c], grid, smoothness, (height, width))
+                images[..., c] = solve_with_priors(data_rhs[c], normal[c], grid, smoothness, (height, width))
             if colour:
-                rhs = design.T @ (signed[..., 0] * precision[:, 0, None]) + colour * _red_from_green_blue(images)
+                rhs = data_rhs[0] + colour * _red_from_green_blue(images)
                 images[..., 0] = solve_with_priors(rhs, normal[0], grid, smoothness, (height, width), extra=colour)
             images.clamp_(-1.0, 1.0)
             if report is not None:
@@ -273,6 +281,11 @@ def solve_with_priors(rhs: Tensor, normal: tuple[Tensor, Tensor], grid: tuple[Te
     else:
         z = z / (values[:, None] + extra)
     return vectors @ z
+
+
+def _squeeze_constant(field: Tensor) -> Tensor:
+    """(HW, C) field → (1, C) when every pixel holds the same values, else the field unchanged."""
+    return field[:1] if bool((field == field[:1]).all()) else field
 
 
 def _field(value: Tensor | float, shape: tuple[int, int, int], like: Tensor, name: str) -> Tensor:
