@@ -187,11 +187,14 @@ def pursue_from_correlations(correlations: Tensor, gram: Tensor, *, atoms: int,
     initial = correlations / norms  # correlation of each target with each unit pool image
     chosen = torch.empty(len(correlations), 0, dtype=torch.long, device=gram.device)
     fit = torch.empty(len(correlations), 0, device=gram.device, dtype=gram.dtype)
+    chosen_rows = gram.new_empty(len(correlations), atoms, gram.shape[1])  # gram[chosen], one row gathered a step
     for size in range(1, atoms + 1):
         # ⟨target − Σ fit·chosen, unit⟩ from the Gram matrix
-        score = initial.clone() if size == 1 else initial - torch.einsum("ek,ekn->en", fit, gram[chosen]) / norms
+        score = (initial.clone() if size == 1
+                 else initial - torch.einsum("ek,ekn->en", fit, chosen_rows[:, :size - 1]) / norms)
         score.scatter_(1, chosen, float("-inf"))  # never the same image twice
         chosen = torch.cat([chosen, score.argmax(dim=1, keepdim=True)], dim=1)
+        chosen_rows[:, size - 1] = gram[chosen[:, -1]]
         system = gram[chosen[:, :, None], chosen[:, None, :]] + ridge[:size, :size]
         fit = torch.linalg.solve(system, correlations.gather(1, chosen)[:, :, None]).squeeze(2)
     return chosen, fit
