@@ -32,9 +32,10 @@ from torch import Tensor
 
 from instahide_ops.attacks import register_attack
 from instahide_ops.attacks.ciphertext_only import check_challenge_arrays, recovery_options
-from instahide_ops.attacks.pool_aware import DEFAULT_PUBLIC_MIX_STEPS, pair_mix, pool_aware_attack, signed_sums
+from instahide_ops.attacks.pool_aware import DEFAULT_PUBLIC_MIX_STEPS, pool_aware_attack, signed_sums
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
+from instahide_ops.attacks.recovery import pair_mix
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import DEFAULT_SCALES, PublicPool, crop_size, resize_image, to_unit_range

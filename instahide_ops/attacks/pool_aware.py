@@ -54,6 +54,7 @@ from instahide_ops.attacks.recovery import (
     design_matrix,
     grid_laplacian_eigen,
     normal_eigen,
+    pair_mix,
     recover_privates,
     solve_with_priors,
 )
@@ -227,13 +228,6 @@ with it, so the whole attack took 3,750 s against 3,216 s without either."""
 def pool_gram(pool: Tensor) -> Tensor | None:
     """(N, N) inner products of the (N, D) pool's images, or None for a pool over ``GRAM_MAX_POOL``."""
     return pool @ pool.T if len(pool) <= GRAM_MAX_POOL else None
-
-
-def pair_mix(images: Tensor, members: Tensor, weights: Tensor) -> Tensor:
-    """(E, D) each encoding's private part: its two (M, D) images weighted by their coefficients."""
-    mix = weights[:, 0, None] * images[members[:, 0]]
-    mix += weights[:, 1, None] * images[members[:, 1]]  # in place: one (E, D) buffer fewer
-    return mix
 
 
 def signed_sums(magnitudes: Tensor, prediction: Tensor, noise: float = DEFAULT_SUM_NOISE) -> Tensor:

@@ -194,8 +194,7 @@ def recover_privates(magnitudes: Tensor, members: Tensor, weights: Tensor, *, nu
                 weak = (strength < 0.5 * strength[best]).nonzero().flatten().tolist()
                 images[..., weak] = images[..., best : best + 1]
             # In place where the old value is not needed again: each (E, HW, C) pass is a memory pass.
-            predicted = images[members[:, 0]].mul_(lam[:, 0, None, None])
-            predicted += images[members[:, 1]].mul_(lam[:, 1, None, None])
+            predicted = pair_mix(images, members, lam)
             predicted += offset
             if known_signs is None:
                 signed = torch.add(predicted, brightness).mul_(y)
@@ -230,6 +229,14 @@ def _red_from_green_blue(images: Tensor) -> Tensor:
     """(M, HW) natural-colour prediction of red from the green and blue of (M, HW, 3) images."""
     a, b, c = NATURAL_RED_FROM_GREEN_BLUE
     return a * images[..., 1] + b * images[..., 2] + c
+
+
+def pair_mix(images: Tensor, members: Tensor, weights: Tensor) -> Tensor:
+    """(E, ...) each encoding's private part: its two (M, ...) images weighted by their (E, 2) coefficients."""
+    scale = weights.to(images.dtype).reshape(len(weights), 2, *(1,) * (images.ndim - 1))
+    mix = images[members[:, 0]].mul_(scale[:, 0])  # the gathers are copies: scaled in place
+    mix += images[members[:, 1]].mul_(scale[:, 1])
+    return mix
 
 
 def design_matrix(members: Tensor, weights: Tensor, num_images: int) -> Tensor:
