@@ -34,7 +34,6 @@ bound's true pairs) and runs:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -50,6 +49,7 @@ from instahide_ops.attacks.ciphertext_only import (
 from instahide_ops.attacks.clustering import cluster_by_class, coefficients_from_labels, label_classes
 from instahide_ops.attacks.orientation import resolve_orientation
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
+from instahide_ops.attacks.pursuit import PoolGram, match_public_mix, pursue_from_correlations
 from instahide_ops.attacks.recovery import (
     design_matrix,
     grid_laplacian_eigen,
@@ -62,8 +62,6 @@ from instahide_ops.attacks.result import AttackResult
 from instahide_ops.attacks.similarity import class_sets, highpass_features, similarity_matrix
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import PublicPool
-
-logger = logging.getLogger(__name__)
 
 # Measured on 100 × 50 from the key-aware recoveries (per-private SSIM 0.830), one setting changed at a
 # time from steps 40, re-fit every 2nd, 6 atoms, sum noise 0.02 (0.912).
@@ -128,115 +126,13 @@ worse, so only the least-oriented channel is tried."""
 STAGES = ("public_mix", "reclustering", "recovery", "orientation", "refinement", "reassignment", "restarts")
 
 
-def match_public_mix(residuals: Tensor, pool: Tensor, *, atoms: int = DEFAULT_ATOMS, chunk: int = 1024,
-                     gram: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Name each residual's pool images and their weights by orthogonal matching pursuit.
-
-    Args:
-        residuals: (E, D) signed sums with the private part taken out.
-        pool: (N, D) the pool's images, flattened, in [-1, 1].
-        atoms: pool images per residual.
-        chunk: residuals per batch (memory: chunk × atoms × D floats).
-        gram: ``pool_gram(pool)``, when the caller matches many times against one pool: each further
-            image then costs a lookup instead of another pass over the pool.
-
-    Returns:
-        (E, atoms) int64 pool indices and (E, atoms) non-negative weights (least squares on the chosen
-        images, negative weights set to zero).
-
-    Examples:
-        >>> pool = torch.randn(50, 64, generator=torch.Generator().manual_seed(0))
-        >>> mix = 0.3 * pool[7] + 0.2 * pool[21]
-        >>> chosen, weights = match_public_mix(mix[None], pool, atoms=2)
-        >>> sorted(chosen[0].tolist())
-        [7, 21]
-    """
-    if residuals.ndim != 2 or pool.ndim != 2 or residuals.shape[1] != pool.shape[1]:
-        raise InvalidInputError(f"expected (E, D) residuals and an (N, D) pool, got {list(residuals.shape)} and "
-                                f"{list(pool.shape)}", field="pool")
-    if not 1 <= atoms <= len(pool):
-        raise InvalidInputError(f"must lie in [1, {len(pool)}] (the pool's size), got {atoms}", field="atoms")
-    norms = pool.norm(dim=1).clamp_min(1e-12)
-    indices, weights = [], []
-    for start in range(0, len(residuals), chunk):
-        target = residuals[start:start + chunk]
-        if gram is not None:
-            chosen, fit = pursue_from_correlations(target @ pool.T, gram, atoms=atoms, norms=norms)
-        else:
-            chosen, fit = _pursue_explicitly(target, pool, atoms, norms)
-        indices.append(chosen)
-        weights.append(fit.clamp_min(0.0))
-    return torch.cat(indices), torch.cat(weights)
-
-
-def pursue_from_correlations(correlations: Tensor, gram: Tensor, *, atoms: int,
-                             norms: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Orthogonal matching pursuit that never touches the targets: only their inner products with the pool.
-
-    Args:
-        correlations: (R, N) each target's inner product with each pool image.
-        gram: (N, N) ``pool_gram`` of the pool.
-        atoms: pool images per target.
-        norms: (N,) the pool images' norms (read off the Gram matrix when None).
-
-    Returns:
-        (R, atoms) int64 pool indices and (R, atoms) least-squares weights (not clipped).
-    """
-    if norms is None:
-        norms = gram.diagonal().clamp_min(1e-24).sqrt()
-    ridge = 1e-4 * torch.eye(atoms, device=gram.device, dtype=gram.dtype)
-    initial = correlations / norms  # correlation of each target with each unit pool image
-    chosen = torch.empty(len(correlations), 0, dtype=torch.long, device=gram.device)
-    fit = torch.empty(len(correlations), 0, device=gram.device, dtype=gram.dtype)
-    chosen_rows = gram.new_empty(len(correlations), atoms, gram.shape[1])  # gram[chosen], one row gathered a step
-    for size in range(1, atoms + 1):
-        # ⟨target − Σ fit·chosen, unit⟩ from the Gram matrix
-        score = (initial.clone() if size == 1
-                 else initial - torch.einsum("ek,ekn->en", fit, chosen_rows[:, :size - 1]) / norms)
-        score.scatter_(1, chosen, float("-inf"))  # never the same image twice
-        chosen = torch.cat([chosen, score.argmax(dim=1, keepdim=True)], dim=1)
-        chosen_rows[:, size - 1] = gram[chosen[:, -1]]
-        system = gram[chosen[:, :, None], chosen[:, None, :]] + ridge[:size, :size]
-        fit = torch.linalg.solve(system, correlations.gather(1, chosen)[:, :, None]).squeeze(2)
-    return chosen, fit
-
-
-def _pursue_explicitly(target: Tensor, pool: Tensor, atoms: int, norms: Tensor) -> tuple[Tensor, Tensor]:
-    """``pursue_from_correlations`` for a pool too large for its Gram matrix: residuals formed in full."""
-    ridge = 1e-4 * torch.eye(atoms, device=pool.device, dtype=pool.dtype)
-    chosen = torch.empty(len(target), 0, dtype=torch.long, device=pool.device)
-    fit = torch.empty(len(target), 0, device=pool.device, dtype=pool.dtype)
-    for size in range(1, atoms + 1):
-        left = target - (fit[:, :, None] * pool[chosen]).sum(dim=1)
-        score = left @ pool.T / norms
-        score.scatter_(1, chosen, float("-inf"))
-        chosen = torch.cat([chosen, score.argmax(dim=1, keepdim=True)], dim=1)
-        picked = pool[chosen]  # chunk, size, D
-        system = picked @ picked.transpose(1, 2) + ridge[:size, :size]
-        fit = torch.linalg.solve(system, picked @ target[:, :, None]).squeeze(2)
-    return chosen, fit
-
-
-GRAM_MAX_POOL = 16384
-"""Largest pool whose Gram matrix (N² floats: 1 GiB at 16,384) ``pool_gram`` builds. Above it the public-mix
-stages pursue explicitly and the reassignment stage, which cannot run without the matrix, is skipped. At 16,384
-(bench set, seed 0, 2-core CPU) the matrix pays twice: the reassignment lifts the encodings with both clusters
-right from 0.63 to 0.77 and Max_SSIM from 0.870 to 0.893, and the public-mix stages run 2.4 to 2.9 times faster
-with it, so the whole attack took 3,750 s against 3,216 s without either."""
-
-
-def pool_gram(pool: Tensor) -> Tensor | None:
-    """(N, N) inner products of the (N, D) pool's images, or None for a pool over ``GRAM_MAX_POOL``."""
-    return pool @ pool.T if len(pool) <= GRAM_MAX_POOL else None
-
-
 def signed_sums(magnitudes: Tensor, prediction: Tensor, noise: float = DEFAULT_SUM_NOISE) -> Tensor:
     """The E-step's reading of each unmasked sum: |e| with the predicted sum's sign, softened by ``noise``."""
     return (magnitudes * prediction).div_(noise).tanh_().mul_(magnitudes)  # one (E, D) buffer throughout
 
 
 def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, images: Tensor, pool: Tensor,
-                   gram: Tensor, *, atoms: int = DEFAULT_ATOMS, chunk: int = 1024,
+                   gram: PoolGram, *, atoms: int = DEFAULT_ATOMS, chunk: int = 1024,
                    report: Callable[[float], None] | None = None) -> Tensor:
     """Choose each encoding's two clusters again, jointly with its public mix.
 
@@ -252,7 +148,8 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
         labels: (E, classes) mixed labels; each encoding's pair is drawn from its two label classes.
         cluster_classes: (M,) each cluster's class.
         images: (M, D) the clusters' recoveries.
-        pool: (N, D) the public pool; gram: its ``pool_gram``.
+        pool: (N, D) the public pool; gram: its ``PoolGram`` (the stored matrix, or rows computed on request
+            for a pool over ``pursuit.GRAM_MAX_POOL``: the same choices up to rounding, slower).
         atoms: pool images per public mix.
         chunk: candidate pairs per batch (memory: chunk × atoms × N floats).
         report: called with the fraction of encodings done.
@@ -288,10 +185,10 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
                        + wa ** 2 * own[first][None, :, None] + wb ** 2 * own[second][None, None, :]
                        + 2 * wa * wb * images_gram[first][:, second][None])
             flat = correlations.reshape(-1, correlations.shape[-1])
-            chosen, fit = pursue_from_correlations(flat, gram, atoms=atoms)
+            chosen, fit, among_chosen = pursue_from_correlations(flat, gram, atoms=atoms)
             fit = fit.clamp_min(0.0)
             explained = (2 * (fit * flat.gather(1, chosen)).sum(dim=1)
-                         - torch.einsum("ri,rij,rj->r", fit, gram[chosen[:, :, None], chosen[:, None, :]], fit))
+                         - torch.einsum("ri,rij,rj->r", fit, among_chosen, fit))
             residual = squared - explained.reshape(squared.shape)
             if first_class == second_class and len(first) > 1:  # two different images of the one class
                 residual = residual + torch.diag(torch.full((len(first),), float("inf"), device=residual.device))
@@ -308,7 +205,7 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
                      steps: int = DEFAULT_PUBLIC_MIX_STEPS, refit_every: int = DEFAULT_REFIT_EVERY,
                      sum_noise: float = DEFAULT_SUM_NOISE, smoothness: float = DEFAULT_SMOOTHNESS,
                      atoms: int = DEFAULT_ATOMS, anneal: float = DEFAULT_ANNEAL, public_mean: Tensor | float = 0.0,
-                     gram: Tensor | None = None,
+                     gram: PoolGram | None = None,
                      report: Callable[[float], None] | None = None) -> tuple[Tensor, Tensor]:
     """EM over the private images with each encoding's public mix fitted from the pool.
 
@@ -322,8 +219,8 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
             keeps the sign noise at ``sum_noise`` throughout).
         public_mean: natural-image pixel mean (a float or (C,)); the first fit reads signs against the
             public mass times it, as the attacks' recovery does.
-        gram: the pool's ``pool_gram``, from a caller that refines against one pool several times (None: built
-            here, for a pool within ``GRAM_MAX_POOL``).
+        gram: the pool's ``PoolGram``, from a caller that refines against one pool several times (None: built
+            here).
         report: called with the fraction done after every step; an exception it raises stops the run.
 
     Returns:
@@ -350,7 +247,7 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
         return pair_mix(privates.reshape(num_images, -1), members, weights)
 
     if gram is None:
-        gram = pool_gram(flat_pool)
+        gram = PoolGram(flat_pool)
 
     def refit(private: Tensor, prior_mix: Tensor, noise: float) -> Tensor:
         signed = signed_sums(y, private + prior_mix, noise)
@@ -461,7 +358,7 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
         device, progress, cancel: as for the other attacks.
         steps: EM steps of each public-mix stage.
         reassignment_rounds: rounds of ``reassign_pairs`` and recovery after the refinement (reclustering
-            only; none for a pool too large for ``pool_gram``).
+            only).
         restart_fraction: share of the clusters ``restart_misfits`` runs again at the end; 0 leaves the
             stage out.
 
@@ -488,7 +385,7 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
     options = recovery_options(encryption, k, None, None)
     atoms = min(DEFAULT_ATOMS, len(pool))
     flat_pool = public.reshape(len(public), -1)
-    gram = pool_gram(flat_pool)  # built once: every public-mix stage and the reassignment use it
+    gram = PoolGram(flat_pool)  # built once: every public-mix stage and the reassignment use it
     def refine(members: Tensor, weights: Tensor, images: Tensor, report: Callable[[float], None]):
         return refine_with_pool(magnitudes, members, weights, images, public, steps=steps, atoms=atoms,
                                 public_mean=options["public_mean"], gram=gram, report=report)
@@ -514,10 +411,7 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
             recovered = resolve_orientation(recovered)
         with tracker.stage("refinement") as report:
             recovered, public_mix = refine(members, weights, recovered, report)
-        if gram is None and reassignment_rounds > 0:  # the audit is then weaker than it could be: say so
-            logger.warning("pool-aware attack: the pool's %d images are over %d, too many for its Gram matrix; "
-                           "the reassignment stage does not run", len(flat_pool), GRAM_MAX_POOL)
-        for _ in range(reassignment_rounds if gram is not None else 0):
+        for _ in range(reassignment_rounds):
             with tracker.stage("reassignment") as report:
                 flat = recovered.reshape(len(recovered), -1)
                 prediction = pair_mix(flat, members, weights) + public_mix.reshape(len(members), -1)

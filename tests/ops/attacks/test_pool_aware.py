@@ -1,31 +1,27 @@
-"""instahide_ops.attacks.pool_aware: naming public mixes, demixing, and the attack from both starts."""
+"""instahide_ops.attacks.pool_aware: demixing, reassigning pairs, and the attack from both starts."""
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import pytest
 import torch
 
 from instahide_ops import InvalidInputError
-from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, pool_aware
+from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, pursuit
 from instahide_ops.attacks.pool_aware import (
     DEFAULT_ANNEAL,
     STAGES,
     cluster_misfit,
     least_oriented_channel,
-    match_public_mix,
-    pool_gram,
     reassign_pairs,
     refine_with_pool,
     restart_misfits,
     signed_sums,
 )
+from instahide_ops.attacks.pursuit import PoolGram, match_public_mix
 from instahide_ops.attacks.recovery import NATURAL_CHANNEL_MEAN
 from instahide_ops.attacks.similarity_net import attacker_images
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
-from instahide_ops.encode import EncodeParams, encode
 from instahide_ops.metrics import challenge_scores, ssim
 from instahide_ops.pool import PublicPool
 
@@ -68,55 +64,13 @@ def _max_ssim(result, truth) -> float:
                             torch.from_numpy(truth.pair_indices)).max_ssim
 
 
-class TestMatchPublicMix:
-    def test_names_the_images_and_weights_of_exact_mixes(self):
-        generator = torch.Generator().manual_seed(0)
-        pool = torch.rand(300, 3 * 16 * 16, generator=generator) * 2 - 1
-        chosen = torch.stack([torch.randperm(300, generator=generator)[:4] for _ in range(50)])
-        weights = torch.rand(50, 4, generator=generator) * 0.2 + 0.05
-        mixes = (weights[:, :, None] * pool[chosen]).sum(dim=1)
-        named, fitted = match_public_mix(mixes, pool, atoms=4, chunk=16)  # chunks of 16 cover 50 rows
-        order, truth_order = named.argsort(dim=1), chosen.argsort(dim=1)
-        assert torch.equal(named.gather(1, order), chosen.gather(1, truth_order))
-        torch.testing.assert_close(fitted.gather(1, order), weights.gather(1, truth_order), atol=1e-4, rtol=0)
-
-    def test_names_most_public_images_of_real_mixes(self, pool):
-        # The true signed public part of real encodings, over the real pool (overlapping crops, near
-        # duplicates): matching pursuit names >= 90 % of the public images (measured 96 % on 1,000 encodings).
-        privates, classes = bundled_private_images(IMAGES)
-        batch = encode(torch.from_numpy(privates), torch.from_numpy(classes), num_classes=10,
-                       params=EncodeParams(mode="cross", k=6), pool=pool, seed=(0, 0))
-        publics, weights = batch.keys.indices[:, 2:], batch.keys.coefficients[:, 2:]
-        flat = pool.images.float().reshape(len(pool), -1)
-        mixes = (weights[:, :, None] * flat[publics]).sum(dim=1)
-        named, fitted = match_public_mix(mixes, flat)
-        kept = named.gather(1, fitted.topk(4, dim=1).indices)
-        assert float((kept[:, :, None] == publics[:, None, :]).any(dim=1).float().mean()) >= 0.9
-
-    def test_the_gram_path_names_what_the_explicit_path_names(self):
-        generator = torch.Generator().manual_seed(1)
-        pool = torch.rand(200, 192, generator=generator) * 2 - 1
-        targets = torch.rand(40, 192, generator=generator) - 0.5
-        explicit = match_public_mix(targets, pool, atoms=5)
-        from_gram = match_public_mix(targets, pool, atoms=5, gram=pool_gram(pool))
-        assert torch.equal(explicit[0], from_gram[0])
-        torch.testing.assert_close(explicit[1], from_gram[1], atol=1e-4, rtol=0)
-
-    def test_bad_arguments(self):
-        pool = torch.zeros(5, 12)
-        with pytest.raises(InvalidInputError, match="residuals and an"):
-            match_public_mix(torch.zeros(3, 10), pool)
-        with pytest.raises(InvalidInputError, match=r"must lie in \[1, 5\]"):
-            match_public_mix(torch.zeros(3, 12), pool, atoms=6)
-
-
 class TestRefineWithPool:
     def test_a_gram_matrix_from_the_caller_gives_the_same_refinement(self, challenge, key_aware, pool):
         view, truth = challenge
         arguments = (torch.from_numpy(view.encryption).abs(), torch.from_numpy(truth.pair_indices),
                      torch.from_numpy(truth.coefficients[:, :2]), key_aware.recovered, pool.images.float())
         built_here = refine_with_pool(*arguments, steps=2)
-        given = refine_with_pool(*arguments, steps=2, gram=pool_gram(pool.images.float().reshape(len(pool), -1)))
+        given = refine_with_pool(*arguments, steps=2, gram=PoolGram(pool.images.float().reshape(len(pool), -1)))
         assert all(torch.equal(a, b) for a, b in zip(built_here, given, strict=True))
 
     def test_demixes_toward_the_true_public_mix(self, challenge, key_aware, pool):
@@ -170,11 +124,26 @@ class TestReassignPairs:
         flat_pool = pool.images.float().reshape(len(pool), -1)
         members = reassign_pairs(signed.reshape(len(signed), -1), torch.from_numpy(view.labels),
                                  torch.from_numpy(truth.private_labels), torch.from_numpy(truth.privates).reshape(
-                                     IMAGES, -1), flat_pool, pool_gram(flat_pool), chunk=256)
+                                     IMAGES, -1), flat_pool, PoolGram(flat_pool), chunk=256)
         right = (members.sort(dim=1).values == torch.from_numpy(truth.pair_indices).sort(dim=1).values).all(dim=1)
         assert float(right.float().mean()) >= 0.97  # measured 1.00
         heavier = torch.from_numpy(view.labels).gather(1, torch.from_numpy(truth.private_labels)[members])
         assert bool((heavier[:, 0] >= heavier[:, 1]).all())  # the heavier label class's cluster first
+
+    def test_computed_gram_rows_give_the_pairs_the_stored_matrix_gives(self, signed_challenge, pool, monkeypatch):
+        view, truth = signed_challenge
+        generator = torch.Generator().manual_seed(4)
+        images = torch.from_numpy(truth.privates).reshape(IMAGES, -1)
+        images = images + 0.3 * torch.randn(images.shape, generator=generator)  # close calls, as in an attack
+        signed = torch.from_numpy(truth.sum_signs).float() * torch.from_numpy(view.encryption).abs()
+        arguments = (signed.reshape(len(signed), -1), torch.from_numpy(view.labels),
+                     torch.from_numpy(truth.private_labels), images, pool.images.float().reshape(len(pool), -1))
+        stored = reassign_pairs(*arguments, PoolGram(arguments[-1]), chunk=256)
+        monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", len(pool) - 1)
+        gram = PoolGram(arguments[-1])
+        assert not gram.stored
+        computed = reassign_pairs(*arguments, gram, chunk=256)
+        assert float((computed == stored).all(dim=1).float().mean()) >= 0.99
 
     def test_scores_each_pair_by_the_residual_it_leaves(self, signed_challenge, pool):
         # The inner-product algebra against the residuals formed in full, pair by pair, on a few encodings
@@ -188,7 +157,7 @@ class TestReassignPairs:
         signed = signed_sums(magnitudes, torch.randn(magnitudes.shape, generator=generator) * 0.1)
         labels, classes = torch.from_numpy(view.labels)[rows], torch.from_numpy(truth.private_labels)
         flat_pool = pool.images.float().reshape(len(pool), -1)
-        members = reassign_pairs(signed, labels, classes, images, flat_pool, pool_gram(flat_pool), atoms=4)
+        members = reassign_pairs(signed, labels, classes, images, flat_pool, PoolGram(flat_pool), atoms=4)
         for row in range(len(rows)):
             first, second = labels[row].topk(2).indices.tolist()
             if labels[row, second] == 0:
@@ -286,15 +255,18 @@ class TestPoolAwareAttack:
                                              encodings_per_image=PER_IMAGE, steps=2, reassignment_rounds=0)
         assert list(result.stage_seconds) == [stage for stage in STAGES if stage != "reassignment"]
 
-    def test_a_pool_too_large_for_its_gram_matrix_skips_the_reassignment_and_says_so(self, challenge, ciphertext_only,
-                                                                                      pool, monkeypatch, caplog):
-        view, _ = challenge
-        monkeypatch.setattr(pool_aware, "GRAM_MAX_POOL", len(pool) - 1)
-        caplog.set_level(logging.WARNING, logger="instahide_ops.attacks.pool_aware")
-        result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=ciphertext_only,
-                                             encodings_per_image=PER_IMAGE, steps=2)
-        assert list(result.stage_seconds) == [stage for stage in STAGES if stage != "reassignment"]
-        assert f"the pool's {len(pool)} images are over {len(pool) - 1}" in caplog.text
+    def test_a_pool_too_large_for_its_gram_matrix_still_reassigns(self, challenge, ciphertext_only, pool,
+                                                                 monkeypatch):
+        # Over GRAM_MAX_POOL the Gram rows are computed when chosen: every stage runs, and the attack ends
+        # where it ends with the stored matrix (up to rounding).
+        view, truth = challenge
+        arguments = dict(pool=pool, start=ciphertext_only, encodings_per_image=PER_IMAGE, steps=2)
+        stored = create_attack("pool_aware")(view.encryption, view.labels, **arguments)
+        monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", len(pool) - 1)
+        computed = create_attack("pool_aware")(view.encryption, view.labels, **arguments)
+        assert list(computed.stage_seconds) == list(STAGES)
+        assert float((computed.members == stored.members).all(dim=1).float().mean()) >= 0.95
+        assert abs(_max_ssim(computed, truth) - _max_ssim(stored, truth)) <= 0.01
 
     def test_from_the_key_aware_bound_keeps_its_pairs(self, challenge, key_aware, pool):
         view, truth = challenge
