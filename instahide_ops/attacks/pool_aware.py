@@ -49,7 +49,13 @@ from instahide_ops.attacks.ciphertext_only import (
 from instahide_ops.attacks.clustering import cluster_by_class, coefficients_from_labels, label_classes
 from instahide_ops.attacks.orientation import resolve_orientation
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
-from instahide_ops.attacks.pursuit import PoolGram, match_public_mix, pursue_from_correlations
+from instahide_ops.attacks.pursuit import (
+    PoolGram,
+    match_public_mix,
+    pursue_from_correlations,
+    pursuit_floats_per_target,
+    rows_that_fit,
+)
 from instahide_ops.attacks.recovery import (
     design_matrix,
     grid_laplacian_eigen,
@@ -151,7 +157,8 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
         pool: (N, D) the public pool; gram: its ``PoolGram`` (the stored matrix, or rows computed on request
             for a pool over ``pursuit.GRAM_MAX_POOL``: the same choices up to rounding, slower).
         atoms: pool images per public mix.
-        chunk: candidate pairs per batch (memory: chunk × atoms × N floats).
+        chunk: candidate pairs per batch at most. Over a large pool fewer, and the encodings' inner products with
+            the pool are held a block at a time, each within ``pursuit.WORKING_BYTES``.
         report: called with the fraction of encodings done.
 
     Returns:
@@ -161,43 +168,63 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
     masses = labels.float().gather(1, pair_classes)
     same = pair_classes[:, 0] == pair_classes[:, 1]
     masses[same] = masses[same] / 2  # as coefficients_from_labels splits a class named twice
-    with_pool, with_images = signed @ pool.T, signed @ images.T  # (E, N), (E, M)
+    with_images = signed @ images.T  # (E, M)
     images_pool, images_gram = images @ pool.T, images @ images.T
     own = images_gram.diagonal()
+
+    def left_over(batch: Tensor, with_pool: Tensor, first: Tensor, second: Tensor) -> Tensor:
+        """(batch, |first|, |second|) squared norm of each signed sum less a pair and the pair's public mix."""
+        wa, wb = masses[batch, 0, None, None], masses[batch, 1, None, None]
+        # inner products of each target s − wa·Ra − wb·Rb with the pool: (batch, |A|, |B|, N)
+        correlations = (with_pool[:, None, None, :] - wa[..., None] * images_pool[first][None, :, None, :]
+                        - wb[..., None] * images_pool[second][None, None, :, :])
+        squared = ((signed[batch] ** 2).sum(dim=1)[:, None, None]
+                   - 2 * wa * with_images[batch][:, first, None] - 2 * wb * with_images[batch][:, None, second]
+                   + wa ** 2 * own[first][None, :, None] + wb ** 2 * own[second][None, None, :]
+                   + 2 * wa * wb * images_gram[first][:, second][None])
+        flat = correlations.reshape(-1, correlations.shape[-1])
+        chosen, fit, among_chosen = pursue_from_correlations(flat, gram, atoms=atoms)
+        fit = fit.clamp_min(0.0)
+        explained = (2 * (fit * flat.gather(1, chosen)).sum(dim=1)
+                     - torch.einsum("ri,rij,rj->r", fit, among_chosen, fit))
+        return squared - explained.reshape(squared.shape)
+
     members = torch.zeros_like(pair_classes)
-    groups = torch.unique(pair_classes, dim=0)
+    pairs_per_batch = rows_that_fit(pool, floats_per_target=pursuit_floats_per_target(atoms), limit=chunk)
+    block = rows_that_fit(pool, floats_per_target=1, limit=len(signed))  # encodings correlated with the pool at once
     done = 0
-    for first_class, second_class in groups.tolist():
-        rows = ((pair_classes[:, 0] == first_class) & (pair_classes[:, 1] == second_class)).nonzero().flatten()
-        first = (cluster_classes == first_class).nonzero().flatten()
-        second = (cluster_classes == second_class).nonzero().flatten()
-        if len(first) == 0 or len(second) == 0:  # a class without clusters: keep zeros, as the labels allow no pair
-            continue
-        pairs = len(first) * len(second)
-        for start in range(0, len(rows), max(1, chunk // pairs)):
-            batch = rows[start:start + max(1, chunk // pairs)]
-            wa, wb = masses[batch, 0, None, None], masses[batch, 1, None, None]
-            # inner products of each target s − wa·Ra − wb·Rb with the pool: (batch, |A|, |B|, N)
-            correlations = (with_pool[batch, None, None, :] - wa[..., None] * images_pool[first][None, :, None, :]
-                            - wb[..., None] * images_pool[second][None, None, :, :])
-            squared = ((signed[batch] ** 2).sum(dim=1)[:, None, None]
-                       - 2 * wa * with_images[batch][:, first, None] - 2 * wb * with_images[batch][:, None, second]
-                       + wa ** 2 * own[first][None, :, None] + wb ** 2 * own[second][None, None, :]
-                       + 2 * wa * wb * images_gram[first][:, second][None])
-            flat = correlations.reshape(-1, correlations.shape[-1])
-            chosen, fit, among_chosen = pursue_from_correlations(flat, gram, atoms=atoms)
-            fit = fit.clamp_min(0.0)
-            explained = (2 * (fit * flat.gather(1, chosen)).sum(dim=1)
-                         - torch.einsum("ri,rij,rj->r", fit, among_chosen, fit))
-            residual = squared - explained.reshape(squared.shape)
-            if first_class == second_class and len(first) > 1:  # two different images of the one class
-                residual = residual + torch.diag(torch.full((len(first),), float("inf"), device=residual.device))
-            best = residual.reshape(len(batch), -1).argmin(dim=1)
-            members[batch, 0] = first[best // len(second)]
-            members[batch, 1] = second[best % len(second)]
-            done += len(batch)
-            if report is not None:
-                report(done / len(labels))
+    for begin in range(0, len(signed), block):
+        with_pool = signed[begin:begin + block] @ pool.T
+        in_block = pair_classes[begin:begin + block]
+        for first_class, second_class in torch.unique(in_block, dim=0).tolist():
+            first = (cluster_classes == first_class).nonzero().flatten()
+            second = (cluster_classes == second_class).nonzero().flatten()
+            if len(first) == 0 or len(second) == 0:  # a class without clusters: keep zeros, as the labels allow none
+                continue
+            local = ((in_block[:, 0] == first_class) & (in_block[:, 1] == second_class)).nonzero().flatten()
+            rows_step = max(1, pairs_per_batch // (len(first) * len(second)))
+            # one encoding's pairs may pass the batch too (many clusters, a huge pool): then they go in parts
+            second_step = min(len(second), pairs_per_batch)
+            first_step = max(1, pairs_per_batch // second_step)
+            distinct = first_class == second_class and len(first) > 1  # two different images of the one class
+            for start in range(0, len(local), rows_step):
+                batch = begin + local[start:start + rows_step]
+                lowest = torch.full((len(batch),), float("inf"), device=signed.device)
+                for part_a in first.split(first_step):
+                    for part_b in second.split(second_step):
+                        residual = left_over(batch, with_pool[batch - begin], part_a, part_b)
+                        if distinct:
+                            residual = residual.masked_fill(part_a[:, None] == part_b[None, :], float("inf"))
+                        flat = residual.reshape(len(batch), -1)
+                        best = flat.argmin(dim=1)
+                        value = flat.gather(1, best[:, None]).squeeze(1)
+                        better = value < lowest
+                        lowest = torch.where(better, value, lowest)
+                        members[batch[better], 0] = part_a[best[better] // len(part_b)]
+                        members[batch[better], 1] = part_b[best[better] % len(part_b)]
+                done += len(batch)
+                if report is not None:
+                    report(done / len(labels))
     return members
 
 

@@ -4,7 +4,8 @@ The pool-aware attack names each encoding's public images this way, and its reas
 public mix per candidate pair (about a hundred per encoding). Matching pursuit needs each target's inner
 products with the pool and, per chosen image, that image's inner products with the pool: a row of the
 pool's Gram matrix. ``PoolGram`` stores the whole matrix while it fits (``GRAM_MAX_POOL``) and computes the
-rows a pursuit asks for above that, so a pool of any size gets every stage.
+rows a pursuit asks for above that, so a pool of any size gets every stage. Its batches shrink with the pool's
+size (``WORKING_BYTES``), so a pool of any size also gets them within a known amount of memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,36 @@ chooses are computed from the pool when it chooses them: on a 2-core CPU the rea
 as long (at 16,384, 300 encodings), and the public-mix stages, which then correlate every residual with the whole
 pool at every step, 2.4 to 2.9 times as long (at 16,384; 3.5 at 2,048). The reassignment is worth the time: at
 16,384 it lifts the bench's Max_SSIM from 0.870 to 0.893."""
+
+WORKING_BYTES = 1 << 30
+"""About the most one batch of pursuits holds at once. A batch's buffers grow with its targets times the pool's
+size, so over a large pool the batches shrink to fit (``rows_that_fit``); at the default chunk of 1,024 targets
+and six atoms that first happens above 16,384 images. Without it, 1,024 targets over a pool of 65,536 took
+2.6 GiB, and over 200,000 would take about 8."""
+
+EXPLICIT_FLOATS_PER_TARGET = 4
+"""Floats per target and pool image that ``match_public_mix`` holds when it correlates residuals with the pool
+at every step (peak resident memory measured over 65,536 images: 3.6)."""
+
+
+def pursuit_floats_per_target(atoms: int) -> int:
+    """Floats per target and pool image that ``pursue_from_correlations`` holds, its input included: the chosen
+    images' rows (``atoms``), the scores and the temporaries of a step (peak resident memory measured over
+    65,536 images at six atoms: 10.1)."""
+    return atoms + 5
+
+
+def rows_that_fit(pool: Tensor, *, floats_per_target: int, limit: int) -> int:
+    """Targets per batch: ``limit`` at most, fewer where ``floats_per_target`` floats per target and pool image
+    would pass ``WORKING_BYTES``, and never fewer than one.
+
+    Examples:
+        >>> rows_that_fit(torch.zeros(2048, 3072), floats_per_target=16, limit=1024)
+        1024
+        >>> rows_that_fit(torch.zeros(65536, 8), floats_per_target=16, limit=1024)
+        256
+    """
+    return max(1, min(limit, WORKING_BYTES // (floats_per_target * len(pool) * pool.element_size())))
 
 
 class PoolGram:
@@ -38,8 +69,10 @@ class PoolGram:
     def __init__(self, pool: Tensor):
         self.pool = pool
         self.matrix = pool @ pool.T if len(pool) <= GRAM_MAX_POOL else None
-        squared = self.matrix.diagonal() if self.matrix is not None else (pool * pool).sum(dim=1)
-        self.norms = squared.clamp_min(1e-24).sqrt()
+        if self.matrix is not None:
+            self.norms = self.matrix.diagonal().clamp_min(1e-24).sqrt()
+        else:  # without a pool-sized temporary: this pool is a large one
+            self.norms = pool.norm(dim=1).clamp_min(1e-12)
 
     @property
     def stored(self) -> bool:
@@ -62,7 +95,7 @@ def match_public_mix(residuals: Tensor, pool: Tensor, *, atoms: int, chunk: int 
         residuals: (E, D) signed sums with the private part taken out.
         pool: (N, D) the pool's images, flattened, in [-1, 1].
         atoms: pool images per residual.
-        chunk: residuals per batch (memory: chunk × atoms × D floats).
+        chunk: residuals per batch at most; fewer over a pool too large for ``WORKING_BYTES``.
         gram: ``PoolGram(pool)``, when the caller matches many times against one pool: each further image
             then costs a lookup instead of another pass over the pool. Used only when it stores the whole
             matrix: residuals of different encodings seldom choose the same images, so computing the rows
@@ -85,10 +118,13 @@ def match_public_mix(residuals: Tensor, pool: Tensor, *, atoms: int, chunk: int 
     if not 1 <= atoms <= len(pool):
         raise InvalidInputError(f"must lie in [1, {len(pool)}] (the pool's size), got {atoms}", field="atoms")
     norms = pool.norm(dim=1).clamp_min(1e-12)
+    from_gram = gram is not None and gram.stored
+    step = rows_that_fit(pool, limit=chunk, floats_per_target=(pursuit_floats_per_target(atoms) if from_gram
+                                                               else EXPLICIT_FLOATS_PER_TARGET))
     indices, weights = [], []
-    for start in range(0, len(residuals), chunk):
-        target = residuals[start:start + chunk]
-        if gram is not None and gram.stored:
+    for start in range(0, len(residuals), step):
+        target = residuals[start:start + step]
+        if from_gram:
             chosen, fit, _ = pursue_from_correlations(target @ pool.T, gram, atoms=atoms, norms=norms)
         else:
             chosen, fit = _pursue_explicitly(target, pool, atoms, norms)

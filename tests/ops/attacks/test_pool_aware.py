@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from instahide_ops import InvalidInputError
-from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, pursuit
+from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, pool_aware, pursuit
 from instahide_ops.attacks.pool_aware import (
     DEFAULT_ANNEAL,
+    DEFAULT_ATOMS,
     STAGES,
     cluster_misfit,
     least_oriented_channel,
@@ -57,6 +58,18 @@ def signed_challenge(pool):
     """A set whose ground truth holds every sum's sign."""
     privates, classes = bundled_private_images(IMAGES)
     return build_challenge(privates, classes, encodings_per_image=PER_IMAGE, seed=2, pool=pool, with_sum_signs=True)
+
+
+@pytest.fixture(scope="module")
+def close_calls(signed_challenge, pool):
+    """reassign_pairs' arguments but the Gram matrix: true signs, and noisy images so that some pairs are close."""
+    view, truth = signed_challenge
+    generator = torch.Generator().manual_seed(4)
+    images = torch.from_numpy(truth.privates).reshape(IMAGES, -1)
+    images = images + 0.3 * torch.randn(images.shape, generator=generator)
+    signed = torch.from_numpy(truth.sum_signs).float() * torch.from_numpy(view.encryption).abs()
+    return (signed.reshape(len(signed), -1), torch.from_numpy(view.labels), torch.from_numpy(truth.private_labels),
+            images, pool.images.float().reshape(len(pool), -1))
 
 
 def _max_ssim(result, truth) -> float:
@@ -130,20 +143,45 @@ class TestReassignPairs:
         heavier = torch.from_numpy(view.labels).gather(1, torch.from_numpy(truth.private_labels)[members])
         assert bool((heavier[:, 0] >= heavier[:, 1]).all())  # the heavier label class's cluster first
 
-    def test_computed_gram_rows_give_the_pairs_the_stored_matrix_gives(self, signed_challenge, pool, monkeypatch):
-        view, truth = signed_challenge
-        generator = torch.Generator().manual_seed(4)
-        images = torch.from_numpy(truth.privates).reshape(IMAGES, -1)
-        images = images + 0.3 * torch.randn(images.shape, generator=generator)  # close calls, as in an attack
-        signed = torch.from_numpy(truth.sum_signs).float() * torch.from_numpy(view.encryption).abs()
-        arguments = (signed.reshape(len(signed), -1), torch.from_numpy(view.labels),
-                     torch.from_numpy(truth.private_labels), images, pool.images.float().reshape(len(pool), -1))
+    def test_computed_gram_rows_give_the_pairs_the_stored_matrix_gives(self, close_calls, pool, monkeypatch):
+        arguments = close_calls
         stored = reassign_pairs(*arguments, PoolGram(arguments[-1]), chunk=256)
         monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", len(pool) - 1)
         gram = PoolGram(arguments[-1])
         assert not gram.stored
         computed = reassign_pairs(*arguments, gram, chunk=256)
         assert float((computed == stored).all(dim=1).float().mean()) >= 0.99
+
+    def test_a_pool_too_large_for_the_working_memory_is_pursued_in_parts(self, close_calls, monkeypatch):
+        # With room for three candidate pairs at a time, the encodings are correlated with the pool 33 at a time
+        # and each encoding's pairs (up to 4 × 4: one to four clusters per class) go in pursuits of at most three.
+        flat_pool = close_calls[-1]
+        arguments = (*close_calls, PoolGram(flat_pool))
+        signed = arguments[0]
+        batches, blocks = [], []
+        real_pursuit, real_rows = pool_aware.pursue_from_correlations, pool_aware.rows_that_fit
+
+        def pursue(correlations, *args, **kwargs):
+            batches.append(len(correlations))
+            return real_pursuit(correlations, *args, **kwargs)
+
+        def rows(pool, *, floats_per_target, limit):
+            blocks.append(real_rows(pool, floats_per_target=floats_per_target, limit=limit))
+            return blocks[-1]
+
+        monkeypatch.setattr(pool_aware, "pursue_from_correlations", pursue)
+        monkeypatch.setattr(pool_aware, "rows_that_fit", rows)
+        whole = reassign_pairs(*arguments, chunk=256)
+        assert blocks == [256, len(signed)]
+        pursued = sum(batches)
+        batches.clear()
+        blocks.clear()
+        floats = pursuit.pursuit_floats_per_target(DEFAULT_ATOMS)
+        monkeypatch.setattr(pursuit, "WORKING_BYTES", 3 * floats * len(flat_pool) * flat_pool.element_size())
+        split = reassign_pairs(*arguments, chunk=256)
+        assert blocks == [3, 3 * floats]  # candidate pairs per pursuit; encodings correlated with the pool at once
+        assert max(batches) <= 3 and sum(batches) == pursued  # every candidate pair, in parts
+        assert float((split == whole).all(dim=1).float().mean()) >= 0.99  # measured 1.00; rounding may tip a tie
 
     def test_scores_each_pair_by_the_residual_it_leaves(self, signed_challenge, pool):
         # The inner-product algebra against the residuals formed in full, pair by pair, on a few encodings

@@ -54,6 +54,30 @@ class TestMatchPublicMix:
         assert torch.equal(explicit[0], from_gram[0])
         torch.testing.assert_close(explicit[1], from_gram[1], atol=1e-4, rtol=0)
 
+    @pytest.mark.parametrize("stored", [True, False])
+    def test_a_pool_too_large_for_the_working_memory_is_matched_in_smaller_batches(self, monkeypatch, stored):
+        generator = torch.Generator().manual_seed(1)
+        pool = torch.rand(200, 192, generator=generator) * 2 - 1
+        targets = torch.rand(40, 192, generator=generator) - 0.5
+        gram = PoolGram(pool) if stored else None
+        whole = match_public_mix(targets, pool, atoms=5, gram=gram)
+        batches = []
+
+        def counted(real):
+            def pursue(target, *args, **kwargs):
+                batches.append(len(target))
+                return real(target, *args, **kwargs)
+            return pursue
+
+        for name in ("pursue_from_correlations", "_pursue_explicitly"):
+            monkeypatch.setattr(pursuit, name, counted(getattr(pursuit, name)))
+        per_target = pursuit.pursuit_floats_per_target(5) if stored else pursuit.EXPLICIT_FLOATS_PER_TARGET
+        monkeypatch.setattr(pursuit, "WORKING_BYTES", 7 * per_target * len(pool) * pool.element_size())
+        split = match_public_mix(targets, pool, atoms=5, gram=gram)
+        assert batches == [7] * 5 + [5]
+        assert torch.equal(whole[0], split[0])
+        torch.testing.assert_close(whole[1], split[1], atol=1e-5, rtol=0)
+
     def test_bad_arguments(self):
         pool = torch.zeros(5, 12)
         with pytest.raises(InvalidInputError, match="residuals and an"):
