@@ -25,8 +25,8 @@ pool at every step, 2.4 to 2.9 times as long (at 16,384; 3.5 at 2,048). The reas
 WORKING_BYTES = 1 << 30
 """About the most one batch of pursuits holds at once. A batch's buffers grow with its targets times the pool's
 size, so over a large pool the batches shrink to fit (``rows_that_fit``); at the default chunk of 1,024 targets
-and six atoms that first happens above 16,384 images. Without it, 1,024 targets over a pool of 65,536 took
-2.6 GiB, and over 200,000 would take about 8."""
+and six atoms that first happens above about 24,000 images. Without it, one pursuit of 1,024 targets over a pool
+of 65,536 took 2.5 GiB, its input included, and over 200,000 would take about 7.6 by the same count."""
 
 EXPLICIT_FLOATS_PER_TARGET = 4
 """Floats per target and pool image that ``match_public_mix`` holds when it correlates residuals with the pool
