@@ -90,6 +90,7 @@ def main() -> None:
     result = {"pool_size": args.pool_size, "encodings": len(rows), "candidate_pairs_per_encoding": pairs,
               "gram_stored": gram.stored,
               "working_bytes": getattr(pursuit, "WORKING_BYTES", None),  # None: code from before the bound
+              "gram_rows_computed": getattr(gram, "rows_computed", None),
               "peak_gib": round(memory.peak / 2**30, 3), "seconds": round(seconds, 1)}
     print(f"reassignment of {len(rows)} encodings ({pairs} candidate pairs each) over {args.pool_size} pool images: "
           f"peak {result['peak_gib']} GiB above the start, {result['seconds']} s")

@@ -10,6 +10,9 @@ size (``WORKING_BYTES``), so a pool of any size also gets them within a known am
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -27,6 +30,11 @@ WORKING_BYTES = 1 << 30
 size, so over a large pool the batches shrink to fit (``rows_that_fit``); at the default chunk of 1,024 targets
 and six atoms that first happens above about 24,000 images. Without it, one pursuit of 1,024 targets over a pool
 of 65,536 took 2.5 GiB, its input included, and over 200,000 would take about 7.6 by the same count."""
+
+SHARED_ROWS_BYTES = WORKING_BYTES // 4
+"""Most of the computed Gram rows ``PoolGram.sharing_rows`` keeps, on top of ``WORKING_BYTES`` (over 131,072
+images: 512 rows, where the parts of one encoding's 576 candidate pairs chose about 500 distinct images at
+65,536)."""
 
 EXPLICIT_FLOATS_PER_TARGET = 4
 """Floats per target and pool image that ``match_public_mix`` holds when it correlates residuals with the pool
@@ -73,6 +81,9 @@ class PoolGram:
             self.norms = self.matrix.diagonal().clamp_min(1e-24).sqrt()
         else:  # without a pool-sized temporary: this pool is a large one
             self.norms = pool.norm(dim=1).clamp_min(1e-12)
+        self.rows_computed = 0  # rows computed from the pool so far (none while the matrix is stored)
+        self._slots: Tensor | None = None  # while sharing: each pool image's row among the kept ones, or -1
+        self._kept = pool.new_empty(0, len(pool))
 
     @property
     def stored(self) -> bool:
@@ -84,7 +95,36 @@ class PoolGram:
         if self.matrix is not None:
             return self.matrix[indices]
         distinct, where = torch.unique(indices, return_inverse=True)  # targets of one batch share images
-        return (self.pool[distinct] @ self.pool.T)[where]
+        if self._slots is None:
+            self.rows_computed += len(distinct)
+            return (self.pool[distinct] @ self.pool.T)[where]
+        slot = self._slots[distinct]
+        missing = slot < 0
+        table = self.pool.new_empty(len(distinct), len(self.pool))
+        table[~missing] = self._kept[slot[~missing]]
+        computed = self.pool[distinct[missing]] @ self.pool.T
+        self.rows_computed += len(computed)
+        table[missing] = computed
+        room = max(0, SHARED_ROWS_BYTES // (len(self.pool) * self.pool.element_size()) - len(self._kept))
+        if room and len(computed):
+            added = distinct[missing][:room]
+            self._slots[added] = torch.arange(len(self._kept), len(self._kept) + len(added), device=slot.device)
+            self._kept = torch.cat([self._kept, computed[:room]])
+        return table[where]
+
+    @contextmanager
+    def sharing_rows(self) -> Iterator[None]:
+        """Within this block, rows computed from the pool are kept (up to ``SHARED_ROWS_BYTES``) and handed out
+        again: the pursuits of one encoding's candidate pairs choose mostly the same images. Nothing changes
+        while the matrix is stored."""
+        if self.matrix is not None:
+            yield
+            return
+        self._slots = torch.full((len(self.pool),), -1, dtype=torch.long, device=self.pool.device)
+        try:
+            yield
+        finally:
+            self._slots, self._kept = None, self.pool.new_empty(0, len(self.pool))
 
 
 def match_public_mix(residuals: Tensor, pool: Tensor, *, atoms: int, chunk: int = 1024,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -151,6 +153,11 @@ class TestReassignPairs:
         assert not gram.stored
         computed = reassign_pairs(*arguments, gram, chunk=256)
         assert float((computed == stored).all(dim=1).float().mean()) >= 0.99
+        # each batch's pursuits share the rows they compute: without that, more rows and the same pairs
+        unshared = PoolGram(arguments[-1])
+        monkeypatch.setattr(PoolGram, "sharing_rows", contextlib.nullcontext)
+        assert float((reassign_pairs(*arguments, unshared, chunk=256) == computed).all(dim=1).float().mean()) >= 0.99
+        assert gram.rows_computed < unshared.rows_computed
 
     def test_a_pool_too_large_for_the_working_memory_is_pursued_in_parts(self, close_calls, monkeypatch):
         # With room for three candidate pairs at a time, the encodings are correlated with the pool 33 at a time

@@ -106,6 +106,34 @@ class TestPoolGram:
         torch.testing.assert_close(computed.norms, stored.norms)
 
 
+    def test_sharing_hands_out_computed_rows_again(self, monkeypatch):
+        pool = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
+        stored = PoolGram(pool)
+        monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", 39)
+        computed = PoolGram(pool)
+        with computed.sharing_rows():
+            first = computed.rows(torch.tensor([5, 0, 5]))
+            assert computed.rows_computed == 2
+            second = computed.rows(torch.tensor([0, 12, 5, 12]))
+            assert computed.rows_computed == 3  # only 12 is new
+        torch.testing.assert_close(first, stored.rows(torch.tensor([5, 0, 5])))
+        torch.testing.assert_close(second, stored.rows(torch.tensor([0, 12, 5, 12])))
+        computed.rows(torch.tensor([0]))
+        assert computed.rows_computed == 4  # outside the block nothing is kept
+
+    def test_sharing_keeps_no_more_rows_than_its_bound(self, monkeypatch):
+        pool = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
+        stored = PoolGram(pool)
+        monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", 39)
+        monkeypatch.setattr(pursuit, "SHARED_ROWS_BYTES", 2 * len(pool) * pool.element_size())  # two rows
+        computed = PoolGram(pool)
+        with computed.sharing_rows():
+            computed.rows(torch.tensor([1, 2, 3]))
+            again = computed.rows(torch.tensor([3, 2, 1]))
+            assert computed.rows_computed == 4  # 1 and 2 kept; 3 computed twice
+        torch.testing.assert_close(again, stored.rows(torch.tensor([3, 2, 1])))
+
+
 class TestPursueFromCorrelations:
     def test_computed_rows_name_what_the_stored_matrix_names(self, pool, monkeypatch):
         # Real pool images (overlapping crops, so close calls) and real-looking targets: mixes of pool
