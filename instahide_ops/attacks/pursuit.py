@@ -20,10 +20,10 @@ from instahide_ops.errors import InvalidInputError
 
 GRAM_MAX_POOL = 16384
 """Largest pool whose Gram matrix (N² floats: 1 GiB at 16,384) ``PoolGram`` stores. Above it the rows a pursuit
-chooses are computed from the pool when it chooses them: on a 2-core CPU the reassignment then takes 2.6 times
-as long (at 16,384, 300 encodings), and the public-mix stages, which then correlate every residual with the whole
-pool at every step, 2.4 to 2.9 times as long (at 16,384; 3.5 at 2,048). The reassignment is worth the time: at
-16,384 it lifts the bench's Max_SSIM from 0.870 to 0.893."""
+chooses are computed from the pool when it chooses them: on a 2-core CPU the reassignment then takes 2.4 times
+as long (at 16,384, 300 encodings, its batches sharing rows; 2.6 without), and the public-mix stages, which then
+correlate every residual with the whole pool at every step, 2.4 to 2.9 times as long (at 16,384; 3.5 at 2,048).
+The reassignment is worth the time: at 16,384 it lifts the bench's Max_SSIM from 0.870 to 0.893."""
 
 WORKING_BYTES = 1 << 30
 """About the most one batch of pursuits holds at once. A batch's buffers grow with its targets times the pool's
