@@ -1,4 +1,5 @@
-"""Start a server process on loopback that writes its bound port to a file, and stop it: shared by the benches.
+"""Start a server process on loopback that writes its bound port to a file, stop it, and read a process's
+resident memory: shared by the benches.
 
 Benches run as scripts (``python bench/x.py``), so their folder is on sys.path and ``from _process import``
 finds this module.
@@ -43,3 +44,16 @@ def stop_process(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """Resident memory of process ``pid`` in MiB (VmRSS); None without a pid or once it has gone."""
+    if pid is None:
+        return None
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from _process import start_instahide_server, stop_process
+from _process import rss_mib, start_instahide_server, stop_process
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
 
@@ -163,18 +163,6 @@ class Sampler(threading.Thread):
 
     def window(self, start: float, end: float) -> list[tuple[float, float | None, float | None]]:
         return [s for s in self.samples if start <= s[0] <= end]
-
-
-def rss_mib(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def scrape_gauge(url: str | None, name: str) -> float | None:

@@ -23,6 +23,7 @@ import threading
 import time
 
 import torch
+from _process import rss_mib
 
 from instahide_ops.attacks import pursuit
 from instahide_ops.attacks.clustering import label_classes
@@ -31,25 +32,19 @@ from instahide_ops.attacks.pursuit import PoolGram
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
 
 
-def resident_bytes() -> int:
-    """This process's resident memory (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 class PeakMemory:
-    """Samples resident memory in a thread while its block runs; ``peak`` is the most above the start."""
+    """Samples resident memory in a thread while its block runs; ``peak`` is the most above the start, in MiB."""
 
     def __init__(self, every: float = 0.005):
-        self.every, self.peak = every, 0
+        self.every, self.peak = every, 0.0
         self._stop = threading.Event()
 
-    def _sample(self, start: int) -> None:
+    def _sample(self, start: float) -> None:
         while not self._stop.wait(self.every):
-            self.peak = max(self.peak, resident_bytes() - start)
+            self.peak = max(self.peak, rss_mib(os.getpid()) - start)
 
     def __enter__(self) -> PeakMemory:
-        self._thread = threading.Thread(target=self._sample, args=(resident_bytes(),), daemon=True)
+        self._thread = threading.Thread(target=self._sample, args=(rss_mib(os.getpid()),), daemon=True)
         self._thread.start()
         return self
 
@@ -91,7 +86,7 @@ def main() -> None:
               "gram_stored": gram.stored,
               "working_bytes": getattr(pursuit, "WORKING_BYTES", None),  # None: code from before the bound
               "gram_rows_computed": getattr(gram, "rows_computed", None),
-              "peak_gib": round(memory.peak / 2**30, 3), "seconds": round(seconds, 1)}
+              "peak_gib": round(memory.peak / 1024, 3), "seconds": round(seconds, 1)}
     print(f"reassignment of {len(rows)} encodings ({pairs} candidate pairs each) over {args.pool_size} pool images: "
           f"peak {result['peak_gib']} GiB above the start, {result['seconds']} s")
     print(json.dumps(result))

@@ -34,6 +34,7 @@ bound's true pairs) and runs:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -211,18 +212,17 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
                 batch = begin + local[start:start + rows_step]
                 lowest = torch.full((len(batch),), float("inf"), device=signed.device)
                 with gram.sharing_rows():  # the batch's pursuits choose mostly the same images
-                    for part_a in first.split(first_step):
-                        for part_b in second.split(second_step):
-                            residual = left_over(batch, with_pool[batch - begin], part_a, part_b)
-                            if distinct:
-                                residual = residual.masked_fill(part_a[:, None] == part_b[None, :], float("inf"))
-                            flat = residual.reshape(len(batch), -1)
-                            best = flat.argmin(dim=1)
-                            value = flat.gather(1, best[:, None]).squeeze(1)
-                            better = value < lowest
-                            lowest = torch.where(better, value, lowest)
-                            members[batch[better], 0] = part_a[best[better] // len(part_b)]
-                            members[batch[better], 1] = part_b[best[better] % len(part_b)]
+                    for part_a, part_b in itertools.product(first.split(first_step), second.split(second_step)):
+                        residual = left_over(batch, with_pool[batch - begin], part_a, part_b)
+                        if distinct:
+                            residual = residual.masked_fill(part_a[:, None] == part_b[None, :], float("inf"))
+                        flat = residual.reshape(len(batch), -1)
+                        best = flat.argmin(dim=1)
+                        value = flat.gather(1, best[:, None]).squeeze(1)
+                        better = value < lowest
+                        lowest = torch.where(better, value, lowest)
+                        members[batch[better], 0] = part_a[best[better] // len(part_b)]
+                        members[batch[better], 1] = part_b[best[better] % len(part_b)]
                 done += len(batch)
                 if report is not None:
                     report(done / len(labels))
