@@ -23,6 +23,7 @@ from instahide_ops.attacks.ciphertext_only import attack_stages
 from instahide_ops.attacks.photo_aware import STAGES as PHOTO_POOL_STAGES
 from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS, DEFAULT_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
+from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
@@ -146,7 +147,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                      seed: int | None = None, device: torch.device | str = "cpu", key_aware: bool = True,
                      pool_aware: bool = True, progress: AuditProgressCallback | None = None,
                      cancel: CancelToken | None = None, similarity: str = "auto",
-                     photos: Sequence[np.ndarray] | None = None) -> LeakageReport:
+                     photos: Sequence[np.ndarray] | None = None,
+                     pool_memory_bytes: int = WORKING_BYTES) -> LeakageReport:
     """Simulate shipping ``privates`` encoded with (mode, k), T encodings each, and measure what leaks.
 
     Args:
@@ -165,6 +167,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         similarity: the attack's similarity stage ("auto": learned on CUDA, else the high-pass statistic).
         photos: also run the photo-aware attack (cross mode): the ciphertext-only attacker holding these
             (H, W, C) uint8 photos, which the pool was cut from, but not the pool.
+        pool_memory_bytes: memory each pool-aware (and photo-aware) attack's pursuits over a pool may hold: the
+            pool's Gram matrix is stored only when it fits, and batches shrink to fit (``pursuit.PoolGram``).
     """
     start = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -199,12 +203,13 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         from_photos = create_attack("photo_aware")(
             challenge.encryption, challenge.labels, photos=photos, start=attack,
             encodings_per_image=encodings_per_image, k=k, device=device, cancel=cancel,
-            progress=report.renamed("photo_aware", parts["photo_aware"]))
+            progress=report.renamed("photo_aware", parts["photo_aware"]), working_bytes=pool_memory_bytes)
     demixed = None
     if pool_aware:
         demixed = create_attack("pool_aware")(
             challenge.encryption, challenge.labels, pool=pool, start=attack, encodings_per_image=encodings_per_image,
-            k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", parts["pool_aware"]))
+            k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", parts["pool_aware"]),
+            working_bytes=pool_memory_bytes)
     bound = None
     if key_aware:
         progress = report.renamed("key_aware", parts["key_aware"])
@@ -214,7 +219,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         if pool_aware:  # a bound on the strongest attacker the audit plays: it holds the pool as well
             demixed_bound = create_attack("pool_aware")(
                 challenge.encryption, challenge.labels, pool=pool, start=bound, encodings_per_image=encodings_per_image,
-                k=k, recluster=False, steps=BOUND_PUBLIC_MIX_STEPS, device=device, cancel=cancel, progress=progress)
+                k=k, recluster=False, steps=BOUND_PUBLIC_MIX_STEPS, device=device, cancel=cancel, progress=progress,
+                working_bytes=pool_memory_bytes)
             bound = replace(demixed_bound, stage_seconds={**bound.stage_seconds, **demixed_bound.stage_seconds})
     report("scoring", 0.0)
     originals = torch.from_numpy(truth.privates)

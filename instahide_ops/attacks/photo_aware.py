@@ -35,6 +35,7 @@ from instahide_ops.attacks.ciphertext_only import check_challenge_arrays, recove
 from instahide_ops.attacks.pool_aware import DEFAULT_PUBLIC_MIX_STEPS, pool_aware_attack, signed_sums
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
+from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.attacks.recovery import pair_mix
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.errors import InvalidInputError
@@ -342,7 +343,8 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
                        picks: int = DEFAULT_PICKS, min_picks: int = DEFAULT_MIN_PICKS,
                        min_coverage: float = DEFAULT_MIN_COVERAGE,
                        steps: int = DEFAULT_PUBLIC_MIX_STEPS, device: torch.device | str = "cpu",
-                       progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> AttackResult:
+                       progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                       working_bytes: int = WORKING_BYTES) -> AttackResult:
     """Recover the private images as an attacker who holds the photos the public pool was cut from.
 
     Args:
@@ -357,6 +359,8 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
             pool-aware stages to run (``DEFAULT_MIN_COVERAGE``).
         steps: EM steps of each of the pool-aware attack's public-mix stages.
         device, progress, cancel: as for the other attacks.
+        working_bytes: memory the pool-aware attack's pursuits over the found windows may hold (see
+            ``pool_aware_attack``).
 
     Returns:
         The last round's result, its stage seconds summed over the rounds and its ``public_coverage`` the
@@ -394,7 +398,7 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
             break
         result = pool_aware_attack(encryption, labels, pool=PublicPool.from_array(found.crops, device=device),
                                    start=result, encodings_per_image=encodings_per_image, k=k, device=device,
-                                   steps=steps, progress=progress, cancel=cancel)
+                                   steps=steps, progress=progress, cancel=cancel, working_bytes=working_bytes)
         for name, value in result.stage_seconds.items():
             attack_seconds[name] = attack_seconds.get(name, 0.0) + value
     return AttackResult(result.recovered, result.decryption, result.members, result.coefficients,

@@ -51,6 +51,7 @@ from instahide_ops.attacks.clustering import cluster_by_class, coefficients_from
 from instahide_ops.attacks.orientation import resolve_orientation
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
 from instahide_ops.attacks.pursuit import (
+    WORKING_BYTES,
     PoolGram,
     match_public_mix,
     pursue_from_correlations,
@@ -159,7 +160,7 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
             for a pool over ``pursuit.GRAM_MAX_POOL``: the same choices up to rounding, slower).
         atoms: pool images per public mix.
         chunk: candidate pairs per batch at most. Over a large pool fewer, and the encodings' inner products with
-            the pool are held a block at a time, each within ``pursuit.WORKING_BYTES``.
+            the pool are held a block at a time, each within ``gram``'s working memory.
         report: called with the fraction of encodings done.
 
     Returns:
@@ -191,8 +192,10 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
         return squared - explained.reshape(squared.shape)
 
     members = torch.zeros_like(pair_classes)
-    pairs_per_batch = rows_that_fit(pool, floats_per_target=pursuit_floats_per_target(atoms), limit=chunk)
-    block = rows_that_fit(pool, floats_per_target=1, limit=len(signed))  # encodings correlated with the pool at once
+    pairs_per_batch = rows_that_fit(pool, floats_per_target=pursuit_floats_per_target(atoms), limit=chunk,
+                                    working_bytes=gram.working_bytes)
+    block = rows_that_fit(pool, floats_per_target=1, limit=len(signed),  # encodings correlated with the pool at once
+                          working_bytes=gram.working_bytes)
     done = 0
     for begin in range(0, len(signed), block):
         with_pool = signed[begin:begin + block] @ pool.T
@@ -371,7 +374,8 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
                       device: torch.device | str = "cpu", progress: ProgressCallback | None = None,
                       cancel: CancelToken | None = None, steps: int = DEFAULT_PUBLIC_MIX_STEPS,
                       reassignment_rounds: int = DEFAULT_REASSIGNMENT_ROUNDS,
-                      restart_fraction: float = DEFAULT_RESTART_FRACTION) -> AttackResult:
+                      restart_fraction: float = DEFAULT_RESTART_FRACTION,
+                      working_bytes: int = WORKING_BYTES) -> AttackResult:
     """Recover the private images as an attacker who holds the public pool the encodings mixed in.
 
     Args:
@@ -389,6 +393,9 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
             only).
         restart_fraction: share of the clusters ``restart_misfits`` runs again at the end; 0 leaves the
             stage out.
+        working_bytes: memory the pursuits over the pool may hold (``pursuit.PoolGram``): the pool's Gram
+            matrix is stored only when it fits, and each batch of pursuits fits in it. Sharing computed rows
+            adds up to a quarter more.
 
     Returns:
         One recovered image per cluster and each encoding's decryption.
@@ -413,7 +420,8 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
     options = recovery_options(encryption, k, None, None)
     atoms = min(DEFAULT_ATOMS, len(pool))
     flat_pool = public.reshape(len(public), -1)
-    gram = PoolGram(flat_pool)  # built once: every public-mix stage and the reassignment use it
+    # Built once: every public-mix stage and the reassignment use it.
+    gram = PoolGram(flat_pool, working_bytes=working_bytes)
     def refine(members: Tensor, weights: Tensor, images: Tensor, report: Callable[[float], None]):
         return refine_with_pool(magnitudes, members, weights, images, public, steps=steps, atoms=atoms,
                                 public_mean=options["public_mean"], gram=gram, report=report)

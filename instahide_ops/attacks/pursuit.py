@@ -5,7 +5,8 @@ public mix per candidate pair (about a hundred per encoding). Matching pursuit n
 products with the pool and, per chosen image, that image's inner products with the pool: a row of the
 pool's Gram matrix. ``PoolGram`` stores the whole matrix while it fits (``GRAM_MAX_POOL``) and computes the
 rows a pursuit asks for above that, so a pool of any size gets every stage. Its batches shrink with the pool's
-size (``WORKING_BYTES``), so a pool of any size also gets them within a known amount of memory.
+size to fit the memory the caller allows (``PoolGram``'s ``working_bytes``), so a pool of any size also gets
+them within a known amount of memory.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ correlate every residual with the whole pool at every step, 2.4 to 2.9 times as 
 The reassignment is worth the time: at 16,384 it lifts the bench's Max_SSIM from 0.870 to 0.893."""
 
 WORKING_BYTES = 1 << 30
-"""About the most one batch of pursuits holds at once. A batch's buffers grow with its targets times the pool's
-size, so over a large pool the batches shrink to fit (``rows_that_fit``); at the default chunk of 1,024 targets
-and six atoms that first happens above about 24,000 images. Without it, one pursuit of 1,024 targets over a pool
-of 65,536 took 2.5 GiB, its input included, and over 200,000 would take about 7.6 by the same count."""
+"""The default working memory of the pursuits over one pool (the server's ``--audit-pool-memory-mib``): about the
+most one batch of pursuits holds at once, and the most the stored Gram matrix may take. A batch's buffers grow
+with its targets times the pool's size, so over a large pool the batches shrink to fit (``rows_that_fit``); at
+the default chunk of 1,024 targets and six atoms that first happens above about 24,000 images. Without it, one
+pursuit of 1,024 targets over a pool of 65,536 took 2.5 GiB, its input included, and over 200,000 would take
+about 7.6 by the same count."""
 
-SHARED_ROWS_BYTES = WORKING_BYTES // 4
-"""Most of the computed Gram rows ``PoolGram.sharing_rows`` keeps, on top of ``WORKING_BYTES`` (over 131,072
-images: 512 rows, where the parts of one encoding's 576 candidate pairs chose about 500 distinct images at
-65,536)."""
+SHARED_ROWS_FRACTION = 0.25
+"""``PoolGram.sharing_rows`` keeps computed Gram rows up to this fraction of the working memory, on top of it (over
+131,072 images at the default: 512 rows, where the parts of one encoding's 576 candidate pairs chose about 500
+distinct images at 65,536)."""
 
 EXPLICIT_FLOATS_PER_TARGET = 4
 """Floats per target and pool image that ``match_public_mix`` holds when it correlates residuals with the pool
@@ -48,9 +51,9 @@ def pursuit_floats_per_target(atoms: int) -> int:
     return atoms + 5
 
 
-def rows_that_fit(pool: Tensor, *, floats_per_target: int, limit: int) -> int:
+def rows_that_fit(pool: Tensor, *, floats_per_target: int, limit: int, working_bytes: int = WORKING_BYTES) -> int:
     """Targets per batch: ``limit`` at most, fewer where ``floats_per_target`` floats per target and pool image
-    would pass ``WORKING_BYTES``, and never fewer than one.
+    would pass ``working_bytes``, and never fewer than one.
 
     Examples:
         >>> rows_that_fit(torch.zeros(2048, 3072), floats_per_target=16, limit=1024)
@@ -58,14 +61,16 @@ def rows_that_fit(pool: Tensor, *, floats_per_target: int, limit: int) -> int:
         >>> rows_that_fit(torch.zeros(65536, 8), floats_per_target=16, limit=1024)
         256
     """
-    return max(1, min(limit, WORKING_BYTES // (floats_per_target * len(pool) * pool.element_size())))
+    return max(1, min(limit, working_bytes // (floats_per_target * len(pool) * pool.element_size())))
 
 
 class PoolGram:
-    """Inner products among a pool's images, as matching pursuit reads them.
+    """Inner products among a pool's images, as matching pursuit reads them, and the memory its pursuits may hold.
 
     Args:
         pool: (N, D) the pool's images, flattened.
+        working_bytes: the matrix is stored only when it fits in this (and the pool is at most
+            ``GRAM_MAX_POOL``); the pursuits that read it batch their targets to fit in it as well.
 
     Examples:
         >>> pool = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
@@ -74,9 +79,13 @@ class PoolGram:
         (True, (2, 5))
     """
 
-    def __init__(self, pool: Tensor):
+    def __init__(self, pool: Tensor, *, working_bytes: int = WORKING_BYTES):
+        if working_bytes < 1:
+            raise InvalidInputError(f"must be positive, got {working_bytes}", field="working_bytes")
         self.pool = pool
-        self.matrix = pool @ pool.T if len(pool) <= GRAM_MAX_POOL else None
+        self.working_bytes = working_bytes
+        fits = len(pool) <= GRAM_MAX_POOL and len(pool) ** 2 * pool.element_size() <= working_bytes
+        self.matrix = pool @ pool.T if fits else None
         if self.matrix is not None:
             self.norms = self.matrix.diagonal().clamp_min(1e-24).sqrt()
         else:  # without a pool-sized temporary: this pool is a large one
@@ -105,7 +114,8 @@ class PoolGram:
         computed = self.pool[distinct[missing]] @ self.pool.T
         self.rows_computed += len(computed)
         table[missing] = computed
-        room = max(0, SHARED_ROWS_BYTES // (len(self.pool) * self.pool.element_size()) - len(self._kept))
+        shared_bytes = int(self.working_bytes * SHARED_ROWS_FRACTION)
+        room = max(0, shared_bytes // (len(self.pool) * self.pool.element_size()) - len(self._kept))
         if room and len(computed):
             added = distinct[missing][:room]
             self._slots[added] = torch.arange(len(self._kept), len(self._kept) + len(added), device=slot.device)
@@ -114,9 +124,9 @@ class PoolGram:
 
     @contextmanager
     def sharing_rows(self) -> Iterator[None]:
-        """Within this block, rows computed from the pool are kept (up to ``SHARED_ROWS_BYTES``) and handed out
-        again: the pursuits of one encoding's candidate pairs choose mostly the same images. Nothing changes
-        while the matrix is stored."""
+        """Within this block, rows computed from the pool are kept (up to ``SHARED_ROWS_FRACTION`` of the working
+        memory) and handed out again: the pursuits of one encoding's candidate pairs choose mostly the same
+        images. Nothing changes while the matrix is stored."""
         if self.matrix is not None:
             yield
             return
@@ -135,11 +145,12 @@ def match_public_mix(residuals: Tensor, pool: Tensor, *, atoms: int, chunk: int 
         residuals: (E, D) signed sums with the private part taken out.
         pool: (N, D) the pool's images, flattened, in [-1, 1].
         atoms: pool images per residual.
-        chunk: residuals per batch at most; fewer over a pool too large for ``WORKING_BYTES``.
+        chunk: residuals per batch at most; fewer over a pool too large for the working memory (``gram``'s, else
+            ``WORKING_BYTES``).
         gram: ``PoolGram(pool)``, when the caller matches many times against one pool: each further image
-            then costs a lookup instead of another pass over the pool. Used only when it stores the whole
-            matrix: residuals of different encodings seldom choose the same images, so computing the rows
-            they choose costs as much as correlating each residual with the pool again.
+            then costs a lookup instead of another pass over the pool. Its matrix is used only when stored:
+            residuals of different encodings seldom choose the same images, so computing the rows they choose
+            costs as much as correlating each residual with the pool again.
 
     Returns:
         (E, atoms) int64 pool indices and (E, atoms) non-negative weights (least squares on the chosen
@@ -159,8 +170,9 @@ def match_public_mix(residuals: Tensor, pool: Tensor, *, atoms: int, chunk: int 
         raise InvalidInputError(f"must lie in [1, {len(pool)}] (the pool's size), got {atoms}", field="atoms")
     norms = pool.norm(dim=1).clamp_min(1e-12)
     from_gram = gram is not None and gram.stored
-    step = rows_that_fit(pool, limit=chunk, floats_per_target=(pursuit_floats_per_target(atoms) if from_gram
-                                                               else EXPLICIT_FLOATS_PER_TARGET))
+    step = rows_that_fit(pool, limit=chunk, working_bytes=WORKING_BYTES if gram is None else gram.working_bytes,
+                         floats_per_target=(pursuit_floats_per_target(atoms) if from_gram
+                                            else EXPLICIT_FLOATS_PER_TARGET))
     indices, weights = [], []
     for start in range(0, len(residuals), step):
         target = residuals[start:start + step]

@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "'time limit exceeded' (default 3600)")
     add("--audit-max-images", type=int, help="images (or encodings) in one audit; more answer "
                                              "RESOURCE_EXHAUSTED (default 10000)")
+    add("--audit-pool-memory-mib", type=int, help="memory each pool-aware attack's searches of the public pool may "
+                                                  "hold: the pool's Gram matrix is kept only when it fits, and "
+                                                  "larger pools are searched in smaller batches, with up to a "
+                                                  "quarter more for shared rows "
+                                                  f"(default {ServerConfig.audit_pool_memory_mib})")
     add("--audit-retention-days", type=float, help="ended audits older than this are deleted; 0 keeps them "
                                                    "forever (default 30)")
     add("--audit-db-max-bytes", type=int, help="cap on the audit database's size: past it new audits answer "

@@ -17,6 +17,8 @@ from typing import Any
 
 from instahide_client.tokens import read_token_file
 
+from instahide_ops.attacks.pursuit import WORKING_BYTES
+
 MIB = 1 << 20
 DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter also defaults to
 
@@ -68,6 +70,9 @@ class ServerConfig:
     audit_queue_size: int = 16  # audits waiting for a worker; more answer RESOURCE_EXHAUSTED
     audit_timeout_seconds: float = 3600.0  # a running audit past this fails with "time limit exceeded"
     audit_max_images: int = 10000  # private images (or encodings) in one audit
+    # Working memory of each pool-aware attack's pursuits over the public pool (pursuit.PoolGram): the pool's
+    # Gram matrix is kept only when it fits, batches shrink to fit, and shared rows take up to a quarter more.
+    audit_pool_memory_mib: int = WORKING_BYTES // MIB
     audit_retention_days: float = 30.0  # ended audits older than this are deleted; 0 keeps them forever
     audit_db_max_bytes: int = 0  # cap on the audit database's size (writes past it fail as on a full disk); 0 = none
 
@@ -143,6 +148,8 @@ class ServerConfig:
             raise ConfigError(f"audit_workers must be at least 1, got {self.audit_workers}")
         if self.audit_queue_size < 1:
             raise ConfigError(f"audit_queue_size must be at least 1, got {self.audit_queue_size}")
+        if self.audit_pool_memory_mib < 1:
+            raise ConfigError(f"audit_pool_memory_mib must be at least 1, got {self.audit_pool_memory_mib}")
         if self.audit_max_images < 2:
             raise ConfigError(f"audit_max_images must be at least 2, got {self.audit_max_images}")
         if not self.audit_timeout_seconds > 0:
@@ -151,6 +158,11 @@ class ServerConfig:
             raise ConfigError(f"audit_retention_days must not be negative, got {self.audit_retention_days}")
         if self.audit_db_max_bytes < 0:
             raise ConfigError(f"audit_db_max_bytes must not be negative, got {self.audit_db_max_bytes}")
+
+    @property
+    def audit_pool_memory_bytes(self) -> int:
+        """``audit_pool_memory_mib`` in bytes."""
+        return self.audit_pool_memory_mib * MIB
 
     @property
     def resolved_metrics_host(self) -> str:
@@ -235,6 +247,7 @@ _SETTINGS = (
     _Setting("audit_queue_size", int),
     _Setting("audit_timeout_seconds", float),
     _Setting("audit_max_images", int),
+    _Setting("audit_pool_memory_mib", int),
     _Setting("audit_retention_days", float),
     _Setting("audit_db_max_bytes", int),
 )

@@ -44,6 +44,7 @@ from instahide_client.instahide.v1 import audit_pb2
 
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, CancelToken
+from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.audit import audit_deployment, audit_encodings
 from instahide_server.audit_inputs import AuditInput
 from instahide_server.errors import (
@@ -124,7 +125,7 @@ class AuditJobs:
 
     def __init__(self, store: AuditStore | DisabledAuditStore, pools: PoolRegistry, *, device: torch.device,
                  workers: int, queue_size: int, timeout_seconds: float, retention_days: float,
-                 metrics: ServerMetrics | None = None) -> None:
+                 pool_memory_bytes: int = WORKING_BYTES, metrics: ServerMetrics | None = None) -> None:
         self._store = store
         self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
         self._pools = pools
@@ -133,6 +134,7 @@ class AuditJobs:
         self._queue_size = queue_size
         self._timeout = timeout_seconds
         self._retention_days = retention_days
+        self._pool_memory_bytes = pool_memory_bytes
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instahide-audit")
         self._live: dict[str, _Job] = {}
         self._unsaved: dict[str, audit_pb2.Audit] = {}  # ended audits whose final state the store refused
@@ -349,7 +351,8 @@ class AuditJobs:
                                           num_classes=params.num_classes, pool=pool, seed=params.seed,
                                           device=self._device, key_aware=params.key_aware,
                                           pool_aware=params.pool_aware, progress=progress, cancel=job.cancel,
-                                          photos=self._pools.photos if params.photo_aware else None)
+                                          photos=self._pools.photos if params.photo_aware else None,
+                                          pool_memory_bytes=self._pool_memory_bytes)
             if job.cancel.cancelled:  # stopped after the attack's last check: still honour it
                 raise AttackCancelled("the audit was cancelled")
             return _Outcome(SUCCEEDED, report=report_message(report))

@@ -126,7 +126,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     store = open_audit_store(config.resolved_state_dir, max_bytes=config.audit_db_max_bytes)  # never raises
     jobs = AuditJobs(store, pools, device=device, workers=config.audit_workers or default_workers(device),
                      queue_size=config.audit_queue_size, timeout_seconds=config.audit_timeout_seconds,
-                     retention_days=config.audit_retention_days, metrics=metrics)
+                     retention_days=config.audit_retention_days, pool_memory_bytes=config.audit_pool_memory_bytes,
+                     metrics=metrics)
     jobs.recover()
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
@@ -167,9 +168,9 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         raise ConfigError(f"cannot listen on {host}:{config.port}: {exc}") from None
     log_transport(config, tls)
     jobs.start()
-    logger.info("audits: database %s, %d workers, queue %d, data root %s", store.path or "none (disabled)",
-                jobs.workers,
-                config.audit_queue_size, config.data_root or "none")
+    logger.info("audits: database %s, %d workers, queue %d, data root %s, pool memory %d MiB",
+                store.path or "none (disabled)", jobs.workers, config.audit_queue_size, config.data_root or "none",
+                config.audit_pool_memory_mib)
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
                 _pool_origin(config), "on" if config.token else "off", config.max_message_bytes,
                 config.workers)

@@ -57,6 +57,11 @@ class TestConfig:
         assert _config([], {}).pool_size is None
         assert _config(["--pool-photos", "photos"], {"INSTAHIDE_POOL_SIZE": "64"}).pool_size == 64
 
+    def test_audit_pool_memory(self):
+        assert _config([], {}).audit_pool_memory_bytes == 1 << 30
+        assert _config([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "256"}).audit_pool_memory_bytes == 256 << 20
+        assert _config(["--audit-pool-memory-mib", "64"], {}).audit_pool_memory_mib == 64
+
     def test_warm_shapes(self):
         assert _config([], {}).warm_shapes == ((32, 32, 3),)
         assert _config(["--warm-shapes", "24x40x3, 16x16x1"], {}).warm_shapes == ((24, 40, 3), (16, 16, 1))
@@ -74,6 +79,8 @@ class TestConfig:
         (["--pool", "pool.npy"], {"INSTAHIDE_POOL_PHOTOS": "photos"}, "--pool and --pool-photos"),
         (["--pool", "pool.npy", "--pool-size", "64"], {}, "--pool-size sizes a pool the server cuts"),
         ([], {"INSTAHIDE_POOL_SIZE": "0"}, "pool_size must be at least 1"),
+        (["--audit-pool-memory-mib", "0"], {}, "audit_pool_memory_mib must be at least 1"),
+        ([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "1.5"}, "INSTAHIDE_AUDIT_POOL_MEMORY_MIB"),
     ])
     def test_bad_settings_name_their_source(self, argv, env, needle):
         with pytest.raises(ConfigError, match=needle):

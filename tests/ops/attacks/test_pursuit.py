@@ -54,13 +54,18 @@ class TestMatchPublicMix:
         assert torch.equal(explicit[0], from_gram[0])
         torch.testing.assert_close(explicit[1], from_gram[1], atol=1e-4, rtol=0)
 
-    @pytest.mark.parametrize("stored", [True, False])
-    def test_a_pool_too_large_for_the_working_memory_is_matched_in_smaller_batches(self, monkeypatch, stored):
+    # Room for 20 targets with the stored matrix (which takes just what the working memory allows), and for 7
+    # when the residuals are correlated with the pool at every step.
+    @pytest.mark.parametrize(("stored", "working_bytes", "expected"), [
+        (True, 200 * 200 * 4, [20, 20]),
+        (False, 7 * pursuit.EXPLICIT_FLOATS_PER_TARGET * 200 * 4, [7] * 5 + [5]),
+    ])
+    def test_a_pool_too_large_for_the_working_memory_is_matched_in_smaller_batches(self, monkeypatch, stored,
+                                                                                    working_bytes, expected):
         generator = torch.Generator().manual_seed(1)
         pool = torch.rand(200, 192, generator=generator) * 2 - 1
         targets = torch.rand(40, 192, generator=generator) - 0.5
-        gram = PoolGram(pool) if stored else None
-        whole = match_public_mix(targets, pool, atoms=5, gram=gram)
+        whole = match_public_mix(targets, pool, atoms=5, gram=PoolGram(pool) if stored else None)
         batches = []
 
         def counted(real):
@@ -71,10 +76,10 @@ class TestMatchPublicMix:
 
         for name in ("pursue_from_correlations", "_pursue_explicitly"):
             monkeypatch.setattr(pursuit, name, counted(getattr(pursuit, name)))
-        per_target = pursuit.pursuit_floats_per_target(5) if stored else pursuit.EXPLICIT_FLOATS_PER_TARGET
-        monkeypatch.setattr(pursuit, "WORKING_BYTES", 7 * per_target * len(pool) * pool.element_size())
+        gram = PoolGram(pool, working_bytes=working_bytes)
+        assert gram.stored == stored
         split = match_public_mix(targets, pool, atoms=5, gram=gram)
-        assert batches == [7] * 5 + [5]
+        assert batches == expected
         assert torch.equal(whole[0], split[0])
         torch.testing.assert_close(whole[1], split[1], atol=1e-5, rtol=0)
 
@@ -94,6 +99,14 @@ class TestPoolGram:
         assert gram.stored
         torch.testing.assert_close(gram.matrix, pool @ pool.T)
         torch.testing.assert_close(gram.norms, pool.norm(dim=1))
+
+    def test_holds_the_matrix_only_when_it_fits_in_the_working_memory(self):
+        pool = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
+        matrix_bytes = 40 * 40 * pool.element_size()
+        assert PoolGram(pool, working_bytes=matrix_bytes).stored
+        assert not PoolGram(pool, working_bytes=matrix_bytes - 1).stored
+        with pytest.raises(InvalidInputError, match="must be positive"):
+            PoolGram(pool, working_bytes=0)
 
     def test_over_its_limit_computes_the_rows_the_matrix_would_hold(self, monkeypatch):
         pool = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
@@ -121,12 +134,12 @@ class TestPoolGram:
         computed.rows(torch.tensor([0]))
         assert computed.rows_computed == 4  # outside the block nothing is kept
 
-    def test_sharing_keeps_no_more_rows_than_its_bound(self, monkeypatch):
+    def test_sharing_keeps_no_more_rows_than_its_bound(self):
         pool = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
         stored = PoolGram(pool)
-        monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", 39)
-        monkeypatch.setattr(pursuit, "SHARED_ROWS_BYTES", 2 * len(pool) * pool.element_size())  # two rows
-        computed = PoolGram(pool)
+        row_bytes = len(pool) * pool.element_size()
+        computed = PoolGram(pool, working_bytes=round(2 * row_bytes / pursuit.SHARED_ROWS_FRACTION))  # two rows
+        assert not computed.stored
         with computed.sharing_rows():
             computed.rows(torch.tensor([1, 2, 3]))
             again = computed.rows(torch.tensor([3, 2, 1]))
