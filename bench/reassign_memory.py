@@ -2,7 +2,8 @@
 
 The reassignment (``pool_aware.reassign_pairs``) pursues a public mix over the whole pool for every pair of
 clusters each encoding's labels allow, so its buffers grow with the pairs pursued at once times the pool's
-size. Its batches shrink to fit ``pursuit.WORKING_BYTES``; this bench measures what that holds them to.
+size. Its batches shrink to fit the working memory (``PoolGram``'s ``working_bytes``, the server's
+``--audit-pool-memory-mib``); this bench measures what that holds them to.
 
 The set is the challenge-shaped one (bundled images, default 100 × 50, k = 6, true signs of the unmasked
 sums); the recoveries are the true private images plus noise, as an attack's are; the encodings are those of
@@ -11,7 +12,7 @@ The pool is N random images: memory and time do not depend on what its images sh
 Peak resident memory is sampled every 5 ms, above what the process held before the stage began.
 The last line of output is one JSON object.
 
-Usage: python bench/reassign_memory.py [--pool-size 65536] [--encodings 30]
+Usage: python bench/reassign_memory.py [--pool-size 65536] [--encodings 30] [--working-mib 1024]
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--encodings-per-image", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--working-mib", type=int, default=pursuit.WORKING_BYTES >> 20,
+                        help="the pursuits' working memory (the server's --audit-pool-memory-mib)")
     args = parser.parse_args()
 
     privates, classes = bundled_private_images(args.images)
@@ -75,7 +78,7 @@ def main() -> None:
     worst = (counts[pair_classes[:, 0]] * counts[pair_classes[:, 1]]).argmax()
     rows = (pair_classes == pair_classes[worst]).all(dim=1).nonzero().flatten()[:args.encodings]
     pool = torch.rand(args.pool_size, signed.shape[1], generator=generator).mul_(2).sub_(1)
-    gram = PoolGram(pool)
+    gram = PoolGram(pool, working_bytes=args.working_mib << 20)
 
     began = time.perf_counter()
     with PeakMemory() as memory:
@@ -83,9 +86,7 @@ def main() -> None:
     seconds = time.perf_counter() - began
     pairs = int(counts[pair_classes[worst, 0]] * counts[pair_classes[worst, 1]])
     result = {"pool_size": args.pool_size, "encodings": len(rows), "candidate_pairs_per_encoding": pairs,
-              "gram_stored": gram.stored,
-              "working_bytes": getattr(pursuit, "WORKING_BYTES", None),  # None: code from before the bound
-              "gram_rows_computed": getattr(gram, "rows_computed", None),
+              "gram_stored": gram.stored, "working_bytes": gram.working_bytes, "gram_rows_computed": gram.rows_computed,
               "peak_gib": round(memory.peak / 1024, 3), "seconds": round(seconds, 1)}
     print(f"reassignment of {len(rows)} encodings ({pairs} candidate pairs each) over {args.pool_size} pool images: "
           f"peak {result['peak_gib']} GiB above the start, {result['seconds']} s")
