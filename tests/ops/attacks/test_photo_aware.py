@@ -132,12 +132,15 @@ class TestPhotoAwareAttack:
         precision, hit = _matched(photo_pool(residuals, shrunk, photos).crops, pool)
         assert precision >= 0.6 and hit.float().mean() >= 0.7, (precision, hit.float().mean())  # measured 0.68, 0.80
 
-    def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, photos, pool):
+    def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, photos, pool,
+                                                            pool_grams):
         view, truth = challenge
         events: list[tuple[str, float]] = []
         result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                               encodings_per_image=PER_IMAGE, scales=SCALES, steps=STEPS,
-                                              progress=lambda stage, fraction: events.append((stage, fraction)))
+                                              progress=lambda stage, fraction: events.append((stage, fraction)),
+                                              working_bytes=64 << 20)
+        assert pool_grams and all(budget == 64 << 20 for budget, _ in pool_grams)  # its pool-aware rounds
         before, after = _max_ssim(ciphertext_only, truth), _max_ssim(result, truth)
         assert after >= before + 0.05, (before, after)
         assert 0.5 <= result.public_coverage <= 1.0 and ciphertext_only.public_coverage is None
