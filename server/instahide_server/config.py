@@ -17,8 +17,6 @@ from typing import Any
 
 from instahide_client.tokens import read_token_file
 
-from instahide_ops.attacks.pursuit import WORKING_BYTES
-
 MIB = 1 << 20
 DEFAULT_METRICS_PORT = 9464  # the port OpenTelemetry's Prometheus exporter also defaults to
 
@@ -72,7 +70,8 @@ class ServerConfig:
     audit_max_images: int = 10000  # private images (or encodings) in one audit
     # Working memory of each pool-aware attack's pursuits over the public pool (pursuit.PoolGram): the pool's
     # Gram matrix is kept only when it fits, batches shrink to fit, and shared rows take up to a quarter more.
-    audit_pool_memory_mib: int = WORKING_BYTES // MIB
+    # pursuit.WORKING_BYTES in MiB, written out so that reading the settings does not import torch.
+    audit_pool_memory_mib: int = 1024
     audit_retention_days: float = 30.0  # ended audits older than this are deleted; 0 keeps them forever
     audit_db_max_bytes: int = 0  # cap on the audit database's size (writes past it fail as on a full disk); 0 = none
 

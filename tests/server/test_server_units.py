@@ -21,6 +21,7 @@ from instahide_server.errors import FailedPrecondition, InvalidArgument, Status
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.pools import PoolRegistry
 
+from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import BUNDLED_SOURCE_NAMES, build_pool, bundled_sources, default_pool
 
@@ -58,7 +59,7 @@ class TestConfig:
         assert _config(["--pool-photos", "photos"], {"INSTAHIDE_POOL_SIZE": "64"}).pool_size == 64
 
     def test_audit_pool_memory(self):
-        assert _config([], {}).audit_pool_memory_bytes == 1 << 30
+        assert _config([], {}).audit_pool_memory_bytes == WORKING_BYTES  # the library's default
         assert _config([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "256"}).audit_pool_memory_bytes == 256 << 20
         assert _config(["--audit-pool-memory-mib", "64"], {}).audit_pool_memory_mib == 64
 
