@@ -82,7 +82,7 @@ def main() -> None:
 
     began = time.perf_counter()
     with PeakMemory() as memory:
-        reassign_pairs(signed[rows], labels[rows], cluster_classes, images, pool, gram)
+        reassign_pairs(signed[rows], labels[rows], cluster_classes, images, gram)
     seconds = time.perf_counter() - began
     pairs = int(counts[pair_classes[worst, 0]] * counts[pair_classes[worst, 1]])
     result = {"pool_size": args.pool_size, "encodings": len(rows), "candidate_pairs_per_encoding": pairs,

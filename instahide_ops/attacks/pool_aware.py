@@ -56,7 +56,6 @@ from instahide_ops.attacks.pursuit import (
     match_public_mix,
     pursue_from_correlations,
     pursuit_floats_per_target,
-    rows_that_fit,
 )
 from instahide_ops.attacks.recovery import (
     design_matrix,
@@ -139,8 +138,8 @@ def signed_sums(magnitudes: Tensor, prediction: Tensor, noise: float = DEFAULT_S
     return (magnitudes * prediction).div_(noise).tanh_().mul_(magnitudes)  # one (E, D) buffer throughout
 
 
-def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, images: Tensor, pool: Tensor,
-                   gram: PoolGram, *, atoms: int = DEFAULT_ATOMS, chunk: int = 1024,
+def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, images: Tensor, gram: PoolGram, *,
+                   atoms: int = DEFAULT_ATOMS, chunk: int = 1024,
                    report: Callable[[float], None] | None = None) -> Tensor:
     """Choose each encoding's two clusters again, jointly with its public mix.
 
@@ -156,8 +155,8 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
         labels: (E, classes) mixed labels; each encoding's pair is drawn from its two label classes.
         cluster_classes: (M,) each cluster's class.
         images: (M, D) the clusters' recoveries.
-        pool: (N, D) the public pool; gram: its ``PoolGram`` (the stored matrix, or rows computed on request
-            for a pool over ``pursuit.GRAM_MAX_POOL``: the same choices up to rounding, slower).
+        gram: the public pool's ``PoolGram`` (the stored matrix, or rows computed on request for a pool over
+            ``pursuit.GRAM_MAX_POOL``: the same choices up to rounding, slower).
         atoms: pool images per public mix.
         chunk: candidate pairs per batch at most. Over a large pool fewer, and the encodings' inner products with
             the pool are held a block at a time, each within ``gram``'s working memory.
@@ -166,6 +165,7 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
     Returns:
         (E, 2) int64 cluster ids, the heavier label class's first (as ``cluster_by_class`` orders them).
     """
+    pool = gram.pool
     pair_classes = label_classes(labels)
     masses = labels.float().gather(1, pair_classes)
     same = pair_classes[:, 0] == pair_classes[:, 1]
@@ -192,10 +192,8 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
         return squared - explained.reshape(squared.shape)
 
     members = torch.zeros_like(pair_classes)
-    pairs_per_batch = rows_that_fit(pool, floats_per_target=pursuit_floats_per_target(atoms), limit=chunk,
-                                    working_bytes=gram.working_bytes)
-    block = rows_that_fit(pool, floats_per_target=1, limit=len(signed),  # encodings correlated with the pool at once
-                          working_bytes=gram.working_bytes)
+    pairs_per_batch = gram.targets_per_batch(floats_per_target=pursuit_floats_per_target(atoms), limit=chunk)
+    block = gram.targets_per_batch(floats_per_target=1, limit=len(signed))  # encodings correlated with the pool at once
     done = 0
     for begin in range(0, len(signed), block):
         with_pool = signed[begin:begin + block] @ pool.T
@@ -452,7 +450,7 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
                 flat = recovered.reshape(len(recovered), -1)
                 prediction = pair_mix(flat, members, weights) + public_mix.reshape(len(members), -1)
                 members = reassign_pairs(signed_sums(magnitudes.reshape(len(members), -1), prediction), labels,
-                                         clustering.cluster_classes, flat, flat_pool, gram, atoms=atoms,
+                                         clustering.cluster_classes, flat, gram, atoms=atoms,
                                          report=lambda f: report(0.25 * f))
                 weights = coefficients_from_labels(labels, members, clustering.cluster_classes)
                 recovered = recover(members, weights, lambda f: report(0.25 + 0.4 * f))

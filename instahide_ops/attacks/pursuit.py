@@ -94,6 +94,11 @@ class PoolGram:
         self._slots: Tensor | None = None  # while sharing: each pool image's row among the kept ones, or -1
         self._kept = pool.new_empty(0, len(pool))
 
+    def targets_per_batch(self, *, floats_per_target: int, limit: int) -> int:
+        """``rows_that_fit`` for a pursuit over this pool, within this gram's working memory."""
+        return rows_that_fit(self.pool, floats_per_target=floats_per_target, limit=limit,
+                             working_bytes=self.working_bytes)
+
     @property
     def stored(self) -> bool:
         """Whether the whole (N, N) matrix is held (else rows are computed on request)."""

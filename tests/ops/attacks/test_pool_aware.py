@@ -63,15 +63,20 @@ def signed_challenge(pool):
 
 
 @pytest.fixture(scope="module")
-def close_calls(signed_challenge, pool):
-    """reassign_pairs' arguments but the Gram matrix: true signs, and noisy images so that some pairs are close."""
+def flat_pool(pool):
+    return pool.images.float().reshape(len(pool), -1)
+
+
+@pytest.fixture(scope="module")
+def close_calls(signed_challenge):
+    """reassign_pairs' arguments but the pool's Gram: true signs, and noisy images so that some pairs are close."""
     view, truth = signed_challenge
     generator = torch.Generator().manual_seed(4)
     images = torch.from_numpy(truth.privates).reshape(IMAGES, -1)
     images = images + 0.3 * torch.randn(images.shape, generator=generator)
     signed = torch.from_numpy(truth.sum_signs).float() * torch.from_numpy(view.encryption).abs()
-    return (signed.reshape(len(signed), -1), torch.from_numpy(view.labels), torch.from_numpy(truth.private_labels),
-            images, pool.images.float().reshape(len(pool), -1))
+    labels, classes = torch.from_numpy(view.labels), torch.from_numpy(truth.private_labels)
+    return signed.reshape(len(signed), -1), labels, classes, images
 
 
 def _max_ssim(result, truth) -> float:
@@ -133,50 +138,47 @@ class TestRefineWithPool:
 
 
 class TestReassignPairs:
-    def test_the_true_images_and_signs_give_back_the_true_pairs(self, signed_challenge, pool):
+    def test_the_true_images_and_signs_give_back_the_true_pairs(self, signed_challenge, flat_pool):
         view, truth = signed_challenge
         signed = torch.from_numpy(truth.sum_signs).float() * torch.from_numpy(view.encryption).abs()
-        flat_pool = pool.images.float().reshape(len(pool), -1)
         members = reassign_pairs(signed.reshape(len(signed), -1), torch.from_numpy(view.labels),
                                  torch.from_numpy(truth.private_labels), torch.from_numpy(truth.privates).reshape(
-                                     IMAGES, -1), flat_pool, PoolGram(flat_pool), chunk=256)
+                                     IMAGES, -1), PoolGram(flat_pool), chunk=256)
         right = (members.sort(dim=1).values == torch.from_numpy(truth.pair_indices).sort(dim=1).values).all(dim=1)
         assert float(right.float().mean()) >= 0.97  # measured 1.00
         heavier = torch.from_numpy(view.labels).gather(1, torch.from_numpy(truth.private_labels)[members])
         assert bool((heavier[:, 0] >= heavier[:, 1]).all())  # the heavier label class's cluster first
 
-    def test_computed_gram_rows_give_the_pairs_the_stored_matrix_gives(self, close_calls, pool, monkeypatch):
-        arguments = close_calls
-        stored = reassign_pairs(*arguments, PoolGram(arguments[-1]), chunk=256)
-        monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", len(pool) - 1)
-        gram = PoolGram(arguments[-1])
+    def test_computed_gram_rows_give_the_pairs_the_stored_matrix_gives(self, close_calls, flat_pool, monkeypatch):
+        stored = reassign_pairs(*close_calls, PoolGram(flat_pool), chunk=256)
+        monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", len(flat_pool) - 1)
+        gram = PoolGram(flat_pool)
         assert not gram.stored
-        computed = reassign_pairs(*arguments, gram, chunk=256)
+        computed = reassign_pairs(*close_calls, gram, chunk=256)
         assert float((computed == stored).all(dim=1).float().mean()) >= 0.99
         # each batch's pursuits share the rows they compute: without that, more rows and the same pairs
-        unshared = PoolGram(arguments[-1])
+        unshared = PoolGram(flat_pool)
         monkeypatch.setattr(PoolGram, "sharing_rows", contextlib.nullcontext)
-        assert float((reassign_pairs(*arguments, unshared, chunk=256) == computed).all(dim=1).float().mean()) >= 0.99
+        assert float((reassign_pairs(*close_calls, unshared, chunk=256) == computed).all(dim=1).float().mean()) >= 0.99
         assert gram.rows_computed < unshared.rows_computed
 
-    def test_a_pool_too_large_for_the_working_memory_is_pursued_in_parts(self, close_calls, monkeypatch):
+    def test_a_pool_too_large_for_the_working_memory_is_pursued_in_parts(self, close_calls, flat_pool, monkeypatch):
         # With room for three candidate pairs at a time, the encodings are correlated with the pool 33 at a time
         # and each encoding's pairs (up to 4 × 4: one to four clusters per class) go in pursuits of at most three.
-        flat_pool = close_calls[-1]
         signed = close_calls[0]
         batches, blocks = [], []
-        real_pursuit, real_rows = pool_aware.pursue_from_correlations, pool_aware.rows_that_fit
+        real_pursuit, real_rows = pool_aware.pursue_from_correlations, PoolGram.targets_per_batch
 
         def pursue(correlations, *args, **kwargs):
             batches.append(len(correlations))
             return real_pursuit(correlations, *args, **kwargs)
 
-        def rows(pool, **kwargs):
-            blocks.append(real_rows(pool, **kwargs))
+        def rows(gram, **kwargs):
+            blocks.append(real_rows(gram, **kwargs))
             return blocks[-1]
 
         monkeypatch.setattr(pool_aware, "pursue_from_correlations", pursue)
-        monkeypatch.setattr(pool_aware, "rows_that_fit", rows)
+        monkeypatch.setattr(PoolGram, "targets_per_batch", rows)
         whole = reassign_pairs(*close_calls, PoolGram(flat_pool), chunk=256)
         assert blocks == [256, len(signed)]
         pursued = sum(batches)
@@ -192,7 +194,7 @@ class TestReassignPairs:
         assert max(batches) <= 3 and sum(batches) == pursued  # every candidate pair, in parts
         assert float((split == whole).all(dim=1).float().mean()) >= 0.99  # measured 1.00; rounding may tip a tie
 
-    def test_scores_each_pair_by_the_residual_it_leaves(self, signed_challenge, pool):
+    def test_scores_each_pair_by_the_residual_it_leaves(self, signed_challenge, flat_pool):
         # The inner-product algebra against the residuals formed in full, pair by pair, on a few encodings
         # and noisy images (so that the choice is not obvious).
         view, truth = signed_challenge
@@ -203,8 +205,7 @@ class TestReassignPairs:
         magnitudes = torch.from_numpy(view.encryption).abs().reshape(len(view.encryption), -1)[rows]
         signed = signed_sums(magnitudes, torch.randn(magnitudes.shape, generator=generator) * 0.1)
         labels, classes = torch.from_numpy(view.labels)[rows], torch.from_numpy(truth.private_labels)
-        flat_pool = pool.images.float().reshape(len(pool), -1)
-        members = reassign_pairs(signed, labels, classes, images, flat_pool, PoolGram(flat_pool), atoms=4)
+        members = reassign_pairs(signed, labels, classes, images, PoolGram(flat_pool), atoms=4)
         for row in range(len(rows)):
             first, second = labels[row].topk(2).indices.tolist()
             if labels[row, second] == 0:
