@@ -13,7 +13,8 @@ Anchors: Carlini et al. reached Max_SSIM 0.90 / Mean_SSIM 0.43 / Min_L2 0.01 / M
 12 GPU-hours; the PRNG attack reached 0.98 because the challenge used a 32-bit seed.
 
 Usage: python bench/attack.py [--quick] [--device cuda] [--photo-aware] [--no-pool-aware] [--no-key-aware]
-                              [--pool-size P] [--private-dir DIR] [--out DIR]
+                              [--pool-size P] [--pool-memory-mib M] [--private-dir DIR]
+                              [--out DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 import torch
 
 from instahide_ops.attacks.ciphertext_only import SIMILARITIES
+from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.audit import audit_deployment
 from instahide_ops.challenge import (
     PUBLIC_SOURCE_NAMES,
@@ -56,6 +58,9 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE,
                         help=f"public images in the pool (default {DEFAULT_POOL_SIZE}); a larger one reuses each "
                              "image in fewer encodings")
+    parser.add_argument("--pool-memory-mib", type=int, default=WORKING_BYTES >> 20,
+                        help="memory the pool-aware and photo-aware attacks' pursuits may hold (the server's "
+                             "--audit-pool-memory-mib); below the Gram matrix's size its rows are computed instead")
     parser.add_argument("--no-pool-aware", action="store_true", help="skip the pool-aware attack")
     parser.add_argument("--no-key-aware", action="store_true", help="skip the key-aware bound")
     parser.add_argument("--private-dir", default=None,
@@ -64,6 +69,8 @@ def main() -> None:
     parser.add_argument("--out", default=None,
                         help="folder for grid.png (default: temp); given, it also gets the challenge files")
     args = parser.parse_args()
+    if args.pool_memory_mib < 1:
+        parser.error(f"--pool-memory-mib must be at least 1, got {args.pool_memory_mib}")
     images = args.images or (30 if args.quick else 100)
     per_image = args.encodings_per_image or (20 if args.quick else 50)
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="instahide-attack-"))
@@ -83,6 +90,7 @@ def main() -> None:
         privates, classes, k=args.k, encodings_per_image=per_image, pool=pool, seed=args.seed, device=args.device,
         similarity=args.similarity, pool_aware=not args.no_pool_aware, key_aware=not args.no_key_aware,
         photos=list(bundled_sources(PUBLIC_SOURCE_NAMES).values()) if args.photo_aware else None,
+        pool_memory_bytes=args.pool_memory_mib << 20,
         progress=lambda stage, fraction, overall: print(f"  {overall:6.1%}  {stage:12s} {fraction:6.1%}",
                                                          end="\r", flush=True))
     if args.out:  # the same set (same seed), in the challenge's format for anyone to attack or rescore
@@ -91,7 +99,8 @@ def main() -> None:
     (out / "grid.png").write_bytes(report.grid_png)
 
     results = {"benchmark": "attack", "cpu": platform.machine(), "cores": os.cpu_count(),
-               "k": args.k, "encodings_per_image": per_image, "pool_size": args.pool_size, "seed": args.seed,
+               "k": args.k, "encodings_per_image": per_image, "pool_size": args.pool_size,
+               "pool_memory_mib": args.pool_memory_mib, "seed": args.seed,
                "similarity": args.similarity, "setup_seconds": build_seconds,
                **report.summary(), "out": str(out)}
     print(" " * 60)
