@@ -173,6 +173,9 @@ def match_public_mix(residuals: Tensor, pool: Tensor, *, atoms: int, chunk: int 
                                 f"{list(pool.shape)}", field="pool")
     if not 1 <= atoms <= len(pool):
         raise InvalidInputError(f"must lie in [1, {len(pool)}] (the pool's size), got {atoms}", field="atoms")
+    if gram is not None and gram.pool.shape != pool.shape:
+        raise InvalidInputError(f"the gram was built over a pool of shape {list(gram.pool.shape)}, not this "
+                                f"{list(pool.shape)} one", field="gram")
     norms = pool.norm(dim=1).clamp_min(1e-12) if gram is None else gram.norms
     from_gram = gram is not None and gram.stored
     step = rows_that_fit(pool, limit=chunk, working_bytes=WORKING_BYTES if gram is None else gram.working_bytes,

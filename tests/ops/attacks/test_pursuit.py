@@ -89,6 +89,8 @@ class TestMatchPublicMix:
             match_public_mix(torch.zeros(3, 10), pool, atoms=2)
         with pytest.raises(InvalidInputError, match=r"must lie in \[1, 5\]"):
             match_public_mix(torch.zeros(3, 12), pool, atoms=6)
+        with pytest.raises(InvalidInputError, match=r"gram was built over a pool of shape \[4, 12\]"):
+            match_public_mix(torch.zeros(3, 12), pool, atoms=2, gram=PoolGram(torch.zeros(4, 12)))
 
 
 class TestPoolGram:
