@@ -69,6 +69,8 @@ class GroundTruth:
         coefficients: (E, k) float32: each encoding's coefficients, slot order.
         sum_signs: (E, H, W, C) int8 sign of every unmasked sum (what the masks hide), only when
             ``build_challenge`` was asked for it; not saved with the ground truth.
+        public_indices: (E, k - private_per_mix) int64 pool index in each public slot (cross mode; None
+            without public slots): the rest of a key's mapping, which the key-aware bound also holds.
     """
 
     privates: np.ndarray
@@ -76,6 +78,7 @@ class GroundTruth:
     pair_indices: np.ndarray
     coefficients: np.ndarray
     sum_signs: np.ndarray | None = None
+    public_indices: np.ndarray | None = None
 
 
 def bundled_private_images(count: int = 100, *, height: int = 32, width: int = 32,
@@ -215,6 +218,8 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         pair_indices=torch.cat([r.keys.indices[:, :private_slots] for r in rounds]).numpy()[order],
         coefficients=torch.cat([r.keys.coefficients for r in rounds]).numpy()[order],
         sum_signs=_sum_signs(images, rounds, pool)[order] if with_sum_signs else None,
+        public_indices=torch.cat([r.keys.indices[:, private_slots:] for r in rounds]).numpy()[order]
+        if params.resolved_k > private_slots else None,
     )
     return challenge, truth
 
@@ -232,8 +237,9 @@ def save_challenge(directory: str | os.PathLike, challenge: ChallengeSet, truth:
     np.save(directory / ENCRYPTION_FILE, challenge.encryption.astype(np.float32), allow_pickle=False)
     np.save(directory / LABEL_FILE, challenge.labels.astype(np.float32), allow_pickle=False)
     if truth is not None:
+        extra = {} if truth.public_indices is None else {"public_indices": truth.public_indices}
         np.savez(directory / GROUND_TRUTH_FILE, privates=truth.privates, private_labels=truth.private_labels,
-                 pair_indices=truth.pair_indices, coefficients=truth.coefficients)
+                 pair_indices=truth.pair_indices, coefficients=truth.coefficients, **extra)
 
 
 def load_challenge(directory: str | os.PathLike, *, k: int, encodings_per_image: int,
@@ -254,4 +260,5 @@ def load_ground_truth(path: str | os.PathLike) -> GroundTruth:
     if path.is_dir():
         path = path / GROUND_TRUTH_FILE
     with np.load(path, allow_pickle=False) as data:
-        return GroundTruth(data["privates"], data["private_labels"], data["pair_indices"], data["coefficients"])
+        return GroundTruth(data["privates"], data["private_labels"], data["pair_indices"], data["coefficients"],
+                           public_indices=data["public_indices"] if "public_indices" in data.files else None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -25,9 +27,11 @@ from instahide_ops.pool import PublicPool, build_pool, bundled_sources
 @pytest.fixture(scope="module")
 def small_set():
     images, labels = bundled_private_images(12)
-    pool = PublicPool.from_array(np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
-    challenge, truth = build_challenge(images, labels, encodings_per_image=5, pool=pool, seed=3)
+    challenge, truth = build_challenge(images, labels, encodings_per_image=5, pool=SMALL_POOL, seed=3)
     return images, labels, challenge, truth
+
+
+SMALL_POOL = PublicPool.from_array(np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
 
 
 class TestBundledPrivateImages:
@@ -96,6 +100,14 @@ class TestBuildChallenge:
         assert correlation(truth.pair_indices) > correlation(shuffled) + 0.2
         assert float(magnitude.max()) <= 1.0 + 1e-6
 
+    def test_public_indices_complete_each_encodings_mix(self, small_set):
+        _, _, challenge, truth = small_set
+        assert truth.public_indices.shape == (60, 4) and truth.public_indices.dtype == np.int64
+        publics = SMALL_POOL.images.numpy()[truth.public_indices]  # E, 4, H, W, C
+        mix = (np.einsum("ek,ekhwc->ehwc", truth.coefficients[:, :2], truth.privates[truth.pair_indices])
+               + np.einsum("ek,ekhwc->ehwc", truth.coefficients[:, 2:], publics))
+        np.testing.assert_allclose(np.abs(challenge.encryption), np.abs(mix), atol=1e-5)
+
     def test_seed_reproduces(self, small_set):
         images, labels, challenge, _ = small_set
         pool = PublicPool.from_array(np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
@@ -119,6 +131,12 @@ class TestFiles:
         restored = load_ground_truth(tmp_path.parent / "elsewhere.npz")
         assert np.array_equal(restored.pair_indices, truth.pair_indices)
         assert np.array_equal(restored.privates, truth.privates)
+        assert np.array_equal(restored.public_indices, truth.public_indices)
+
+    def test_a_ground_truth_file_without_public_indices_still_loads(self, small_set, tmp_path):
+        _, _, _, truth = small_set
+        save_challenge(tmp_path, small_set[2], replace(truth, public_indices=None))
+        assert load_ground_truth(tmp_path).public_indices is None
 
 
 
