@@ -38,7 +38,8 @@ AuditProgressCallback = Callable[[str, float, float], None]
 # run inside the audit as one stage (photo_aware, pool_aware, key_aware) weighs what its own stages weigh.
 STAGE_WEIGHTS = {"encoding": 0.03, "training": 0.30, "similarity": 0.01, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.45, "orientation": 0.01, "scoring": 0.02, "photo_pool": 1.60, "public_mix": 0.35,
-                 "reclustering": 0.04, "refinement": 0.36, "reassignment": 1.20, "restarts": 0.35}
+                 "reclustering": 0.04, "refinement": 0.36, "reassignment": 1.20, "restarts": 0.35,
+                 "shared_publics": 0.18}
 GRID_PAIRS = 20
 
 
@@ -178,10 +179,12 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                                 f"{len(labels)} labels", field="images")
     pool_aware = pool_aware and mode == "cross"
     photo_aware = photos is not None and mode == "cross"
+    shared_publics = ("shared_publics",) if mode == "cross" and k > 2 else ()  # the bound holds the key's mapping
     parts = {"photo_aware": _weights((*PHOTO_POOL_STAGES, *POOL_AWARE_STAGES)) if photo_aware else {},
              "pool_aware": _weights(POOL_AWARE_STAGES) if pool_aware else {},
              # The bound holding the pool runs the public-mix EM (and its restarts) for more steps.
-             "key_aware": _weights(("recovery", "orientation", *(("public_mix", "restarts") if pool_aware else ())),
+             "key_aware": _weights(("recovery", "orientation", *shared_publics,
+                                    *(("public_mix", "restarts") if pool_aware else ())),
                                    slower=("public_mix", "restarts"),
                                    by=BOUND_PUBLIC_MIX_STEPS / DEFAULT_PUBLIC_MIX_STEPS) if key_aware else {}}
     report = _Progress(progress, {**_weights(["encoding", *attack_stages(similarity, device)]),
@@ -214,8 +217,9 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     if key_aware:
         progress = report.renamed("key_aware", parts["key_aware"])
         bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
-                                           coefficients=truth.coefficients, num_images=len(privates), k=k,
-                                           device=device, cancel=cancel, progress=progress)
+                                           coefficients=truth.coefficients, public_indices=truth.public_indices,
+                                           num_images=len(privates), k=k, device=device, cancel=cancel,
+                                           progress=progress)
         if pool_aware:  # a bound on the strongest attacker the audit plays: it holds the pool as well
             demixed_bound = create_attack("pool_aware")(
                 challenge.encryption, challenge.labels, pool=pool, start=bound, encodings_per_image=encodings_per_image,

@@ -1,7 +1,9 @@
-"""The key-aware bound: the same recovery, given each encoding's true private indices and coefficients.
+"""The key-aware bound: the same recovery, given each encoding's true mapping and coefficients.
 
-This is what an attacker holding the keys (a leaked key store, a brute-forced 32-bit seed) gets,
-so it bounds what the ciphertext-only attack can reach.
+This is what an attacker holding the keys but not the masks (a leaked key store's mapping, a brute-forced
+32-bit seed) gets, so it bounds what the ciphertext-only attack can reach. Given the public slots' pool
+indices as well, the images they name more than once are solved alongside the privates instead of being
+treated as noise (``joint_recovery``); the pool's pixels are never used.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 
 from instahide_ops.attacks import register_attack
 from instahide_ops.attacks.ciphertext_only import check_challenge_arrays, pick_decryption, recovery_options
+from instahide_ops.attacks.joint_recovery import recover_with_publics
 from instahide_ops.attacks.orientation import resolve_orientation
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
 from instahide_ops.attacks.recovery import recover_privates
@@ -23,30 +26,44 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
                      pair_indices: np.ndarray | torch.Tensor, coefficients: np.ndarray | torch.Tensor,
                      num_images: int, device: torch.device | str = "cpu", progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None, recovery_steps: int | None = None,
-                     public_mean: torch.Tensor | float | None = None, k: int = 6) -> AttackResult:
+                     public_mean: torch.Tensor | float | None = None, k: int = 6,
+                     public_indices: np.ndarray | torch.Tensor | None = None) -> AttackResult:
     """Recover the private images knowing which two each encoding holds and with what coefficients.
 
     Args:
         encryption: (E, H, W, C) encodings.
         labels: (E, classes) mixed labels (checked for shape only).
         pair_indices: (E, 2) each encoding's private images.
-        coefficients: (E, >= 2) their coefficients, private slots first.
+        coefficients: (E, >= 2) their coefficients, private slots first (all k with ``public_indices``).
         num_images: the number of private images.
+        public_indices: (E, k - 2) the pool index in each public slot, or None; with them the recovery
+            continues with the reused publics as unknowns (stage "shared_publics").
         public_mean, recovery_steps, k: as for the ciphertext-only attack.
     """
     device = torch.device(device)
     encryption, _ = check_challenge_arrays(encryption, labels, device)
     members = torch.as_tensor(np.asarray(pair_indices), device=device).long()
-    weights = torch.as_tensor(np.asarray(coefficients), device=device).float()[:, :2]
+    all_weights = torch.as_tensor(np.asarray(coefficients), device=device).float()
+    weights = all_weights[:, :2]
     if members.shape != (len(encryption), 2):
         raise InvalidInputError(f"expected ({len(encryption)}, 2), got {list(members.shape)}", field="pair_indices")
     if int(members.min()) < 0 or int(members.max()) >= num_images:
         raise InvalidInputError(f"indices must lie in [0, {num_images})", field="pair_indices")
+    if public_indices is not None:
+        publics = torch.as_tensor(np.asarray(public_indices), device=device).long()
+        if publics.ndim != 2 or len(publics) != len(encryption) or all_weights.shape[1] != 2 + publics.shape[1]:
+            raise InvalidInputError(f"expected ({len(encryption)}, {all_weights.shape[1] - 2}) to match the "
+                                    f"coefficients' public slots, got {list(publics.shape)}", field="public_indices")
+    options = recovery_options(encryption, k, recovery_steps, public_mean)
     tracker = StageTracker(progress, cancel)
     with tracker.stage("recovery") as report:
         recovered = recover_privates(encryption.abs(), members, weights, num_images=num_images, report=report,
-                                     **recovery_options(encryption, k, recovery_steps, public_mean))
+                                     **options)
     with tracker.stage("orientation") as report:
         recovered = resolve_orientation(recovered)
+    if public_indices is not None and publics.shape[1] > 0:
+        with tracker.stage("shared_publics") as report:
+            recovered = recover_with_publics(encryption.abs(), torch.cat([members, publics], dim=1), all_weights,
+                                             recovered, public_mean=options["public_mean"], report=report)
     return AttackResult(recovered.cpu().float(), pick_decryption(recovered, members, weights).cpu().float(),
                         members.cpu(), weights.cpu(), dict(tracker.seconds), str(device))

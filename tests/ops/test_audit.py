@@ -46,7 +46,8 @@ def test_report_equals_the_steps_run_by_hand(privates, pool):
     assert report.pool_aware.scores.max_ssim == pytest.approx(expected.max_ssim, abs=1e-9)
     assert report.pool_aware.scores.max_ssim > report.ciphertext_only.scores.max_ssim
     # The bound holds the pool too, so it still bounds the strongest attack (measured 0.65 against 0.52).
-    assert list(report.key_aware.stage_seconds) == ["recovery", "orientation", "public_mix", "restarts"]
+    assert list(report.key_aware.stage_seconds) == ["recovery", "orientation", "shared_publics", "public_mix",
+                                                    "restarts"]
     assert report.key_aware.scores.max_ssim > report.pool_aware.scores.max_ssim
     assert report.key_aware is not None and report.key_aware.scores.max_ssim > 0.3
     assert (report.images, report.encodings) == (IMAGES, IMAGES * PER_IMAGE)
@@ -79,7 +80,7 @@ def test_without_the_pool_aware_attack(privates, pool):
     report = audit_deployment(images, classes, encodings_per_image=3, pool=pool, pool_aware=False,
                               progress=lambda *event: events.append(event))
     assert report.pool_aware is None and "pool_aware" not in report.summary()
-    assert list(report.key_aware.stage_seconds) == ["recovery", "orientation"]  # the plain bound
+    assert list(report.key_aware.stage_seconds) == ["recovery", "orientation", "shared_publics"]  # no pool-aware part
     assert "pool_aware" not in {stage for stage, _, _ in events} and events[-1][2] == 1.0
 
 
