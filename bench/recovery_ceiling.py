@@ -3,7 +3,8 @@
 On the challenge-shaped set (bundled images, default 100 × 50, k = 6) this runs the recovery three ways,
 all given the true partners and coefficients:
 
-- ``key_aware``: the audit's key-aware bound (signs of the unmasked sums inferred by EM);
+- ``key_aware``: the key-aware recovery from the private pairs alone (signs of the unmasked sums inferred by
+  EM; the audit's bound goes on to solve the publics the key names more than once, ``joint_recovery``);
 - ``known_signs``: the same solver told the true sign of every unmasked sum, as if the masks had leaked
   too (without the colour prior, which only serves to orient red): the ceiling of a recovery that treats
   the public images as Gaussian noise;
