@@ -171,13 +171,20 @@ def _mix_transpose(values: Tensor, columns: Tensor, lam: Tensor, noise_slots: Te
 
 
 def _normal_solver(columns: Tensor, lam: Tensor, weight: Tensor, prior: Tensor) -> Callable[[Tensor], Tensor]:
-    """Solve ``(AᵀWA + diag(prior) + ridge) X = rhs`` through one Cholesky factorisation (float64)."""
-    size = len(prior)
-    design = torch.zeros(len(columns), size, device=lam.device, dtype=torch.float64)
-    design.scatter_add_(1, columns, lam.double())
-    normal = design.T @ (design * weight.double()[:, None])
+    """Solve ``(AᵀWA + diag(prior) + ridge) X = rhs`` through one Cholesky factorisation (float64).
+
+    AᵀWA is summed from each encoding's k × k outer product, so A (E × unknowns) is never formed.
+    """
+    size, slots, dtype = len(prior), columns.shape[1], lam.dtype
+    lam, weight = lam.double(), weight.double()
+    rows = columns[:, :, None].expand(-1, -1, slots).reshape(-1)
+    cols = columns[:, None, :].expand(-1, slots, -1).reshape(-1)
+    values = (lam[:, :, None] * lam[:, None, :] * weight[:, None, None]).reshape(-1)
+    normal = torch.zeros(size * size, device=lam.device, dtype=torch.float64)
+    normal.index_add_(0, rows * size + cols, values)
+    normal = normal.reshape(size, size)
     normal.diagonal().add_(prior.double() + 1e-6 * float(normal.diagonal().mean()))
-    factor = torch.linalg.cholesky(normal).to(lam.dtype)
+    factor = torch.linalg.cholesky(normal).to(dtype)
     return lambda rhs: torch.cholesky_solve(rhs, factor)
 
 
