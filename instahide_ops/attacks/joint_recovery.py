@@ -50,7 +50,7 @@ times a weak pull lets them absorb their encodings (100 × 20: 0.712 → 0.008 a
 MIN_SOLVED_SHARE = 0.9
 """Least share of the public slots' coefficient mass the solved publics must hold; below it the start is
 returned unchanged. The refinement lacks ``recover_privates``'s priors, so where most publics stay noise
-it only loses (30 × 20, 69 % of slots reused: 0.764 → 0.743; 16 × 6, 17 %: 0.49 → 0.39), while at 98 %
+it only loses (30 × 20, 71 % of the mass solved: 0.764 → 0.743; 16 × 6, 16 %: 0.49 → 0.39), while at 98 %
 (100 × 20, 50 × 40) it gains 0.06."""
 
 MAX_PUBLIC_UNKNOWNS = 4096
