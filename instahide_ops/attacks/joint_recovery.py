@@ -99,6 +99,8 @@ def recover_with_publics(magnitudes: Tensor, indices: Tensor, coefficients: Tens
         raise InvalidInputError("must be positive", field="noise_floor" if noise_floor == 0 else "public_std")
     if steps < 1:
         raise InvalidInputError(f"must be at least 1, got {steps}", field="steps")
+    if max_public_unknowns < 0:
+        raise InvalidInputError(f"must not be negative, got {max_public_unknowns}", field="max_public_unknowns")
     device, dtype = magnitudes.device, magnitudes.dtype
     num_private = len(start)
     pixels = height * width * channels

@@ -60,6 +60,15 @@ def test_publics_seen_once_leave_the_start_unchanged():
     assert torch.equal(result, start)
 
 
+def test_a_cap_of_no_publics_leaves_the_start_unchanged(reused):
+    challenge, truth = reused
+    start = torch.rand(IMAGES, 32, 32, 3) * 2 - 1
+    indices = torch.from_numpy(np.concatenate([truth.pair_indices, truth.public_indices], axis=1))
+    result = recover_with_publics(torch.from_numpy(np.abs(challenge.encryption)), indices,
+                                  torch.from_numpy(truth.coefficients), start, max_public_unknowns=0)
+    assert torch.equal(result, start)
+
+
 def test_progress_reports_every_step(reused):
     challenge, truth = reused
     fractions: list[float] = []
@@ -80,6 +89,7 @@ def test_progress_reports_every_step(reused):
     ({"noise_floor": 0.0}, "noise_floor", "must be positive"),
     ({"public_prior": float("nan")}, "public_prior", "finite and non-negative"),
     ({"steps": 0}, "steps", "at least 1"),
+    ({"max_public_unknowns": -1}, "max_public_unknowns", "must not be negative"),
 ])
 def test_bad_arguments(change, field, message):
     arguments = {"magnitudes": torch.rand(8, 4, 4, 3), "indices": torch.tensor([[0, 1, 5, 6, 7, 8]] * 8),
