@@ -112,8 +112,9 @@ def recover_with_publics(magnitudes: Tensor, indices: Tensor, coefficients: Tens
 
     columns, solved = _columns(indices, private_slots, num_private, max_public_unknowns)
     noise_slots = columns < 0
-    public_mass = lam[:, private_slots:].sum()
-    if solved == 0 or float((lam * ~noise_slots)[:, private_slots:].sum()) < MIN_SOLVED_SHARE * float(public_mass):
+    known = lam * ~noise_slots  # E, k: the coefficients of the unknowns (0 at noise publics)
+    slots = columns.clamp_min(0)  # E, k: gather ids (a noise public's points anywhere; its weight is 0)
+    if solved == 0 or float(known[:, private_slots:].sum()) < MIN_SOLVED_SHARE * float(lam[:, private_slots:].sum()):
         return start.to(device=device, dtype=dtype).clone()  # mostly noise publics: the start's model fits better
     noise_mass = (lam * noise_slots).sum(dim=1)  # E: the noise publics' share of each sum
     noise_var = (lam**2 * noise_slots).sum(dim=1) * public_std**2
@@ -122,20 +123,20 @@ def recover_with_publics(magnitudes: Tensor, indices: Tensor, coefficients: Tens
     num_unknowns = num_private + solved
     prior = torch.zeros(num_unknowns, device=device, dtype=dtype)
     prior[num_private:] = public_prior / public_std**2
-    solve = _normal_solver(columns.clamp_min(0), lam * ~noise_slots, weight, prior)
+    solve = _normal_solver(slots, known, weight, prior)
 
     images = torch.empty(num_unknowns, pixels, device=device, dtype=dtype)
     images[:num_private] = start.to(device=device, dtype=dtype).reshape(num_private, pixels)
     images[num_private:] = mean
     for step in range(steps):
-        predicted = _mix(images, columns, lam, noise_slots)
+        predicted = _mix(images, slots, known)
         predicted += offset
         cooling = max(0.0, 1.0 - step / (ANNEALED_SHARE * steps))
         variance = noise_var + noise_floor * (1.0 + anneal * cooling)
         signed = predicted.mul_(y).div_(variance[:, None]).tanh_().mul_(y)
         signed -= offset
         signed *= weight[:, None]
-        rhs = _mix_transpose(signed, columns, lam, noise_slots, num_unknowns)
+        rhs = _mix_transpose(signed, slots, known, num_unknowns)
         rhs += prior[:, None] * mean[None]
         images = solve(rhs).clamp_(-1.0, 1.0)
         if report is not None:
@@ -155,21 +156,19 @@ def _columns(indices: Tensor, private_slots: int, num_private: int, cap: int) ->
     return torch.cat([indices[:, :private_slots], new_id[inverse]], dim=1), len(keep)
 
 
-def _mix(images: Tensor, columns: Tensor, lam: Tensor, noise_slots: Tensor) -> Tensor:
-    """(E, D) each encoding's sum over its unknown slots."""
-    total = torch.zeros(len(columns), images.shape[1], device=images.device, dtype=images.dtype)
-    for slot in range(columns.shape[1]):
-        scale = lam[:, slot] * ~noise_slots[:, slot]
-        total.addcmul_(images[columns[:, slot].clamp_min(0)], scale[:, None])
+def _mix(images: Tensor, slots: Tensor, known: Tensor) -> Tensor:
+    """(E, D) A·images: each encoding's sum over its unknown slots."""
+    total = torch.zeros(len(slots), images.shape[1], device=images.device, dtype=images.dtype)
+    for slot in range(slots.shape[1]):
+        total.addcmul_(images[slots[:, slot]], known[:, slot, None])
     return total
 
 
-def _mix_transpose(values: Tensor, columns: Tensor, lam: Tensor, noise_slots: Tensor, num_unknowns: int) -> Tensor:
+def _mix_transpose(values: Tensor, slots: Tensor, known: Tensor, num_unknowns: int) -> Tensor:
     """(U, D) Aᵀ·values: each unknown's coefficient-weighted sum of the encodings it appears in."""
     total = torch.zeros(num_unknowns, values.shape[1], device=values.device, dtype=values.dtype)
-    for slot in range(columns.shape[1]):
-        scale = lam[:, slot] * ~noise_slots[:, slot]
-        total.index_add_(0, columns[:, slot].clamp_min(0), values * scale[:, None])
+    for slot in range(slots.shape[1]):
+        total.index_add_(0, slots[:, slot], values * known[:, slot, None])
     return total
 
 
