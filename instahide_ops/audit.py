@@ -169,7 +169,9 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         photos: also run the photo-aware attack (cross mode): the ciphertext-only attacker holding these
             (H, W, C) uint8 photos, which the pool was cut from, but not the pool.
         pool_memory_bytes: memory each pool-aware (and photo-aware) attack's pursuits over a pool may hold: the
-            pool's Gram matrix is stored only when it fits, and batches shrink to fit (``pursuit.PoolGram``).
+            pool's Gram matrix is stored only when it fits, and batches shrink to fit (``pursuit.PoolGram``). The
+            key-aware bound solves as many reused publics as its normal matrix fits in it
+            (``joint_recovery.unknowns_that_fit``).
     """
     start = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -219,7 +221,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
         bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
                                            coefficients=truth.coefficients, public_indices=truth.public_indices,
                                            num_images=len(privates), k=k, device=device, cancel=cancel,
-                                           progress=progress)
+                                           progress=progress, working_bytes=pool_memory_bytes)
         if pool_aware:  # a bound on the strongest attacker the audit plays: it holds the pool as well
             demixed_bound = create_attack("pool_aware")(
                 challenge.encryption, challenge.labels, pool=pool, start=bound, encodings_per_image=encodings_per_image,

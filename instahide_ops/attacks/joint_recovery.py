@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.attacks.recovery import DEFAULT_PUBLIC_STD
 from instahide_ops.errors import InvalidInputError
 
@@ -53,17 +54,34 @@ returned unchanged. The refinement lacks ``recover_privates``'s priors, so where
 it only loses (30 × 20, 71 % of the mass solved: 0.764 → 0.743; 16 × 6, 16 %: 0.49 → 0.39), while at 98 %
 (100 × 20, 50 × 40) it gains 0.06."""
 
-MAX_PUBLIC_UNKNOWNS = 4096
-"""Most public images solved as unknowns (the most reused first). The normal matrix is factorised densely, so
-its side S = M + solved bounds the cost: S² float64 values (140 MB at 4,096 + 100) and 2·S²·H·W·C
-multiply-adds a step (at 100 × 50 with 2,048 solved: 48 s for 60 steps on two CPU cores)."""
+NORMAL_BYTES_PER_ENTRY = 16
+"""Bytes per entry of the normal matrix while it is factorised: the float64 matrix and its float64 Cholesky factor
+are held at once. Its side S (the privates plus the solved publics) is what grows with the publics solved: over
+8,000 encodings of 32 × 32 × 3, peak resident memory grew by 406 MiB from S = 600 to 7,031 (about 9 bytes per
+added entry, as other buffers peak at other moments). The encodings' own buffers, about six of E × H × W × C
+floats, come on top and do not depend on S."""
+
+
+def unknowns_that_fit(working_bytes: int) -> int:
+    """Side of the largest normal matrix (privates plus solved publics) whose factorisation fits ``working_bytes``.
+
+    Solving a public costs time too: each EM step multiplies through the factor, 2·S² multiply-adds per pixel
+    element (at 100 × 50 with 2,148 unknowns, 48 s for 60 steps on two CPU cores; with 5,840, 122 s).
+
+    Examples:
+        >>> unknowns_that_fit(1 << 30)
+        8192
+        >>> unknowns_that_fit(64 << 20)
+        2048
+    """
+    return math.isqrt(working_bytes // NORMAL_BYTES_PER_ENTRY)
 
 
 def recover_with_publics(magnitudes: Tensor, indices: Tensor, coefficients: Tensor, start: Tensor, *,
                          private_slots: int = 2, steps: int = DEFAULT_STEPS, noise_floor: float = DEFAULT_NOISE_FLOOR,
                          anneal: float = DEFAULT_ANNEAL, public_mean: Tensor | float = 0.0,
                          public_std: float = DEFAULT_PUBLIC_STD, public_prior: float = DEFAULT_PUBLIC_PRIOR,
-                         max_public_unknowns: int = MAX_PUBLIC_UNKNOWNS,
+                         working_bytes: int = WORKING_BYTES,
                          report: Callable[[float], None] | None = None) -> Tensor:
     """Refine private images by solving the reused public images alongside them.
 
@@ -81,7 +99,8 @@ def recover_with_publics(magnitudes: Tensor, indices: Tensor, coefficients: Tens
         public_std: natural-image pixel standard deviation: the spread of noise publics and of the prior.
         public_prior: weight of the prior pulling solved publics toward ``public_mean``, in units of its
             natural precision 1 / public_std² (the data are weighted by 1 / σ²); 0 turns it off.
-        max_public_unknowns: cap on the publics solved; the rest count as noise.
+        working_bytes: memory the normal matrix's factorisation may hold (``unknowns_that_fit``): publics are
+            solved, the most reused first, while it fits; the rest count as noise.
         report: called with the fraction done after every iteration; an exception it raises stops the run.
 
     Returns:
@@ -99,8 +118,8 @@ def recover_with_publics(magnitudes: Tensor, indices: Tensor, coefficients: Tens
         raise InvalidInputError("must be positive", field="noise_floor" if noise_floor == 0 else "public_std")
     if steps < 1:
         raise InvalidInputError(f"must be at least 1, got {steps}", field="steps")
-    if max_public_unknowns < 0:
-        raise InvalidInputError(f"must not be negative, got {max_public_unknowns}", field="max_public_unknowns")
+    if working_bytes < 1:
+        raise InvalidInputError(f"must be at least 1, got {working_bytes}", field="working_bytes")
     device, dtype = magnitudes.device, magnitudes.dtype
     num_private = len(start)
     pixels = height * width * channels
@@ -110,7 +129,8 @@ def recover_with_publics(magnitudes: Tensor, indices: Tensor, coefficients: Tens
     mean = torch.broadcast_to(torch.as_tensor(public_mean, device=device, dtype=dtype),
                               (height, width, channels)).reshape(pixels)
 
-    columns, solved = _columns(indices, private_slots, num_private, max_public_unknowns)
+    cap = max(0, unknowns_that_fit(working_bytes) - num_private)
+    columns, solved = _columns(indices, private_slots, num_private, cap)
     noise_slots = columns < 0
     known = lam * ~noise_slots  # E, k: the coefficients of the unknowns (0 at noise publics)
     slots = columns.clamp_min(0)  # E, k: gather ids (a noise public's points anywhere; its weight is 0)
@@ -186,7 +206,9 @@ def _normal_solver(columns: Tensor, lam: Tensor, weight: Tensor, prior: Tensor) 
     normal.index_add_(0, rows * size + cols, values)
     normal = normal.reshape(size, size)
     normal.diagonal().add_(prior.double() + 1e-6 * float(normal.diagonal().mean()))
-    factor = torch.linalg.cholesky(normal).to(dtype)
+    factor = torch.linalg.cholesky(normal)
+    del normal  # the float64 matrix and its factor are the most held at once (NORMAL_BYTES_PER_ENTRY)
+    factor = factor.to(dtype)
     return lambda rhs: torch.cholesky_solve(rhs, factor)
 
 

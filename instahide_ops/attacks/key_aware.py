@@ -16,6 +16,7 @@ from instahide_ops.attacks.ciphertext_only import check_challenge_arrays, pick_d
 from instahide_ops.attacks.joint_recovery import recover_with_publics
 from instahide_ops.attacks.orientation import resolve_orientation
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
+from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.attacks.recovery import recover_privates
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.errors import InvalidInputError
@@ -27,7 +28,8 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
                      num_images: int, device: torch.device | str = "cpu", progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None, recovery_steps: int | None = None,
                      public_mean: torch.Tensor | float | None = None, k: int = 6,
-                     public_indices: np.ndarray | torch.Tensor | None = None) -> AttackResult:
+                     public_indices: np.ndarray | torch.Tensor | None = None,
+                     working_bytes: int = WORKING_BYTES) -> AttackResult:
     """Recover the private images knowing which two each encoding holds and with what coefficients.
 
     Args:
@@ -38,6 +40,8 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
         num_images: the number of private images.
         public_indices: (E, k - 2) the pool index in each public slot, or None; with them the recovery
             continues with the reused publics as unknowns (stage "shared_publics").
+        working_bytes: memory that stage's normal matrix may hold; it solves the publics that fit
+            (``joint_recovery.unknowns_that_fit``).
         public_mean, recovery_steps, k: as for the ciphertext-only attack.
     """
     device = torch.device(device)
@@ -64,6 +68,7 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
     if public_indices is not None and publics.shape[1] > 0:
         with tracker.stage("shared_publics") as report:
             recovered = recover_with_publics(encryption.abs(), torch.cat([members, publics], dim=1), all_weights,
-                                             recovered, public_mean=options["public_mean"], report=report)
+                                             recovered, public_mean=options["public_mean"], report=report,
+                                             working_bytes=working_bytes)
     return AttackResult(recovered.cpu().float(), pick_decryption(recovered, members, weights).cpu().float(),
                         members.cpu(), weights.cpu(), dict(tracker.seconds), str(device))

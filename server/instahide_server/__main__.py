@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--audit-pool-memory-mib", type=int, help="memory each pool-aware attack's searches of the public pool may "
                                                   "hold: the pool's Gram matrix is kept only when it fits, and "
                                                   "larger pools are searched in smaller batches, with up to a "
-                                                  "quarter more for shared rows "
+                                                  "quarter more for shared rows; the key-aware bound solves the "
+                                                  "reused public images whose normal matrix fits in it "
                                                   f"(default {ServerConfig.audit_pool_memory_mib})")
     add("--audit-retention-days", type=float, help="ended audits older than this are deleted; 0 keeps them "
                                                    "forever (default 30)")

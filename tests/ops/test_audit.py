@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from instahide_ops import InvalidInputError
-from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack
+from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, key_aware
+from instahide_ops.attacks.joint_recovery import recover_with_publics
 from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.audit import audit_deployment, audit_encodings
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
@@ -107,12 +108,21 @@ def test_with_the_photo_aware_attack(privates):
     assert [f for s, f, _ in events if s == "photo_aware"][-1] == 1.0  # also when it skips its pool-aware stages
 
 
-def test_the_pool_memory_bounds_every_search_of_the_pool(privates, pool, pool_grams):
+def test_the_pool_memory_bounds_every_search_of_the_pool(privates, pool, pool_grams, monkeypatch):
     # 1 MiB, under the pool's Gram matrix (16 MiB at 2,048 images): the pool-aware attack and the bound holding
-    # the pool both search it within that, computing the matrix's rows as they need them.
+    # the pool both search it within that, computing the matrix's rows as they need them, and the bound solves
+    # only the publics whose normal matrix fits in it.
+    budgets: list[int] = []
+
+    def recorded(*args, **kwargs):
+        budgets.append(kwargs["working_bytes"])
+        return recover_with_publics(*args, **kwargs)
+
+    monkeypatch.setattr(key_aware, "recover_with_publics", recorded)
     images, classes = privates
     report = audit_deployment(images, classes, encodings_per_image=3, pool=pool, seed=4, pool_memory_bytes=1 << 20)
     assert pool_grams == [(1 << 20, False)] * 2
+    assert budgets == [1 << 20]
     assert report.pool_aware.scores.max_ssim > 0.2 and report.key_aware.scores.max_ssim > 0.2
     pool_grams.clear()
     audit_deployment(images, classes, encodings_per_image=3, pool=pool, seed=4, key_aware=False)

@@ -10,7 +10,7 @@ import torch
 
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import create_attack
-from instahide_ops.attacks.joint_recovery import recover_with_publics
+from instahide_ops.attacks.joint_recovery import NORMAL_BYTES_PER_ENTRY, recover_with_publics, unknowns_that_fit
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
 from instahide_ops.metrics import challenge_scores
 from instahide_ops.pool import PublicPool
@@ -60,13 +60,31 @@ def test_publics_seen_once_leave_the_start_unchanged():
     assert torch.equal(result, start)
 
 
-def test_a_cap_of_no_publics_leaves_the_start_unchanged(reused):
+def test_the_working_memory_bounds_the_publics_solved(reused):
     challenge, truth = reused
-    start = torch.rand(IMAGES, 32, 32, 3) * 2 - 1
+    magnitudes = torch.from_numpy(np.abs(challenge.encryption))
     indices = torch.from_numpy(np.concatenate([truth.pair_indices, truth.public_indices], axis=1))
-    result = recover_with_publics(torch.from_numpy(np.abs(challenge.encryption)), indices,
-                                  torch.from_numpy(truth.coefficients), start, max_public_unknowns=0)
-    assert torch.equal(result, start)
+    coefficients = torch.from_numpy(truth.coefficients)
+    start = torch.rand(IMAGES, 32, 32, 3) * 2 - 1
+    publics = len(np.unique(truth.public_indices))
+    assert publics == 64
+
+    def run(unknowns: int) -> torch.Tensor:
+        budget = unknowns**2 * NORMAL_BYTES_PER_ENTRY
+        assert unknowns_that_fit(budget) == unknowns and unknowns_that_fit(budget - 1) == unknowns - 1
+        return recover_with_publics(magnitudes, indices, coefficients, start, steps=3, working_bytes=budget)
+
+    every_public = recover_with_publics(magnitudes, indices, coefficients, start, steps=3)
+    assert torch.equal(run(IMAGES + publics), every_public)  # just fits: all 64 are solved, as by default
+    one_less = run(IMAGES + publics - 1)  # the least reused public is left as noise
+    assert not torch.equal(one_less, every_public) and not torch.equal(one_less, start)
+    assert torch.equal(run(IMAGES), start)  # room for the privates alone: nothing to add to the start
+
+
+def test_unknowns_that_fit():
+    assert unknowns_that_fit(1 << 30) == 8192  # the server's default --audit-pool-memory-mib
+    assert unknowns_that_fit(64 << 20) == 2048
+    assert unknowns_that_fit(1) == 0
 
 
 def test_progress_reports_every_step(reused):
@@ -89,7 +107,7 @@ def test_progress_reports_every_step(reused):
     ({"noise_floor": 0.0}, "noise_floor", "must be positive"),
     ({"public_prior": float("nan")}, "public_prior", "finite and non-negative"),
     ({"steps": 0}, "steps", "at least 1"),
-    ({"max_public_unknowns": -1}, "max_public_unknowns", "must not be negative"),
+    ({"working_bytes": 0}, "working_bytes", "must be at least 1, got 0"),
 ])
 def test_bad_arguments(change, field, message):
     arguments = {"magnitudes": torch.rand(8, 4, 4, 3), "indices": torch.tensor([[0, 1, 5, 6, 7, 8]] * 8),
