@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from instahide_ops.attacks.pursuit import WORKING_BYTES
-from instahide_ops.attacks.recovery import DEFAULT_PUBLIC_STD
+from instahide_ops.attacks.recovery import DEFAULT_PUBLIC_STD, check_magnitudes
 from instahide_ops.errors import InvalidInputError
 
 DEFAULT_STEPS = 60
@@ -214,10 +214,7 @@ def _normal_solver(columns: Tensor, lam: Tensor, weight: Tensor, prior: Tensor) 
 
 def _check(magnitudes: Tensor, indices: Tensor, coefficients: Tensor, start: Tensor,
            private_slots: int) -> tuple[int, int, int, int]:
-    if not isinstance(magnitudes, Tensor) or not magnitudes.is_floating_point() or magnitudes.ndim != 4:
-        raise InvalidInputError(f"expected a floating (E, H, W, C) tensor, got "
-                                f"{getattr(magnitudes, 'shape', type(magnitudes).__name__)}", field="magnitudes")
-    num_enc, height, width, channels = magnitudes.shape
+    num_enc, height, width, channels = check_magnitudes(magnitudes)
     if not isinstance(indices, Tensor) or indices.is_floating_point() or indices.ndim != 2 \
             or len(indices) != num_enc or not 1 <= private_slots < indices.shape[1]:
         raise InvalidInputError(f"expected integer (E = {num_enc}, k > {private_slots}), got "

@@ -305,13 +305,19 @@ def _field(value: Tensor | float, shape: tuple[int, int, int], like: Tensor, nam
     return tensor.reshape(shape[0] * shape[1], shape[2])
 
 
-def _check_inputs(magnitudes: Tensor, members: Tensor, weights: Tensor, num_images: int, steps: int) -> None:
+def check_magnitudes(magnitudes: Tensor) -> tuple[int, int, int, int]:
+    """The (E, H, W, C) shape of encoding magnitudes, refused (``InvalidInputError``) unless a floating rank-4
+    tensor with at least one encoding."""
     if not isinstance(magnitudes, Tensor) or not magnitudes.is_floating_point() or magnitudes.ndim != 4:
         raise InvalidInputError(f"expected a floating (E, H, W, C) tensor, got "
                                 f"{getattr(magnitudes, 'shape', type(magnitudes).__name__)}", field="magnitudes")
-    num_enc = magnitudes.shape[0]
-    if num_enc == 0:
+    if magnitudes.shape[0] == 0:
         raise InvalidInputError("no encodings", field="magnitudes.shape")
+    return tuple(magnitudes.shape)
+
+
+def _check_inputs(magnitudes: Tensor, members: Tensor, weights: Tensor, num_images: int, steps: int) -> None:
+    num_enc = check_magnitudes(magnitudes)[0]
     if not isinstance(members, Tensor) or members.shape != (num_enc, 2) or members.is_floating_point():
         raise InvalidInputError(f"expected integer shape {[num_enc, 2]}, got "
                                 f"{getattr(members, 'shape', type(members).__name__)}", field="members")

@@ -98,6 +98,8 @@ def test_progress_reports_every_step(reused):
 
 
 @pytest.mark.parametrize(("change", "field", "message"), [
+    ({"magnitudes": torch.rand(8, 4, 4)}, "magnitudes", "expected a floating (E, H, W, C) tensor"),
+    ({"magnitudes": torch.rand(0, 4, 4, 3)}, "magnitudes.shape", "no encodings"),
     ({"indices": torch.zeros(5, 6, dtype=torch.long)}, "indices", "expected integer (E = 8"),
     ({"indices": torch.full((8, 6), 9)}, "indices", "private ids must lie in [0, 3)"),
     ({"indices": torch.tensor([[0, 1, -1, 2, 3, 4]] * 8)}, "indices", "public ids must be non-negative"),
