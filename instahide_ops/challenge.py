@@ -207,6 +207,7 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
     order = np.random.default_rng(None if seed is None else (seed, encodings_per_image)).permutation(
         len(rounds) * len(images))
     private_slots = params.private_slots
+    indices = torch.cat([r.keys.indices for r in rounds]).numpy()[order]  # every slot: private, then public
     challenge = ChallengeSet(
         encryption=torch.cat([r.encoded for r in rounds]).cpu().numpy()[order],
         labels=torch.cat([r.mixed_labels for r in rounds]).cpu().numpy()[order],
@@ -215,11 +216,10 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
     truth = GroundTruth(
         privates=unit_range_array(privates),
         private_labels=np.asarray(labels, dtype=np.int64),
-        pair_indices=torch.cat([r.keys.indices[:, :private_slots] for r in rounds]).numpy()[order],
+        pair_indices=np.ascontiguousarray(indices[:, :private_slots]),
         coefficients=torch.cat([r.keys.coefficients for r in rounds]).numpy()[order],
         sum_signs=_sum_signs(images, rounds, pool)[order] if with_sum_signs else None,
-        public_indices=torch.cat([r.keys.indices[:, private_slots:] for r in rounds]).numpy()[order]
-        if params.resolved_k > private_slots else None,
+        public_indices=np.ascontiguousarray(indices[:, private_slots:]) if indices.shape[1] > private_slots else None,
     )
     return challenge, truth
 

@@ -59,15 +59,16 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
             raise InvalidInputError(f"expected ({len(encryption)}, {all_weights.shape[1] - 2}) to match the "
                                     f"coefficients' public slots, got {list(publics.shape)}", field="public_indices")
     options = recovery_options(encryption, k, recovery_steps, public_mean)
+    magnitudes = encryption.abs()
     tracker = StageTracker(progress, cancel)
     with tracker.stage("recovery") as report:
-        recovered = recover_privates(encryption.abs(), members, weights, num_images=num_images, report=report,
+        recovered = recover_privates(magnitudes, members, weights, num_images=num_images, report=report,
                                      **options)
     with tracker.stage("orientation") as report:
         recovered = resolve_orientation(recovered)
     if public_indices is not None and publics.shape[1] > 0:
         with tracker.stage("shared_publics") as report:
-            recovered = recover_with_publics(encryption.abs(), torch.cat([members, publics], dim=1), all_weights,
+            recovered = recover_with_publics(magnitudes, torch.cat([members, publics], dim=1), all_weights,
                                              recovered, public_mean=options["public_mean"], report=report,
                                              working_bytes=working_bytes)
     return AttackResult(recovered.cpu().float(), pick_decryption(recovered, members, weights).cpu().float(),
