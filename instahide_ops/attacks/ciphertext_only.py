@@ -26,16 +26,21 @@ STAGES = ("training", "similarity", "clustering", "assignment", "recovery", "ori
 SIMILARITIES = ("auto", "learned", "highpass")
 
 
+def as_tensor(array: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A numpy array (or anything ``np.asarray`` takes) or a tensor on any device, as a tensor on ``device``
+    (and of ``dtype``, converted in the same copy)."""
+    return (array if torch.is_tensor(array) else torch.as_tensor(np.asarray(array))).to(device, dtype)
+
+
 def check_challenge_arrays(encryption: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The arrays as float32 tensors on ``device``; InvalidInputError for shapes that do not fit."""
-    encryption = torch.as_tensor(np.asarray(encryption) if not torch.is_tensor(encryption) else encryption)
-    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    encryption, labels = as_tensor(encryption, device, torch.float32), as_tensor(labels, device, torch.float32)
     if encryption.ndim != 4:
         raise InvalidInputError(f"expected (E, H, W, C), got {list(encryption.shape)}", field="encryption")
     if labels.ndim != 2 or len(labels) != len(encryption):
         raise InvalidInputError(f"expected ({len(encryption)}, classes), got {list(labels.shape)}", field="labels")
-    return encryption.to(device, torch.float32), labels.to(device, torch.float32)
+    return encryption, labels
 
 
 def recovery_options(encryption: torch.Tensor, k: int, steps: int | None,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from instahide_ops.attacks import register_attack
-from instahide_ops.attacks.ciphertext_only import check_challenge_arrays, pick_decryption, recovery_options
+from instahide_ops.attacks.ciphertext_only import as_tensor, check_challenge_arrays, pick_decryption, recovery_options
 from instahide_ops.attacks.joint_recovery import recover_with_publics
 from instahide_ops.attacks.orientation import resolve_orientation
 from instahide_ops.attacks.progress import CancelToken, ProgressCallback, StageTracker
@@ -46,15 +46,15 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
     """
     device = torch.device(device)
     encryption, _ = check_challenge_arrays(encryption, labels, device)
-    members = torch.as_tensor(np.asarray(pair_indices), device=device).long()
-    all_weights = torch.as_tensor(np.asarray(coefficients), device=device).float()
+    members = as_tensor(pair_indices, device).long()
+    all_weights = as_tensor(coefficients, device).float()
     weights = all_weights[:, :2]
     if members.shape != (len(encryption), 2):
         raise InvalidInputError(f"expected ({len(encryption)}, 2), got {list(members.shape)}", field="pair_indices")
     if int(members.min()) < 0 or int(members.max()) >= num_images:
         raise InvalidInputError(f"indices must lie in [0, {num_images})", field="pair_indices")
     if public_indices is not None:
-        publics = torch.as_tensor(np.asarray(public_indices), device=device).long()
+        publics = as_tensor(public_indices, device).long()
         if publics.ndim != 2 or len(publics) != len(encryption) or all_weights.shape[1] != 2 + publics.shape[1]:
             raise InvalidInputError(f"expected ({len(encryption)}, {all_weights.shape[1] - 2}) to match the "
                                     f"coefficients' public slots, got {list(publics.shape)}", field="public_indices")

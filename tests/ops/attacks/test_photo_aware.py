@@ -7,23 +7,22 @@ import logging
 import numpy as np
 import pytest
 import torch
+from photo_set import PER_IMAGE, SCALES, challenge_over, pool_from, two_photos
 
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, AttackResult, CancelToken, create_attack
 from instahide_ops.attacks.photo_aware import STAGES, encoding_residuals, photo_pool, pick_windows, shrink_photos
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.attacks.recovery import NATURAL_CHANNEL_MEAN
-from instahide_ops.challenge import build_challenge, bundled_private_images
 from instahide_ops.metrics import challenge_scores
-from instahide_ops.pool import PublicPool, build_pool, bundled_sources, resize_image, to_unit_range
+from instahide_ops.pool import PublicPool, resize_image, to_unit_range
 
-IMAGES, PER_IMAGE, STEPS = 20, 20, 12
-SCALES = (64, 96)  # two scales keep the dictionary small: about 145,000 windows of two photos
+STEPS = 12
 
 
 @pytest.fixture(scope="module")
 def photos():
-    return list(bundled_sources(("china", "flower")).values())
+    return two_photos()
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +32,12 @@ def shrunk(photos):
 
 @pytest.fixture(scope="module")
 def pool(photos):
-    # Smaller than the 20 × 20 set's 1,600 public slots, so each public is mixed into about 6 encodings.
-    return PublicPool.from_array(build_pool(photos, count=256, scales=SCALES, seed=3))
+    return pool_from(photos)
 
 
 @pytest.fixture(scope="module")
 def challenge(pool):
-    privates, classes = bundled_private_images(IMAGES)
-    return build_challenge(privates, classes, encodings_per_image=PER_IMAGE, seed=0, pool=pool)
+    return challenge_over(pool)
 
 
 @pytest.fixture(scope="module")
