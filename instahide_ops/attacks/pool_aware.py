@@ -264,7 +264,7 @@ def refine_with_pool(magnitudes: Tensor, members: Tensor, weights: Tensor, image
                                 field="steps")
     num_images = len(images)
     y = magnitudes.abs().reshape(num_enc, -1)
-    flat_pool = pool.to(y.dtype).reshape(len(pool), -1)
+    flat_pool = pool.to(y).reshape(len(pool), -1)  # follows the magnitudes, as members and weights do
     members = members.to(y.device).long()
     weights = weights.to(y)
     design = design_matrix(members, weights, num_images)
