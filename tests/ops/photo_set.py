@@ -1,4 +1,5 @@
-"""The small set the photo-aware tests attack: a pool cut from two bundled photos, and 20 × 20 private images.
+"""Two bundled photos, a small pool cut from them, and 20 × 20 private images mixed with it: the set of the
+tests whose attackers hold the photos (the photo-aware attack) or the key's mapping of the pool.
 
 The pool (256 images) is smaller than the set's 1,600 public slots, so each public is mixed into about 6
 encodings: the photo-aware attack can find them and the key-aware bound can solve them.
