@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from photo_set import challenge_over, pool_from, two_photos
 
 from instahide_ops.attacks import pool_aware, pursuit
 
@@ -19,3 +20,21 @@ def pool_grams(monkeypatch) -> list[tuple[int, bool]]:
 
     monkeypatch.setattr(pool_aware, "PoolGram", RecordedGram)
     return built
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """The two bundled photos of ``photo_set``."""
+    return two_photos()
+
+
+@pytest.fixture(scope="session")
+def crop_pool(photos):
+    """``photo_set``'s pool of 256 crops of ``photos``."""
+    return pool_from(photos)
+
+
+@pytest.fixture(scope="session")
+def crop_challenge(crop_pool):
+    """``photo_set``'s 20 × 20 set mixed with ``crop_pool``: (challenge, ground truth)."""
+    return challenge_over(crop_pool)

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from photo_set import pool_from, two_photos
 
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, key_aware
@@ -85,13 +84,11 @@ def test_without_the_pool_aware_attack(privates, pool):
     assert "pool_aware" not in {stage for stage, _, _ in events} and events[-1][2] == 1.0
 
 
-def test_with_the_photo_aware_attack(privates):
+def test_with_the_photo_aware_attack(privates, photos, crop_pool):
     # A pool cut from two photos the attacker holds; 256 crops for 16 × 6 × 4 public slots.
     images, classes = privates
-    photos = two_photos()
-    pool = pool_from(photos)
     events: list[tuple[str, float, float]] = []
-    report = audit_deployment(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=4, photos=photos,
+    report = audit_deployment(images, classes, encodings_per_image=PER_IMAGE, pool=crop_pool, seed=4, photos=photos,
                               key_aware=False, progress=lambda *event: events.append(event))
     assert list(report.attacks()) == ["ciphertext_only", "photo_aware", "pool_aware"]
     assert list(report.summary())[-3:] == ["ciphertext_only", "photo_aware", "pool_aware"]
@@ -110,11 +107,10 @@ def test_with_the_photo_aware_attack(privates):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_an_audit_on_cuda_runs_every_attack_there(privates):
+def test_an_audit_on_cuda_runs_every_attack_there(privates, photos, crop_pool):
     # What a server on a GPU host runs (--device auto), with every attacker it can play.
     images, classes = privates
-    photos = two_photos()
-    options = {"encodings_per_image": PER_IMAGE, "pool": pool_from(photos), "seed": 4, "similarity": "highpass"}
+    options = {"encodings_per_image": PER_IMAGE, "pool": crop_pool, "seed": 4, "similarity": "highpass"}
     report = audit_deployment(images, classes, device="cuda", photos=photos, **options)
     assert report.device.startswith("cuda") and report.summary()["device"] == report.device
     assert list(report.attacks()) == ["ciphertext_only", "photo_aware", "pool_aware", "key_aware"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from photo_set import IMAGES, PER_IMAGE, SCALES, challenge_over, pool_from, two_photos
+from photo_set import IMAGES, PER_IMAGE, SCALES
 
 from instahide_ops.attacks import create_attack
 from instahide_ops.attacks.photo_aware import STAGES as PHOTO_STAGES
@@ -21,21 +21,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 STEPS = 12
 
 
-@pytest.fixture(scope="module")
-def photos():
-    return two_photos()
-
-
-@pytest.fixture(scope="module")
-def pool(photos):
-    return pool_from(photos)
-
-
-@pytest.fixture(scope="module")
-def challenge(pool):
-    return challenge_over(pool)
-
-
 def _ciphertext_only(challenge, device):
     view, _ = challenge
     return create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE,
@@ -43,8 +28,8 @@ def _ciphertext_only(challenge, device):
 
 
 @pytest.fixture(scope="module")
-def start(challenge):
-    return _ciphertext_only(challenge, DEVICE)
+def start(crop_challenge):
+    return _ciphertext_only(crop_challenge, DEVICE)
 
 
 def _max_ssim(result, truth) -> float:
@@ -58,17 +43,17 @@ def _ran_on_the_device(result) -> bool:
         t.device.type == "cpu" for t in (result.recovered, result.decryption, result.members, result.coefficients))
 
 
-def test_the_ciphertext_only_attack_scores_as_on_the_cpu(challenge, start):
-    _, truth = challenge
-    on_cpu = _ciphertext_only(challenge, "cpu")
+def test_the_ciphertext_only_attack_scores_as_on_the_cpu(crop_challenge, start):
+    _, truth = crop_challenge
+    on_cpu = _ciphertext_only(crop_challenge, "cpu")
     assert _ran_on_the_device(start) and on_cpu.device == "cpu"
     assert start.members.shape == on_cpu.members.shape == (len(truth.pair_indices), 2)
     assert abs(_max_ssim(start, truth) - _max_ssim(on_cpu, truth)) <= 0.03, (_max_ssim(start, truth),
                                                                               _max_ssim(on_cpu, truth))
 
 
-def test_the_key_aware_bound_solves_the_shared_publics_on_cuda(challenge):
-    view, truth = challenge
+def test_the_key_aware_bound_solves_the_shared_publics_on_cuda(crop_challenge):
+    view, truth = crop_challenge
 
     def bound(device, public_indices):
         # Given as tensors already on the device, as a caller holding them there would pass them.
@@ -87,16 +72,16 @@ def test_the_key_aware_bound_solves_the_shared_publics_on_cuda(challenge):
     assert abs(joint_score - _max_ssim(on_cpu, truth)) <= 0.02, (joint_score, _max_ssim(on_cpu, truth))
 
 
-def test_the_pool_aware_attack_beats_its_start_on_cuda(challenge, start, pool):
-    view, truth = challenge
-    result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=start,
+def test_the_pool_aware_attack_beats_its_start_on_cuda(crop_challenge, start, crop_pool):
+    view, truth = crop_challenge
+    result = create_attack("pool_aware")(view.encryption, view.labels, pool=crop_pool, start=start,
                                          encodings_per_image=PER_IMAGE, steps=STEPS, device=DEVICE)
     assert _ran_on_the_device(result) and list(result.stage_seconds) == list(POOL_AWARE_STAGES)
     assert _max_ssim(result, truth) >= _max_ssim(start, truth) + 0.15  # on the CPU: 0.656 → 0.927
 
 
-def test_the_photo_aware_attack_beats_its_start_on_cuda(challenge, start, photos):
-    view, truth = challenge
+def test_the_photo_aware_attack_beats_its_start_on_cuda(crop_challenge, start, photos):
+    view, truth = crop_challenge
     result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=start,
                                           encodings_per_image=PER_IMAGE, scales=SCALES, steps=STEPS, device=DEVICE)
     assert _ran_on_the_device(result) and list(result.stage_seconds) == [*PHOTO_STAGES, *POOL_AWARE_STAGES]

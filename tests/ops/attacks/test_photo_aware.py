@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from photo_set import PER_IMAGE, SCALES, challenge_over, pool_from, two_photos
+from photo_set import PER_IMAGE, SCALES
 
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, AttackResult, CancelToken, create_attack
@@ -21,28 +21,13 @@ STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def photos():
-    return two_photos()
-
-
-@pytest.fixture(scope="module")
 def shrunk(photos):
     return shrink_photos(photos, height=32, width=32, scales=SCALES)
 
 
 @pytest.fixture(scope="module")
-def pool(photos):
-    return pool_from(photos)
-
-
-@pytest.fixture(scope="module")
-def challenge(pool):
-    return challenge_over(pool)
-
-
-@pytest.fixture(scope="module")
-def ciphertext_only(challenge):
-    view, _ = challenge
+def ciphertext_only(crop_challenge):
+    view, _ = crop_challenge
     return create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
 
 
@@ -84,30 +69,31 @@ class TestShrinkPhotos:
 
 
 class TestPickWindows:
-    def test_finds_the_pool_images_that_several_mixes_share(self, photos, shrunk, pool):
+    def test_finds_the_pool_images_that_several_mixes_share(self, photos, shrunk, crop_pool):
         # 300 mixes of 4 pool images each (weights as the public slots get them), with noise.
         generator = torch.Generator().manual_seed(0)
-        chosen = torch.stack([torch.randperm(len(pool), generator=generator)[:4] for _ in range(300)])
+        chosen = torch.stack([torch.randperm(len(crop_pool), generator=generator)[:4] for _ in range(300)])
         weights = 0.08 + 0.1 * torch.rand(300, 4, 1, 1, 1, generator=generator)
-        mixes = (weights * pool.images[chosen]).sum(dim=1) + 0.05 * torch.randn(300, 32, 32, 3, generator=generator)
+        noise = 0.05 * torch.randn(300, 32, 32, 3, generator=generator)
+        mixes = (weights * crop_pool.images[chosen]).sum(dim=1) + noise
         found = photo_pool(mixes, shrunk, photos)
-        precision, hit = _matched(found.crops, pool)
-        used = torch.zeros(len(pool), dtype=torch.bool)
+        precision, hit = _matched(found.crops, crop_pool)
+        used = torch.zeros(len(crop_pool), dtype=torch.bool)
         used[chosen.unique()] = True
         # measured: 86 % of the kept crops are pool images, and 85 % of the pool images mixed in are found
         assert precision >= 0.8, precision
         assert hit[used].float().mean() >= 0.8, hit[used].float().mean()
         assert found.coverage >= 0.9, found.coverage  # nearly every mix picked a kept crop
 
-    def test_one_pick_per_bin_and_at_least_min_picks_pickers(self, photos, shrunk, pool):
-        mix = pool.images[:1].repeat(3, 1, 1, 1)  # three mixes of the one image
+    def test_one_pick_per_bin_and_at_least_min_picks_pickers(self, photos, shrunk, crop_pool):
+        mix = crop_pool.images[:1].repeat(3, 1, 1, 1)  # three mixes of the one image
         assert pick_windows(mix[:1], shrunk, picks=1, min_picks=2) == []
         picked = pick_windows(mix, shrunk, picks=1, min_picks=3)
         assert len(picked) == 1 and picked[0].pickers.tolist() == [0, 1, 2]
         # The window is the nearest on the shrunk grid; the exact crop is the pool's image itself. A fourth
         # residual, of another pool image, picks no kept window: three of four are covered.
-        found = photo_pool(torch.cat([mix, pool.images[5:6]]), shrunk, photos, picks=1, min_picks=3)
-        np.testing.assert_array_equal(found.crops, pool.pixels[:1].numpy())
+        found = photo_pool(torch.cat([mix, crop_pool.images[5:6]]), shrunk, photos, picks=1, min_picks=3)
+        np.testing.assert_array_equal(found.crops, crop_pool.pixels[:1].numpy())
         assert found.coverage == 0.75
 
     def test_bad_arguments(self, photos):
@@ -117,21 +103,21 @@ class TestPickWindows:
 
 
 class TestPhotoAwareAttack:
-    def test_residuals_of_the_true_images_name_the_pool(self, challenge, photos, shrunk, pool):
+    def test_residuals_of_the_true_images_name_the_pool(self, crop_challenge, photos, shrunk, crop_pool):
         # With the true images and pairs, each residual is the encoding's public mix but for the E-step's
         # sign errors, so most kept crops are the pool's own images, and most of the pool is found.
-        view, truth = challenge
+        view, truth = crop_challenge
         encryption = torch.from_numpy(view.encryption)
         exact = AttackResult(torch.from_numpy(truth.privates), encryption, torch.from_numpy(truth.pair_indices),
                              torch.from_numpy(truth.coefficients[:, :2]))
         residuals = encoding_residuals(encryption.abs(), exact, torch.tensor(NATURAL_CHANNEL_MEAN))
         assert residuals.shape == encryption.shape
-        precision, hit = _matched(photo_pool(residuals, shrunk, photos).crops, pool)
+        precision, hit = _matched(photo_pool(residuals, shrunk, photos).crops, crop_pool)
         assert precision >= 0.6 and hit.float().mean() >= 0.7, (precision, hit.float().mean())  # measured 0.68, 0.80
 
-    def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, photos, pool,
+    def test_beats_the_ciphertext_only_attack_it_starts_from(self, crop_challenge, ciphertext_only, photos,
                                                             pool_grams):
-        view, truth = challenge
+        view, truth = crop_challenge
         events: list[tuple[str, float]] = []
         result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                               encodings_per_image=PER_IMAGE, scales=SCALES, steps=STEPS,
@@ -145,8 +131,8 @@ class TestPhotoAwareAttack:
         assert list(result.stage_seconds) == [*STAGES, *POOL_AWARE_STAGES]
         assert result.decryption.shape == view.encryption.shape and result.members.shape == (len(view.encryption), 2)
 
-    def test_cancel_stops_it(self, challenge, ciphertext_only, photos):
-        view, _ = challenge
+    def test_cancel_stops_it(self, crop_challenge, ciphertext_only, photos):
+        view, _ = crop_challenge
         cancel = CancelToken()
 
         def progress(stage: str, fraction: float) -> None:
@@ -158,8 +144,8 @@ class TestPhotoAwareAttack:
                                          encodings_per_image=PER_IMAGE, scales=SCALES, progress=progress,
                                          cancel=cancel)
 
-    def test_bad_inputs(self, challenge, ciphertext_only, photos):
-        view, _ = challenge
+    def test_bad_inputs(self, crop_challenge, ciphertext_only, photos):
+        view, _ = crop_challenge
         attack = create_attack("photo_aware")
         arguments = {"start": ciphertext_only, "encodings_per_image": PER_IMAGE, "scales": SCALES}
         with pytest.raises(InvalidInputError, match="must be at least 1"):
@@ -169,21 +155,21 @@ class TestPhotoAwareAttack:
         with pytest.raises(InvalidInputError, match=r"must lie in \[0, 1\]"):
             attack(view.encryption, view.labels, photos=photos, min_coverage=1.5, **arguments)
 
-    def test_stays_with_its_start_when_no_window_is_agreed_on(self, challenge, ciphertext_only, photos):
+    def test_stays_with_its_start_when_no_window_is_agreed_on(self, crop_challenge, ciphertext_only, photos):
         # A set too small to reuse public images leaves nothing to build a pool from: the attacker is then
         # no stronger than the ciphertext-only attack, not failed.
-        view, _ = challenge
+        view, _ = crop_challenge
         result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                               encodings_per_image=PER_IMAGE, scales=SCALES, min_picks=1000)
         torch.testing.assert_close(result.decryption, ciphertext_only.decryption)
         torch.testing.assert_close(result.recovered, ciphertext_only.recovered)
         assert list(result.stage_seconds) == ["photo_pool"]
 
-    def test_stays_with_its_start_when_the_windows_explain_too_few_encodings(self, challenge, ciphertext_only,
+    def test_stays_with_its_start_when_the_windows_explain_too_few_encodings(self, crop_challenge, ciphertext_only,
                                                                               photos, shrunk, caplog):
         # Windows are found, but the pool-aware stages would model every encoding's public mix with them:
         # below min_coverage of the encodings explained, the attacker keeps its start.
-        view, _ = challenge
+        view, _ = crop_challenge
         encryption = torch.from_numpy(view.encryption)
         found = photo_pool(encoding_residuals(encryption.abs(), ciphertext_only, torch.tensor(NATURAL_CHANNEL_MEAN)),
                            shrunk, photos)
