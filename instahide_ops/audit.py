@@ -24,6 +24,7 @@ from instahide_ops.attacks.photo_aware import STAGES as PHOTO_POOL_STAGES
 from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS, DEFAULT_PUBLIC_MIX_STEPS
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.attacks.pursuit import WORKING_BYTES
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
@@ -39,7 +40,7 @@ AuditProgressCallback = Callable[[str, float, float], None]
 STAGE_WEIGHTS = {"encoding": 0.03, "training": 0.30, "similarity": 0.01, "clustering": 0.03, "assignment": 0.01,
                  "recovery": 0.45, "orientation": 0.01, "scoring": 0.02, "photo_pool": 1.60, "public_mix": 0.35,
                  "reclustering": 0.04, "refinement": 0.36, "reassignment": 1.20, "restarts": 0.35,
-                 "shared_publics": 0.18}
+                 "shared_publics": 0.18, "self_refinement": 1.25}
 GRID_PAIRS = 20
 
 
@@ -149,7 +150,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                      pool_aware: bool = True, progress: AuditProgressCallback | None = None,
                      cancel: CancelToken | None = None, similarity: str = "auto",
                      photos: Sequence[np.ndarray] | None = None,
-                     pool_memory_bytes: int = WORKING_BYTES) -> LeakageReport:
+                     pool_memory_bytes: int = WORKING_BYTES,
+                     refinement: RefinementConfig | None = None) -> LeakageReport:
     """Simulate shipping ``privates`` encoded with (mode, k), T encodings each, and measure what leaks.
 
     Args:
@@ -172,6 +174,9 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
             pool's Gram matrix is stored only when it fits, and batches shrink to fit (``pursuit.PoolGram``). The
             key-aware bound solves as many reused publics as its normal matrix fits in it
             (``joint_recovery.unknowns_that_fit``).
+        refinement: how the ciphertext-only attack trains a refiner of its recoveries on sets of its own
+            (``attacks.self_refine``); None skips it. The attacks that continue from its result start from the
+            refined recoveries.
     """
     start = time.perf_counter()
     cancel = cancel or CancelToken()
@@ -189,7 +194,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
                                     *(("public_mix", "restarts") if pool_aware else ())),
                                    slower=("public_mix", "restarts"),
                                    by=BOUND_PUBLIC_MIX_STEPS / DEFAULT_PUBLIC_MIX_STEPS) if key_aware else {}}
-    report = _Progress(progress, {**_weights(["encoding", *attack_stages(similarity, device)]),
+    stages = attack_stages(similarity, device, refine=refinement is not None)
+    report = _Progress(progress, {**_weights(["encoding", *stages]),
                                   **{name: sum(weights.values()) for name, weights in parts.items() if weights},
                                   **_weights(["scoring"])})
     report("encoding", 0.0)
@@ -202,7 +208,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
     report("encoding", 1.0)
     attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=k,
                                               encodings_per_image=encodings_per_image, mode=mode, device=device,
-                                              progress=report, cancel=cancel, similarity=similarity)
+                                              progress=report, cancel=cancel, similarity=similarity,
+                                              refinement=refinement)
     from_photos = None
     if photo_aware:
         from_photos = create_attack("photo_aware")(

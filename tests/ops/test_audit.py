@@ -11,6 +11,7 @@ from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, CancelToken, create_attack, key_aware
 from instahide_ops.attacks.joint_recovery import recover_with_publics
 from instahide_ops.attacks.pursuit import WORKING_BYTES
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.audit import audit_deployment, audit_encodings
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
 from instahide_ops.metrics import challenge_scores
@@ -72,6 +73,23 @@ def test_without_the_key_aware_bound(privates, pool):
     images, classes = privates
     report = audit_deployment(images, classes, encodings_per_image=3, pool=pool, key_aware=False)
     assert report.key_aware is None and "key_aware" not in report.summary()
+
+
+def test_with_the_self_refinement(privates, pool):
+    images, classes = privates
+    events: list[tuple[str, float, float]] = []
+    refinement = RefinementConfig(sets=1, steps=10, batch=8)
+    report = audit_deployment(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=4, pool_aware=False,
+                              key_aware=False, refinement=refinement, progress=lambda *event: events.append(event))
+    challenge, truth = build_challenge(images, classes, encodings_per_image=PER_IMAGE, pool=pool, seed=4)
+    attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6,
+                                              encodings_per_image=PER_IMAGE, refinement=refinement)
+    expected = challenge_scores(attack.decryption, torch.from_numpy(truth.privates),
+                                torch.from_numpy(truth.pair_indices))
+    assert report.ciphertext_only.scores.max_ssim == pytest.approx(expected.max_ssim, abs=1e-9)
+    assert list(report.ciphertext_only.stage_seconds)[-1] == "self_refinement"
+    stages = list(dict.fromkeys(s for s, _, _ in events))
+    assert stages[-2:] == ["self_refinement", "scoring"] and events[-1][2] == 1.0
 
 
 def test_without_the_pool_aware_attack(privates, pool):

@@ -77,7 +77,7 @@ def test_the_attack_runs_its_training_stage_when_asked(small_set):
     result = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6,
                                               encodings_per_image=PER_IMAGE, similarity="learned",
                                               training=TINY, progress=lambda s, f: events.append((s, f)))
-    assert list(result.stage_seconds) == list(STAGES)
+    assert list(result.stage_seconds) == [stage for stage in STAGES if stage != "self_refinement"]
     training = [f for s, f in events if s == "training"]
     assert training[0] == 0.0 and training[-1] == 1.0 and training == sorted(training)
     assert result.decryption.shape == challenge.encryption.shape
