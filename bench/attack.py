@@ -14,7 +14,7 @@ Anchors: Carlini et al. reached Max_SSIM 0.90 / Mean_SSIM 0.43 / Min_L2 0.01 / M
 
 Usage: python bench/attack.py [--quick] [--device cuda] [--photo-aware] [--no-pool-aware] [--no-key-aware]
                               [--pool-size P] [--pool-memory-mib M] [--private-dir DIR]
-                              [--out DIR]
+                              [--refine-sets S] [--refine-steps N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 from instahide_ops.attacks.ciphertext_only import SIMILARITIES
 from instahide_ops.attacks.pursuit import WORKING_BYTES
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.audit import audit_deployment
 from instahide_ops.challenge import (
     PUBLIC_SOURCE_NAMES,
@@ -41,6 +42,9 @@ from instahide_ops.challenge import (
     save_challenge,
 )
 from instahide_ops.pool import DEFAULT_POOL_SIZE, bundled_sources
+
+# The --quick set gives the refiner about 120 pairs, which 400 steps fit; 1,200 would take most of its 5 minutes.
+QUICK_REFINE_STEPS = 400
 
 
 def main() -> None:
@@ -66,11 +70,22 @@ def main() -> None:
     parser.add_argument("--private-dir", default=None,
                         help="attack your own images instead of the bundled ones: a folder of images (pseudo-classes) "
                              "or of one sub-folder per class; the first --images of them are used")
+    parser.add_argument("--refine-sets", type=int, default=RefinementConfig.sets,
+                        help=f"sets the ciphertext-only attack simulates to train a refiner of its recoveries "
+                             f"(default {RefinementConfig.sets}; 0 skips it)")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help=f"the refiner's training steps (default {RefinementConfig.steps}; --quick "
+                             f"{QUICK_REFINE_STEPS})")
     parser.add_argument("--out", default=None,
                         help="folder for grid.png (default: temp); given, it also gets the challenge files")
     args = parser.parse_args()
     if args.pool_memory_mib < 1:
         parser.error(f"--pool-memory-mib must be at least 1, got {args.pool_memory_mib}")
+    if args.refine_sets < 0:
+        parser.error(f"--refine-sets must be 0 or more, got {args.refine_sets}")
+    if args.refine_steps is not None and args.refine_steps < 1:
+        parser.error(f"--refine-steps must be at least 1, got {args.refine_steps}")
+    refine_steps = args.refine_steps or (QUICK_REFINE_STEPS if args.quick else RefinementConfig.steps)
     images = args.images or (30 if args.quick else 100)
     per_image = args.encodings_per_image or (20 if args.quick else 50)
     out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="instahide-attack-"))
@@ -91,6 +106,7 @@ def main() -> None:
         similarity=args.similarity, pool_aware=not args.no_pool_aware, key_aware=not args.no_key_aware,
         photos=list(bundled_sources(PUBLIC_SOURCE_NAMES).values()) if args.photo_aware else None,
         pool_memory_bytes=args.pool_memory_mib << 20,
+        refinement=RefinementConfig(sets=args.refine_sets, steps=refine_steps) if args.refine_sets else None,
         progress=lambda stage, fraction, overall: print(f"  {overall:6.1%}  {stage:12s} {fraction:6.1%}",
                                                          end="\r", flush=True))
     if args.out:  # the same set (same seed), in the challenge's format for anyone to attack or rescore
@@ -101,7 +117,8 @@ def main() -> None:
     results = {"benchmark": "attack", "cpu": platform.machine(), "cores": os.cpu_count(),
                "k": args.k, "encodings_per_image": per_image, "pool_size": args.pool_size,
                "pool_memory_mib": args.pool_memory_mib, "seed": args.seed,
-               "similarity": args.similarity, "setup_seconds": build_seconds,
+               "similarity": args.similarity, "refine_sets": args.refine_sets,
+               "refine_steps": refine_steps if args.refine_sets else 0, "setup_seconds": build_seconds,
                **report.summary(), "out": str(out)}
     print(" " * 60)
     for name in report.attacks():
