@@ -13,6 +13,7 @@ from photo_set import IMAGES, PER_IMAGE, SCALES
 from instahide_ops.attacks import create_attack
 from instahide_ops.attacks.photo_aware import STAGES as PHOTO_STAGES
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.metrics import challenge_scores
 
 DEVICE = torch.device("cuda")
@@ -87,3 +88,15 @@ def test_the_photo_aware_attack_beats_its_start_on_cuda(crop_challenge, start, p
     assert _ran_on_the_device(result) and list(result.stage_seconds) == [*PHOTO_STAGES, *POOL_AWARE_STAGES]
     assert 0.5 <= result.public_coverage <= 1.0
     assert _max_ssim(result, truth) >= _max_ssim(start, truth) + 0.15  # on the CPU: 0.656 → 0.890
+
+
+def test_the_self_refinement_trains_and_refines_on_cuda(crop_challenge):
+    view, truth = crop_challenge
+    refinement = RefinementConfig(sets=1, steps=20, batch=16)
+    refined, on_cpu = (create_attack("ciphertext_only")(view.encryption, view.labels, k=6,
+                                                        encodings_per_image=PER_IMAGE, similarity="highpass",
+                                                        device=device, refinement=refinement)
+                       for device in (DEVICE, "cpu"))
+    assert _ran_on_the_device(refined) and list(refined.stage_seconds)[-1] == "self_refinement"
+    assert abs(_max_ssim(refined, truth) - _max_ssim(on_cpu, truth)) <= 0.03, (_max_ssim(refined, truth),
+                                                                                _max_ssim(on_cpu, truth))
