@@ -248,7 +248,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, en
 def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,
                     encodings_per_image: int, mode: str = "cross", device: torch.device | str = "cpu",
                     progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None,
-                    similarity: str = "auto") -> LeakageReport:
+                    similarity: str = "auto", refinement: RefinementConfig | None = None) -> LeakageReport:
     """Attack encodings made elsewhere and match each recovery to its best original.
 
     The pairs behind each encoding are unknown here, so the challenge's per-encoding metrics are
@@ -256,10 +256,11 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     best SSIM over all originals. No key-aware bound (no keys).
     """
     start = time.perf_counter()
-    report = _Progress(progress, _weights([*attack_stages(similarity, device), "scoring"]))
+    report = _Progress(progress, _weights([*attack_stages(similarity, device, refine=refinement is not None),
+                                           "scoring"]))
     attack = create_attack("ciphertext_only")(encryption, labels, k=k, encodings_per_image=encodings_per_image,
                                               mode=mode, device=device, progress=report, cancel=cancel,
-                                              similarity=similarity)
+                                              similarity=similarity, refinement=refinement)
     report("scoring", 0.0)
     originals_t = torch.from_numpy(unit_range_array(originals))
     best_two = pairwise_ssim(attack.decryption, originals_t).topk(min(2, len(originals_t)), dim=1).indices

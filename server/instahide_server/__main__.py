@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "quarter more for shared rows; the key-aware bound solves the "
                                                   "reused public images whose normal matrix fits in it "
                                                   f"(default {ServerConfig.audit_pool_memory_mib})")
+    add("--audit-refine-sets", type=int, help="sets the audits' ciphertext-only attack simulates to train a refiner "
+                                              "of its recoveries, a stronger attacker at the cost of one more attack "
+                                              "per set; 0 turns it off (default 0)")
+    add("--audit-refine-steps", type=int, help="training steps of that refiner "
+                                               f"(default {ServerConfig.audit_refine_steps})")
     add("--audit-retention-days", type=float, help="ended audits older than this are deleted; 0 keeps them "
                                                    "forever (default 30)")
     add("--audit-db-max-bytes", type=int, help="cap on the audit database's size: past it new audits answer "

@@ -45,6 +45,7 @@ from instahide_client.instahide.v1 import audit_pb2
 from instahide_ops import InvalidInputError
 from instahide_ops.attacks import AttackCancelled, CancelToken
 from instahide_ops.attacks.pursuit import WORKING_BYTES
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.audit import audit_deployment, audit_encodings
 from instahide_server.audit_inputs import AuditInput
 from instahide_server.errors import (
@@ -125,7 +126,8 @@ class AuditJobs:
 
     def __init__(self, store: AuditStore | DisabledAuditStore, pools: PoolRegistry, *, device: torch.device,
                  workers: int, queue_size: int, timeout_seconds: float, retention_days: float,
-                 pool_memory_bytes: int = WORKING_BYTES, metrics: ServerMetrics | None = None) -> None:
+                 pool_memory_bytes: int = WORKING_BYTES, refinement: RefinementConfig | None = None,
+                 metrics: ServerMetrics | None = None) -> None:
         self._store = store
         self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
         self._pools = pools
@@ -135,6 +137,7 @@ class AuditJobs:
         self._timeout = timeout_seconds
         self._retention_days = retention_days
         self._pool_memory_bytes = pool_memory_bytes
+        self._refinement = refinement
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instahide-audit")
         self._live: dict[str, _Job] = {}
         self._unsaved: dict[str, audit_pb2.Audit] = {}  # ended audits whose final state the store refused
@@ -343,7 +346,8 @@ class AuditJobs:
             if params.precomputed:
                 report = audit_encodings(data.encodings, data.encoding_labels, data.images, k=params.k,
                                          encodings_per_image=params.encodings_per_image, mode=params.mode,
-                                         device=self._device, progress=progress, cancel=job.cancel)
+                                         device=self._device, progress=progress, cancel=job.cancel,
+                                         refinement=self._refinement)
             else:
                 pool = self._pools.get(data.image_shape)
                 report = audit_deployment(data.images, data.labels, k=params.k,
@@ -352,7 +356,7 @@ class AuditJobs:
                                           device=self._device, key_aware=params.key_aware,
                                           pool_aware=params.pool_aware, progress=progress, cancel=job.cancel,
                                           photos=self._pools.photos if params.photo_aware else None,
-                                          pool_memory_bytes=self._pool_memory_bytes)
+                                          pool_memory_bytes=self._pool_memory_bytes, refinement=self._refinement)
             if job.cancel.cancelled:  # stopped after the attack's last check: still honour it
                 raise AttackCancelled("the audit was cancelled")
             return _Outcome(SUCCEEDED, report=report_message(report))

@@ -43,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.pool import load_photos, load_pool
 from instahide_server import audit_servicer, transform_servicer
 from instahide_server.config import DEFAULT_METRICS_PORT, ConfigError, ServerConfig
@@ -127,7 +128,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     jobs = AuditJobs(store, pools, device=device, workers=config.audit_workers or default_workers(device),
                      queue_size=config.audit_queue_size, timeout_seconds=config.audit_timeout_seconds,
                      retention_days=config.audit_retention_days, pool_memory_bytes=config.audit_pool_memory_bytes,
-                     metrics=metrics)
+                     refinement=RefinementConfig(sets=config.audit_refine_sets, steps=config.audit_refine_steps)
+                     if config.audit_refine_sets else None, metrics=metrics)
     jobs.recover()
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
@@ -168,9 +170,11 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         raise ConfigError(f"cannot listen on {host}:{config.port}: {exc}") from None
     log_transport(config, tls)
     jobs.start()
-    logger.info("audits: database %s, %d workers, queue %d, data root %s, pool memory %d MiB",
+    logger.info("audits: database %s, %d workers, queue %d, data root %s, pool memory %d MiB, self-refinement %s",
                 store.path or "none (disabled)", jobs.workers, config.audit_queue_size, config.data_root or "none",
-                config.audit_pool_memory_mib)
+                config.audit_pool_memory_mib,
+                f"{config.audit_refine_sets} sets × {config.audit_refine_steps} steps" if config.audit_refine_sets
+                else "off")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
                 _pool_origin(config), "on" if config.token else "off", config.max_message_bytes,
                 config.workers)

@@ -16,6 +16,7 @@ from instahide_client._convert import to_numpy, to_tensor
 from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, transform_pb2
 from server_testlib import channel, start_server
 
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.audit import audit_deployment, audit_encodings
 from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.pool import PublicPool, adapt_pool, load_pool
@@ -227,6 +228,24 @@ def test_the_pool_memory_setting_reaches_the_attacks(tmp_path, challenge_pool_pa
     for scores, want in ((done.report.pool_aware, expected.pool_aware), (done.report.key_aware, expected.key_aware)):
         assert scores.max_ssim == pytest.approx(want.scores.max_ssim, abs=1e-6)
         np.testing.assert_allclose(to_numpy(scores.recovered), want.recovered.numpy(), atol=1e-6)
+
+
+def test_the_refinement_setting_reaches_the_ciphertext_only_attack(tmp_path, challenge_pool_path):
+    images, labels = private_images(12)
+    flags = ("--audit-refine-sets", "1", "--audit-refine-steps", "10")
+    with start_server(tmp_path, "--pool", str(challenge_pool_path), "--state-dir", str(tmp_path / "state"),
+                      *flags) as server, audits(server.target) as stub:
+        spec = small_spec(key_aware_bound=False, pool_aware_attack=False)  # only the attack the setting changes
+        done = run_to_end(stub, start(stub, upload(spec, images, labels)))
+    assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
+    assert "self-refinement 1 sets × 10 steps" in server.log() and "Traceback" not in server.log()
+    assert "self_refinement" in done.report.ciphertext_only.stage_seconds
+    expected = audit_deployment(images, labels, k=6, encodings_per_image=4, pool=library_pool(challenge_pool_path),
+                                seed=1, device="cpu", key_aware=False, pool_aware=False,
+                                refinement=RefinementConfig(sets=1, steps=10))
+    assert done.report.ciphertext_only.max_ssim == pytest.approx(expected.ciphertext_only.scores.max_ssim, abs=1e-6)
+    np.testing.assert_allclose(to_numpy(done.report.ciphertext_only.recovered),
+                               expected.ciphertext_only.recovered.numpy(), atol=1e-6)
 
 
 def test_precomputed_encodings(stub, challenge_pool_path):

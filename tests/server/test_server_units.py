@@ -22,6 +22,7 @@ from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.pools import PoolRegistry
 
 from instahide_ops.attacks.pursuit import WORKING_BYTES
+from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.pool import BUNDLED_SOURCE_NAMES, build_pool, bundled_sources, default_pool
 
@@ -58,6 +59,11 @@ class TestConfig:
         assert _config([], {}).pool_size is None
         assert _config(["--pool-photos", "photos"], {"INSTAHIDE_POOL_SIZE": "64"}).pool_size == 64
 
+    def test_audit_refinement_is_off_unless_asked_for(self):
+        assert (_config([], {}).audit_refine_sets, _config([], {}).audit_refine_steps) == (0, RefinementConfig.steps)
+        config = _config(["--audit-refine-sets", "2"], {"INSTAHIDE_AUDIT_REFINE_STEPS": "300"})
+        assert (config.audit_refine_sets, config.audit_refine_steps) == (2, 300)
+
     def test_audit_pool_memory(self):
         assert _config([], {}).audit_pool_memory_bytes == WORKING_BYTES  # the library's default
         assert _config([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "256"}).audit_pool_memory_bytes == 256 << 20
@@ -81,6 +87,8 @@ class TestConfig:
         (["--pool", "pool.npy", "--pool-size", "64"], {}, "--pool-size sizes a pool the server cuts"),
         ([], {"INSTAHIDE_POOL_SIZE": "0"}, "pool_size must be at least 1"),
         (["--audit-pool-memory-mib", "0"], {}, "audit_pool_memory_mib must be at least 1"),
+        (["--audit-refine-sets", "-1"], {}, "audit_refine_sets must not be negative"),
+        ([], {"INSTAHIDE_AUDIT_REFINE_STEPS": "0"}, "audit_refine_steps must be at least 1"),
         ([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "1.5"}, "INSTAHIDE_AUDIT_POOL_MEMORY_MIB"),
     ])
     def test_bad_settings_name_their_source(self, argv, env, needle):
