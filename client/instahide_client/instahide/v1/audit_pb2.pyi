@@ -215,7 +215,8 @@ class AuditProgress(_message.Message):
     stage: _builtins.str
     """Current stage: "encoding", "training" (on CUDA: the attacker's similarity
     network), "similarity", "clustering", "assignment", "recovery",
-    "orientation", "photo_aware", "pool_aware", "key_aware", "scoring".
+    "orientation", "self_refinement" (when the server's --audit-refine-sets
+    is set), "photo_aware", "pool_aware", "key_aware", "scoring".
     """
     stage_fraction: _builtins.float
     """Fraction of the current stage done, in [0, 1]."""
