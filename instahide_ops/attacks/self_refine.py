@@ -187,7 +187,8 @@ def refine_recoveries(recovered: torch.Tensor, classes: torch.Tensor, attack: At
         config: the simulation and the training.
 
     Returns:
-        (M, H, W, C) refined recoveries on ``recovered``'s device.
+        (M, H, W, C) refined recoveries on ``recovered``'s device; ``recovered`` itself when the simulated sets
+        gave no training pair.
     """
     config.validate()
     sets, seed = config.sets, config.seed
@@ -200,6 +201,8 @@ def refine_recoveries(recovered: torch.Tensor, classes: torch.Tensor, attack: At
     inputs, targets = simulated_pairs(recovered, classes, attack, k=k, encodings_per_image=encodings_per_image,
                                       pool=pool, sets=sets, seed=seed,
                                       report=None if report is None else lambda f: report(f / 2))
+    if not len(inputs):  # no simulated cluster held mostly one image (a set too small to cluster): nothing to learn
+        return recovered
     device = recovered.device
     net = train_refiner(inputs, targets, steps=config.steps, batch=config.batch, seed=seed, device=device,
                         report=None if report is None else lambda f: report((1 + f) / 2))

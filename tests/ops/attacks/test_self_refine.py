@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from instahide_ops import InvalidInputError
-from instahide_ops.attacks import create_attack
+from instahide_ops.attacks import AttackResult, create_attack
 from instahide_ops.attacks.ciphertext_only import STAGES, attack_stages
 from instahide_ops.attacks.recovery import DEFAULT_PUBLIC_BRIGHTNESS_STD, NATURAL_CHANNEL_MEAN
 from instahide_ops.attacks.self_refine import (
     RefinementConfig,
     StructureRefiner,
+    refine_recoveries,
     simulated_pairs,
     synthetic_publics,
     train_refiner,
@@ -118,6 +119,20 @@ def test_the_attack_refines_as_its_last_stage_from_the_challenge_arrays_alone():
     assert all(bool((refined.recovered == d).all(dim=(1, 2, 3)).any()) for d in refined.decryption[:20])
     again = attack(challenge.encryption, challenge.labels, k=6, encodings_per_image=10, refinement=config)
     assert torch.equal(again.recovered, refined.recovered)
+
+
+def test_simulated_sets_that_teach_nothing_leave_the_recoveries_as_they_are():
+    images, classes = bundled_private_images(12)
+    images = torch.from_numpy(unit_range_array(images))
+
+    def one_cluster(encryption, labels):  # every encoding in one cluster: no cluster holds mostly one image
+        members = torch.zeros(len(encryption), 2, dtype=torch.int64)
+        return AttackResult(recovered=images[:1], decryption=torch.from_numpy(encryption), members=members,
+                            coefficients=torch.full((len(encryption), 2), 0.3))
+
+    refined = refine_recoveries(images, torch.from_numpy(classes), one_cluster, k=6, encodings_per_image=4,
+                                public_mean=MEAN, config=RefinementConfig(sets=2, steps=5))
+    assert refined is images
 
 
 @pytest.mark.parametrize("field", ["sets", "steps", "batch"])
