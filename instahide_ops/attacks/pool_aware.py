@@ -163,7 +163,8 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
         report: called with the fraction of encodings done.
 
     Returns:
-        (E, 2) int64 cluster ids, the heavier label class's first (as ``cluster_by_class`` orders them).
+        (E, 2) int64 cluster ids, the heavier label class's first (as ``cluster_by_class`` orders them); two
+        clusters of one class in id order.
     """
     pool = gram.pool
     pair_classes = label_classes(labels)
@@ -227,6 +228,9 @@ def reassign_pairs(signed: Tensor, labels: Tensor, cluster_classes: Tensor, imag
                 done += len(batch)
                 if report is not None:
                     report(done / len(labels))
+    # Two clusters of one class carry equal masses, so either order leaves the same residual: an exact tie that
+    # rounding (which differs between CPUs' matrix kernels) would break either way. The smaller id goes first.
+    members[same] = members[same].sort(dim=1).values
     return members
 
 
