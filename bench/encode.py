@@ -37,7 +37,8 @@ from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2
 
 from instahide_ops import EncodeParams, encode
-from instahide_ops.pool import PublicPool, unit_range_array
+from instahide_ops.images import unit_range_array
+from instahide_ops.pool import PublicPool
 
 ECHO_METHOD = "/bench.Echo/Stream"
 ENCODE_METHOD = "/instahide.v1.TransformService/Encode"

@@ -28,8 +28,9 @@ from instahide_ops.attacks.self_refine import RefinementConfig
 from instahide_ops.challenge import build_challenge, challenge_public_pool
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
+from instahide_ops.images import unit_range_array
 from instahide_ops.metrics import ChallengeScores, RecoveryScores, challenge_scores, pairwise_ssim, recovered_fractions
-from instahide_ops.pool import PublicPool, unit_range_array
+from instahide_ops.pool import PublicPool
 
 AuditProgressCallback = Callable[[str, float, float], None]
 """Called with (stage, fraction of the stage, fraction of the whole audit)."""

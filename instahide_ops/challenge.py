@@ -12,23 +12,13 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from instahide_ops.encode import EncodeParams, apply_keys, encode
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.pool import (
-    DEFAULT_POOL_SIZE,
-    IMAGE_SUFFIXES,
-    PublicPool,
-    bundled_sources,
-    default_pool,
-    image_files,
-    read_rgb,
-    resize_image,
-    unit_range_array,
-)
+from instahide_ops.images import IMAGE_SUFFIXES, image_files, read_rgb, resize_image, to_grey, unit_range_array
+from instahide_ops.pool import DEFAULT_POOL_SIZE, PublicPool, bundled_sources, default_pool
 
 PRIVATE_SOURCE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
 PUBLIC_SOURCE_NAMES = ("china", "flower", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -115,8 +105,8 @@ def bundled_private_images(count: int = 100, *, height: int = 32, width: int = 3
         box = (top, left, top + crop_h, left + crop_w)
         if any(_overlap(box, other) for other in taken[index]):
             continue
-        crop = cv2.resize(photo[box[0]:box[2], box[1]:box[3]], (width, height), interpolation=cv2.INTER_AREA)
-        if cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).std() < MIN_PRIVATE_CONTRAST:
+        crop = resize_image(photo[box[0]:box[2], box[1]:box[3]], height, width)
+        if to_grey(crop).std() < MIN_PRIVATE_CONTRAST:
             continue
         taken[index].append(box)
         images.append(crop)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.pool import unit_range_to_uint8
+from instahide_ops.images import unit_range_to_uint8
 
 BACKGROUND = 255
 

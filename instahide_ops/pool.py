@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -18,11 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from instahide_ops.errors import InvalidInputError
+from instahide_ops.images import (
+    IMAGE_SUFFIXES,
+    image_files,
+    read_rgb,
+    resize_image,
+    to_grey,
+    to_unit_range,
+    unit_range_to_uint8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +42,23 @@ _SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immun
 _SKLEARN_PHOTOS = ("china", "flower")
 BUNDLED_SOURCE_NAMES: tuple[str, ...] = _SKIMAGE_PHOTOS + _SKLEARN_PHOTOS
 
-# SIFT finds keypoints in proportion to crop area: on textured photo regions about 5 per 1000 px²,
-# while a 32-px crop yields 0-2 whatever it shows. So keypoints are counted on the crop at source
-# resolution, before it is shrunk to the output size, and crops are 64-256 px so the reference's
-# bar of 40 keeps its meaning: a textured 96-px crop (astronaut, motorcycle, china) clears it, and
-# flat regions (sky, the retina's black border, the rocket's blank background) fail at every scale.
+# A crop is kept when it is textured: it holds at least DEFAULT_MIN_KEYPOINTS keypoints, counted at source
+# resolution before it is shrunk to the output size. The reference kept crops with more than 40 of OpenCV's SIFT
+# keypoints, but SIFT's count moves with OpenCV's SIMD path, and with it the pool, from one CPU to the next. So
+# keypoints are found here as SIFT's detector finds them (extrema of a difference of Gaussians, off edges) in
+# integer arithmetic, the same on every CPU; on the bundled photos' crops this keeps or drops what SIFT's bar
+# does about 95 % of the time. Being a count, the bar is easier to clear for a large crop than for a small one:
+# a textured 96-px crop (astronaut, motorcycle, china) clears it, and flat regions (sky, the retina's black
+# border, the rocket's blank background) fail at every scale.
 DEFAULT_SCALES: tuple[int, ...] = (64, 96, 128, 192, 256)
-DEFAULT_MIN_KEYPOINTS = 40
+DEFAULT_MIN_KEYPOINTS = 15
+KEYPOINT_CONTRAST = 5  # grey levels of |DoG| below which an extremum is noise (SIFT's 0.04 / 3 is about 3.4)
+KEYPOINT_EDGE_RATIO = 10  # SIFT's edgeThreshold: principal curvatures further apart than this are an edge
+_FRACTION_BITS = 8  # fixed-point grey levels
 DEFAULT_SEED = 0
-# 2048 patches build in about 6 s on two cores (SIFT runs in threads) and load from the cache in ms.
+# 2048 patches build in about 7 s on two cores (the counts run in threads) and load from the cache in ms.
 DEFAULT_POOL_SIZE = 2048
-_FORMAT_VERSION = 1  # part of the cache file name: bump it whenever build_pool changes its output
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_FORMAT_VERSION = 2  # part of the cache file name: bump it whenever build_pool changes its output
 
 
 def bundled_sources(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -78,13 +92,69 @@ def _load_bundled(name: str) -> np.ndarray:
     return data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(data, name)()
 
 
-def count_keypoints(image: np.ndarray) -> int:
-    """Count the keypoints OpenCV's SIFT (default settings) finds in a uint8 (H, W) or (H, W, 3) RGB image."""
-    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise InvalidInputError(f"expected uint8 (H, W) or (H, W, 3), got {image.dtype} {list(image.shape)}",
-                                field="image")
-    gray = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-    return len(cv2.SIFT_create().detect(gray, None))
+def count_keypoints(image: np.ndarray, *, contrast: int = KEYPOINT_CONTRAST,
+                    edge_ratio: int = KEYPOINT_EDGE_RATIO) -> int:
+    """Count the keypoints of a uint8 (H, W) or (H, W, 3) RGB image as SIFT's detector finds them, exactly.
+
+    Scale-space extrema of the difference of Gaussians (σ = 1, √2, 2, 2√2 and 4, from repeated binomial blurs
+    of the grey levels) whose |DoG| exceeds ``contrast`` grey levels and whose principal curvatures differ by
+    less than ``edge_ratio`` (no edges), two pixels or more from the border. Unlike SIFT there is no sub-pixel
+    refinement and one octave, and every step is integer arithmetic: the same count on every CPU.
+    """
+    grey = to_grey(image).astype(np.int32) << _FRACTION_BITS
+    blurred = [_binomial_blur(grey)]
+    for passes in (1, 2, 4, 8):  # the variance doubles from one level to the next
+        level = blurred[-1]
+        for _ in range(passes):
+            level = _binomial_blur(level)
+        blurred.append(level)
+    dog = np.stack([coarser - finer for finer, coarser in itertools.pairwise(blurred)])
+    centre, threshold = dog[1:-1], contrast << _FRACTION_BITS
+    extremum = (((centre == _max_around(dog)) & (centre > threshold))
+                | ((centre == -_max_around(-dog)) & (centre < -threshold)))
+    extremum[:, :2] = extremum[:, -2:] = extremum[:, :, :2] = extremum[:, :, -2:] = False
+    levels, rows, cols = np.nonzero(extremum)
+    return int(np.count_nonzero(~_on_an_edge(centre, levels, rows, cols, edge_ratio)))
+def _binomial_blur(values: np.ndarray) -> np.ndarray:
+    """(1, 4, 6, 4, 1) / 16 along both axes (σ = 1), borders mirrored as OpenCV's default, rounded."""
+    padded = np.empty((values.shape[0] + 4, values.shape[1] + 4), values.dtype)
+    padded[2:-2, 2:-2] = values
+    padded[2:-2, :2], padded[2:-2, -2:] = values[:, 2:0:-1], values[:, -2:-4:-1]
+    padded[:2], padded[-2:] = padded[4:2:-1], padded[-4:-6:-1]
+    rows = padded[:, :-4] + padded[:, 4:]
+    rows += 4 * (padded[:, 1:-3] + padded[:, 3:-1])
+    rows += 6 * padded[:, 2:-2]
+    both = rows[:-4] + rows[4:]
+    both += 4 * (rows[1:-3] + rows[3:-1])
+    both += 6 * rows[2:-2]
+    both += 128
+    both >>= 8
+    return both
+
+
+def _max_around(dog: np.ndarray) -> np.ndarray:
+    """(L - 2, H, W): the largest value of each position's 3 × 3 × 3 neighbourhood in scale and space (the
+    image's border repeated)."""
+    out = dog.copy()
+    np.maximum(out[:, 1:], dog[:, :-1], out=out[:, 1:])
+    np.maximum(out[:, :-1], dog[:, 1:], out=out[:, :-1])
+    rows = out.copy()
+    np.maximum(out[:, :, 1:], rows[:, :, :-1], out=out[:, :, 1:])
+    np.maximum(out[:, :, :-1], rows[:, :, 1:], out=out[:, :, :-1])
+    return np.maximum(np.maximum(out[:-2], out[1:-1]), out[2:])
+
+
+def _on_an_edge(dog: np.ndarray, levels: np.ndarray, rows: np.ndarray, cols: np.ndarray, ratio: int) -> np.ndarray:
+    """Whether the DoG's 2 × 2 Hessian at each (level, row, col) fails SIFT's test tr² / det < (r + 1)² / r: an
+    edge, or a saddle. The positions lie a pixel or more inside the border."""
+    def at(dy: int, dx: int) -> np.ndarray:
+        return dog[levels, rows + dy, cols + dx].astype(np.int64)
+
+    dxx = at(0, 1) + at(0, -1) - 2 * at(0, 0)
+    dyy = at(1, 0) + at(-1, 0) - 2 * at(0, 0)
+    dxy = (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)) // 4
+    trace, determinant = dxx + dyy, dxx * dyy - dxy * dxy
+    return (determinant <= 0) | (trace * trace * ratio >= (ratio + 1) ** 2 * determinant)
 
 
 def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 32,
@@ -95,15 +165,15 @@ def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 
 
     Each attempt picks a source, a scale that fits it and a position, all from one seeded
     generator; the crop keeps the output's aspect ratio (its longer side is the scale), is kept
-    when it has at least ``min_keypoints`` SIFT keypoints, and is resized (``INTER_AREA`` to shrink).
-    Equal arguments give an equal pool.
+    when it has at least ``min_keypoints`` keypoints (``count_keypoints``), and is resized
+    (``resize_image``: area averaging to shrink). Equal arguments give an equal pool, on every CPU.
 
     Args:
         sources: (H, W, 3) uint8 RGB photos, each at least as large as the smallest crop.
         height, width: patch size in pixels.
         count: number of patches to keep.
         scales: crop sizes in source pixels (the crop's longer side).
-        min_keypoints: SIFT keypoints a crop needs to be kept (counted before resizing).
+        min_keypoints: keypoints a crop needs to be kept (counted before resizing).
         seed: seed of the crop generator (the pool is public, so a fixed seed is fine).
         max_attempts: crops to try before giving up; None means ``100 * count``.
 
@@ -138,7 +208,7 @@ def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as executor:
         while len(kept) < count and attempts < max_attempts:
             # Candidates are drawn one by one from the generator and kept in order, so the pool does
-            # not depend on the batch size; batches only let SIFT (which releases the GIL) run in parallel.
+            # not depend on the batch size; batches only let the counts (numpy releases the GIL) run in parallel.
             batch = min(max_attempts - attempts, 128, max(16, 2 * (count - len(kept))))
             candidates = [_random_crop(sources, crops, rng) for _ in range(batch)]
             for crop, keypoints in zip(candidates, executor.map(count_keypoints, candidates), strict=True):
@@ -149,7 +219,7 @@ def build_pool(sources: Iterable[np.ndarray], *, height: int = 32, width: int = 
                         break
     if len(kept) < count:
         raise InvalidInputError(
-            f"only {len(kept)} of {count} crops had >= {min_keypoints} SIFT keypoints after {attempts} "
+            f"only {len(kept)} of {count} crops had >= {min_keypoints} keypoints after {attempts} "
             "attempts; lower min_keypoints, use more textured sources or raise max_attempts",
             field="max_attempts",
         )
@@ -189,9 +259,9 @@ def default_pool(height: int = 32, width: int = 32, *, count: int = DEFAULT_POOL
     Returns:
         (count, height, width, 3) uint8 RGB patches.
     """
-    # Every build parameter is in the file name; the libraries that supply the photos and the SIFT
-    # detector go into a digest, so no parameter or upgrade ever reads a stale pool.
-    libraries = (cv2.__version__, version("scikit-image"), version("scikit-learn"))
+    # Every build parameter is in the file name; the libraries that supply the photos go into a digest, so no
+    # parameter or upgrade ever reads a stale pool.
+    libraries = (version("scikit-image"), version("scikit-learn"))
     names = BUNDLED_SOURCE_NAMES if sources is None else tuple(sources)
     digest = hashlib.sha256(repr((names, libraries)).encode()).hexdigest()[:12]
     scales = ".".join(str(scale) for scale in DEFAULT_SCALES)
@@ -340,24 +410,11 @@ def _read_folder(folder: Path, *, field: str) -> list[tuple[Path, np.ndarray]]:
     return [(file, read_rgb(file, field=field)) for file in files]
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The folder's image files (``IMAGE_SUFFIXES``, any case), in name order; sub-folders are not entered."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_rgb(file: Path, *, field: str) -> np.ndarray:
-    """One image file as (H, W, 3) uint8 RGB; InvalidInputError naming ``field`` when it cannot be read."""
-    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InvalidInputError(f"cannot read image {str(file)!r}", field=field)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def adapt_pool(array: np.ndarray, *, height: int, width: int, channels: int) -> np.ndarray:
     """Resize a pool and convert its channels to match the images it is mixed with.
 
-    Shrinking uses ``INTER_AREA``, enlarging ``INTER_LINEAR``; 3 -> 1 channels takes the luminance
-    (ITU-R BT.601, as ``cv2.COLOR_RGB2GRAY``), 1 -> 3 repeats the channel.
+    Shrinking averages areas, enlarging interpolates linearly (``resize_image``); 3 -> 1 channels takes the
+    luminance (``to_grey``: ITU-R BT.601), 1 -> 3 repeats the channel. The same bytes on every CPU.
 
     Args:
         array: (P, H, W, C) uint8 with C 1 or 3.
@@ -378,47 +435,10 @@ def adapt_pool(array: np.ndarray, *, height: int, width: int, channels: int) -> 
     if out.shape[1:3] != (height, width):
         out = np.stack([resize_image(image, height, width) for image in out]).reshape(len(out), height, width, -1)
     if out.shape[3] == 3 and channels == 1:
-        out = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in out])[..., None]
+        out = np.stack([to_grey(image) for image in out])[..., None]
     elif out.shape[3] == 1 and channels == 3:
         out = np.repeat(out, 3, axis=3)
     return out
-
-
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize one (H, W[, C]) image: ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging."""
-    shrink = height <= image.shape[0] and width <= image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def to_unit_range(t: torch.Tensor) -> torch.Tensor:
-    """Map images to float32 in [-1, 1]; private images and pools go through this one expression.
-
-    Args:
-        t: uint8 in [0, 255] (mapped as ``x / 127.5 - 1`` in float32), or floating (already in [-1, 1]).
-
-    Returns:
-        float32 tensor of the same shape on the same device (``t`` itself when it is float32).
-    """
-    if t.dtype == torch.uint8:
-        return t.float().div_(127.5).sub_(1.0)
-    if t.is_floating_point():
-        return t.to(torch.float32)
-    raise InvalidInputError(f"expected uint8 or floating images, got {t.dtype}", field="images.dtype")
-
-
-def unit_range_array(images: np.ndarray) -> np.ndarray:
-    """``to_unit_range`` for numpy arrays: uint8 → float32 in [-1, 1]; floating → float32 as it is."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        # torch warns on read-only arrays (decoded request bytes are); the uint8 copy is the cheap side
-        return to_unit_range(torch.from_numpy(images if images.flags.writeable else images.copy())).numpy()
-    return images.astype(np.float32)
-
-
-def unit_range_to_uint8(images: np.ndarray) -> np.ndarray:
-    """The inverse map: [-1, 1] → uint8 (rounded; values outside are clipped, NaN as -1)."""
-    values = np.nan_to_num(np.asarray(images, dtype=np.float64), nan=-1.0)
-    return np.rint((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
 class PublicPool:

@@ -24,7 +24,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,7 +38,8 @@ from instahide_ops.attacks.pursuit import WORKING_BYTES
 from instahide_ops.attacks.recovery import pair_mix
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.pool import DEFAULT_SCALES, PublicPool, crop_size, resize_image, to_unit_range
+from instahide_ops.images import resize_image, to_unit_range
+from instahide_ops.pool import DEFAULT_SCALES, PublicPool, crop_size
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def shrink_photos(photos: Sequence[np.ndarray], *, height: int, width: int,
             # default scale) a window then holds exactly the pixels build_pool's crop at that place gets.
             rows, cols = photo.shape[0] * height // crop_h, photo.shape[1] * width // crop_w
             used = photo[:round(rows * crop_h / height), :round(cols * crop_w / width)]
-            image = cv2.resize(np.ascontiguousarray(used), (cols, rows), interpolation=cv2.INTER_AREA)
+            image = resize_image(np.ascontiguousarray(used), rows, cols)
             shrunk.append(ShrunkPhoto(image.reshape(*image.shape[:2], photo.shape[2]), i, (crop_h, crop_w)))
     return shrunk
 

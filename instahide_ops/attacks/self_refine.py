@@ -26,8 +26,9 @@ from instahide_ops.attacks.recovery import DEFAULT_PUBLIC_BRIGHTNESS_STD
 from instahide_ops.attacks.result import AttackResult
 from instahide_ops.challenge import build_challenge
 from instahide_ops.errors import InvalidInputError
+from instahide_ops.images import unit_range_to_uint8
 from instahide_ops.metrics import ssim
-from instahide_ops.pool import PublicPool, unit_range_to_uint8
+from instahide_ops.pool import PublicPool
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,8 @@ from instahide_ops.attacks.similarity import highpass
 from instahide_ops.challenge import PUBLIC_SOURCE_NAMES
 from instahide_ops.encode import EncodeParams, encode
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.pool import PublicPool, build_pool, bundled_sources
+from instahide_ops.images import to_grey
+from instahide_ops.pool import DEFAULT_MIN_KEYPOINTS, PublicPool, build_pool, bundled_sources
 
 _CROP_SEED_BASE = 1_000_003  # the attacker's crops never reuse the default pool's crop seed (0)
 
@@ -114,9 +114,10 @@ def attacker_images(image_shape: tuple[int, int, int], count: int, *, seed: int)
     if channels not in (1, 3):
         raise InvalidInputError(f"the similarity network takes 1 or 3 channels, got {channels}", field="image_shape")
     crops = build_pool(bundled_sources(PUBLIC_SOURCE_NAMES).values(), height=height, width=width, count=count,
-                       seed=_CROP_SEED_BASE + seed, min_keypoints=20)
+                       seed=_CROP_SEED_BASE + seed,
+                       min_keypoints=DEFAULT_MIN_KEYPOINTS // 2)
     if channels == 1:
-        crops = np.stack([cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[..., None] for crop in crops])
+        crops = np.stack([to_grey(crop)[..., None] for crop in crops])
     return crops
 
 

@@ -1,4 +1,4 @@
-"""Tests for instahide_ops.pool: bundled sources, the SIFT filter, the cache, loaders and PublicPool."""
+"""Tests for instahide_ops.pool: bundled sources, the keypoint filter, the cache, loaders and PublicPool."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from instahide_ops import pool as pool_module
+from instahide_ops.images import resize_image, to_grey
 from instahide_ops.pool import (
     BUNDLED_SOURCE_NAMES,
     DEFAULT_MIN_KEYPOINTS,
@@ -21,9 +22,6 @@ from instahide_ops.pool import (
     default_pool,
     load_photos,
     load_pool,
-    to_unit_range,
-    unit_range_array,
-    unit_range_to_uint8,
 )
 
 
@@ -35,7 +33,7 @@ def textured() -> list[np.ndarray]:
 
 @pytest.fixture
 def flat() -> np.ndarray:
-    """A uniform grey photo: SIFT finds nothing in any crop of it."""
+    """A uniform grey photo: no crop of it has a keypoint."""
     return np.full((300, 300, 3), 128, dtype=np.uint8)
 
 
@@ -73,7 +71,31 @@ class TestCountKeypoints:
 
     def test_gray_and_rgb_agree(self, textured):
         crop = textured[0][100:228, 100:228]
-        assert count_keypoints(crop) == count_keypoints(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY))
+        assert count_keypoints(crop) == count_keypoints(to_grey(crop))
+
+    def test_an_edge_is_not_a_keypoint_and_a_blob_is(self, flat):
+        edge = flat[:64, :64].copy()
+        edge[:, 32:] = 255
+        assert count_keypoints(edge) == 0
+        blob = flat[:64, :64].copy()
+        blob[30:34, 30:34] = 255
+        assert count_keypoints(blob) >= 1
+        assert count_keypoints(blob, contrast=255) == 0
+
+    def test_keeps_what_opencvs_sift_keeps_on_the_bundled_photos(self):
+        # The reference's bar, 40 SIFT keypoints, against this count's 15 on crops cut as build_pool cuts them.
+        rng = np.random.default_rng(11)
+        photos = list(bundled_sources().values())
+        sift = cv2.SIFT_create()
+        agree = []
+        for _ in range(300):
+            photo = photos[rng.integers(len(photos))]
+            side = int(rng.choice((64, 96, 128, 192, 256)))
+            y, x = rng.integers(photo.shape[0] - side + 1), rng.integers(photo.shape[1] - side + 1)
+            crop = photo[y:y + side, x:x + side]
+            reference = len(sift.detect(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), None)) >= 40
+            agree.append((count_keypoints(crop) >= DEFAULT_MIN_KEYPOINTS) == reference)
+        assert np.mean(agree) >= 0.9  # measured 0.95 on 9,000 crops
 
     def test_rejects_float(self):
         with pytest.raises(ValueError, match=r"expected uint8 \(H, W\) or \(H, W, 3\), got float32"):
@@ -111,18 +133,17 @@ class TestBuildPool:
             return keypoints
 
         monkeypatch.setattr(pool_module, "count_keypoints", recording)
-        pool = build_pool([flat, *textured], height=24, width=40, count=16, min_keypoints=50)
-        passed = {cv2.resize(c, (40, 24), interpolation=cv2.INTER_AREA).tobytes() for c, n in records
-                  if n >= 50}
+        pool = build_pool([flat, *textured], height=24, width=40, count=16, min_keypoints=20)
+        passed = {resize_image(c, 24, 40).tobytes() for c, n in records if n >= 20}
         assert all(patch.tobytes() in passed for patch in pool)
-        assert any(n < 50 for _, n in records), "the filter rejected nothing"
+        assert any(n < 20 for _, n in records), "the filter rejected nothing"
         assert pool.reshape(16, -1).std(axis=1).min() > 0, "a flat patch was kept"
         # Crops keep the output's aspect ratio, with the scale as their longer side.
         shapes = {(38, 64), (58, 96), (77, 128), (115, 192), (154, 256)}
         assert {crop.shape[:2] for crop, _ in records} <= shapes
 
     def test_exhausted_attempts(self, flat):
-        with pytest.raises(ValueError, match=r"only 0 of 4 crops had >= 40 SIFT keypoints after 20 attempts"):
+        with pytest.raises(ValueError, match=r"only 0 of 4 crops had >= 15 keypoints after 20 attempts"):
             build_pool([flat], count=4, max_attempts=20)
 
     def test_zero_threshold_keeps_flat_crops(self, flat):
@@ -145,6 +166,21 @@ class TestBuildPool:
 
 
 class TestDefaultPool:
+    # The default pool is public: anyone who installs the package rebuilds it, and two replicas of a deployment on
+    # different node types must mix the same one. Pinned here; OpenCV's SIMD paths (which differ from CPU to CPU,
+    # and which the SIFT counts it was once cut by depended on) must not move it.
+    FINGERPRINT = "d51f9611b78b27a82c8cf02425a30af4a5e55a2471f1a53a70bdcd23e6e2faad"
+
+    @pytest.mark.parametrize("optimized", [True, False], ids=["opencv-simd", "opencv-baseline"])
+    def test_the_same_bytes_on_every_cpu(self, cache_dir, optimized):
+        before = cv2.useOptimized()
+        cv2.setUseOptimized(optimized)
+        try:
+            pool = default_pool(32, 32)
+        finally:
+            cv2.setUseOptimized(before)
+        assert PublicPool.from_array(pool).fingerprint == self.FINGERPRINT
+
     def test_built_once_then_loaded_from_cache(self, cache_dir, monkeypatch):
         pool = default_pool(count=8)
         assert pool.shape == (8, 32, 32, 3) and pool.dtype == np.uint8
@@ -284,14 +320,14 @@ class TestAdaptPool:
 
     def test_shrink_uses_area_and_enlarge_linear(self, pool):
         small = adapt_pool(pool, height=16, width=24, channels=3)
-        np.testing.assert_array_equal(small[1], cv2.resize(pool[1], (24, 16), interpolation=cv2.INTER_AREA))
+        np.testing.assert_array_equal(small[1], resize_image(pool[1], 16, 24))
         large = adapt_pool(pool, height=48, width=40, channels=3)
-        np.testing.assert_array_equal(large[0], cv2.resize(pool[0], (40, 48), interpolation=cv2.INTER_LINEAR))
+        np.testing.assert_array_equal(large[0], resize_image(pool[0], 48, 40))
 
     def test_channels(self, pool):
         gray = adapt_pool(pool, height=32, width=32, channels=1)
         assert gray.shape == (2, 32, 32, 1)
-        np.testing.assert_array_equal(gray[0, ..., 0], cv2.cvtColor(pool[0], cv2.COLOR_RGB2GRAY))
+        np.testing.assert_array_equal(gray[0, ..., 0], to_grey(pool[0]))
         colour = adapt_pool(gray, height=20, width=20, channels=3)
         assert colour.shape == (2, 20, 20, 3)
         np.testing.assert_array_equal(colour[..., 0], colour[..., 2])
@@ -301,43 +337,6 @@ class TestAdaptPool:
             adapt_pool(pool, height=32, width=32, channels=4)
         with pytest.raises(ValueError, match=r"with C 1 or 3, got uint8 \[2, 32, 32, 4\]"):
             adapt_pool(np.zeros((2, 32, 32, 4), dtype=np.uint8), height=32, width=32, channels=3)
-
-
-class TestToUnitRange:
-    def test_uint8_maps_exactly(self):
-        out = to_unit_range(torch.tensor([0, 51, 255], dtype=torch.uint8))
-        assert out.dtype == torch.float32
-        assert out.tolist() == [-1.0, pytest.approx(51 / 127.5 - 1), 1.0]
-
-    def test_float_passes_through(self):
-        x = torch.rand(4, dtype=torch.float32) * 2 - 1
-        assert to_unit_range(x) is x
-        assert to_unit_range(x.double()).dtype == torch.float32
-
-    def test_rejects_other_integers(self):
-        with pytest.raises(ValueError, match=r"expected uint8 or floating images, got torch.int32"):
-            to_unit_range(torch.zeros(3, dtype=torch.int32))
-
-    def test_numpy_map_matches_torch_bit_for_bit(self):
-        every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
-        out = unit_range_array(every_value)
-        assert out.dtype == np.float32
-        np.testing.assert_array_equal(out, to_unit_range(torch.from_numpy(every_value)).numpy())
-        floats = np.array([0.25, -0.5], dtype=np.float64)
-        assert unit_range_array(floats).dtype == np.float32 and unit_range_array(floats).tolist() == [0.25, -0.5]
-
-    def test_numpy_map_takes_read_only_arrays_without_a_warning(self, recwarn):
-        read_only = np.frombuffer(bytes([0, 255, 51]), dtype=np.uint8)
-        assert unit_range_array(read_only).tolist() == [-1.0, 1.0, pytest.approx(51 / 127.5 - 1)]
-        assert not [w for w in recwarn if "not writable" in str(w.message)]
-
-    def test_inverse_round_trips_every_uint8_value(self):
-        every_value = np.arange(256, dtype=np.uint8)
-        np.testing.assert_array_equal(unit_range_to_uint8(unit_range_array(every_value)), every_value)
-
-    def test_inverse_clips_and_maps_nan_to_black(self):
-        out = unit_range_to_uint8(np.array([-3.0, np.nan, 0.0, 1.0, 7.0]))
-        assert out.dtype == np.uint8 and out.tolist() == [0, 0, 128, 255, 255]
 
 
 class TestPublicPool:

@@ -120,7 +120,7 @@ def test_photos_that_cannot_fill_the_pool(tmp_path):
     the stream goes on, and a request that mixes in no public image is served."""
     photos = tmp_path / "photos"
     photos.mkdir()
-    cv2.imwrite(str(photos / "flat.png"), np.full((300, 300, 3), 128, dtype=np.uint8))  # no SIFT keypoint
+    cv2.imwrite(str(photos / "flat.png"), np.full((300, 300, 3), 128, dtype=np.uint8))  # no keypoint
     with start_server(tmp_path, "--pool-photos", str(photos), "--pool-size", "4") as server:
         cross, inside, again = encode_all(server.target, [
             request("cross", images(4), cfg=config()),

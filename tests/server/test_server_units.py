@@ -186,7 +186,7 @@ class TestPoolRegistryFromPhotos:
             PoolRegistry(device=torch.device("cpu"), source=TestPoolRegistry.source, size=24)
 
     def test_photos_that_cannot_fill_the_pool_are_the_servers_fault(self):
-        flat = [np.full((300, 300, 3), 128, dtype=np.uint8)]  # no crop of it has a SIFT keypoint
+        flat = [np.full((300, 300, 3), 128, dtype=np.uint8)]  # no crop of it has a keypoint
         registry = _CountingRegistry(device=torch.device("cpu"), photos=flat, size=4)
         with pytest.raises(FailedPrecondition, match=r"cannot cut a public pool of 4 images of 32x32 .*only 0 of 4 "
                                                      r"crops.*lower --pool-size") as first:
@@ -199,7 +199,7 @@ class TestPoolRegistryFromPhotos:
     def test_a_bundled_pool_that_cannot_be_cut_names_only_the_pool_size(self, monkeypatch):
         # Only an absurd --pool-size fails on the bundled photos; the operator gave no --pool-photos to change.
         def too_few(height, width, *, count, cache_dir=None):
-            raise InvalidInputError(f"only 7 of {count} crops have SIFT keypoints", field="count")
+            raise InvalidInputError(f"only 7 of {count} crops have keypoints", field="count")
 
         monkeypatch.setattr(pools, "default_pool", too_few)
         with pytest.raises(FailedPrecondition, match=r"only 7 of 4096 crops.*can lower --pool-size$"):

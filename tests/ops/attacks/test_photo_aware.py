@@ -14,8 +14,9 @@ from instahide_ops.attacks import AttackCancelled, AttackResult, CancelToken, cr
 from instahide_ops.attacks.photo_aware import STAGES, encoding_residuals, photo_pool, pick_windows, shrink_photos
 from instahide_ops.attacks.pool_aware import STAGES as POOL_AWARE_STAGES
 from instahide_ops.attacks.recovery import NATURAL_CHANNEL_MEAN
+from instahide_ops.images import resize_image, to_unit_range
 from instahide_ops.metrics import challenge_scores
-from instahide_ops.pool import PublicPool, resize_image, to_unit_range
+from instahide_ops.pool import PublicPool
 
 STEPS = 12
 

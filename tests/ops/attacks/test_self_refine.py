@@ -18,8 +18,9 @@ from instahide_ops.attacks.self_refine import (
     train_refiner,
 )
 from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
+from instahide_ops.images import unit_range_array, unit_range_to_uint8
 from instahide_ops.metrics import ssim
-from instahide_ops.pool import PublicPool, unit_range_array, unit_range_to_uint8
+from instahide_ops.pool import PublicPool
 
 MEAN = torch.tensor(NATURAL_CHANNEL_MEAN)
 
