@@ -2,7 +2,7 @@
 
 Builds N bundled private images × T encodings (default 100 × 50, k = 6, cross mode: the InstaHide
 Challenge's shape) with the public pool cut from other photos, and runs the same audit the audit
-service runs (``instahide_ops.audit.audit_deployment``): the ciphertext-only attack, the pool-aware
+service runs (``audits.reconstruction.audit_deployment``): the ciphertext-only attack, the pool-aware
 attack (the same attacker holding the public pool, which anyone rebuilds from this package), the
 key-aware bound, each scored the way the challenge scores; with --photo-aware also the attacker who holds
 the photos the pool was cut from but not the pool (the InstaHide Challenge's position: its publics were
@@ -29,11 +29,12 @@ import time
 
 import torch
 
-from instahide_ops.attacks.ciphertext_only import SIMILARITIES
-from instahide_ops.attacks.pursuit import WORKING_BYTES
-from instahide_ops.attacks.self_refine import RefinementConfig
-from instahide_ops.audit import audit_deployment
-from instahide_ops.challenge import (
+from instahide_ops.audits.reconstruction.audit import audit_deployment
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import SIMILARITIES
+from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
+from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
+from instahide_ops.photos import bundled_sources
+from instahide_ops.transforms.instahide.challenge import (
     PUBLIC_SOURCE_NAMES,
     build_challenge,
     bundled_private_images,
@@ -41,7 +42,7 @@ from instahide_ops.challenge import (
     load_private_images,
     save_challenge,
 )
-from instahide_ops.pool import DEFAULT_POOL_SIZE, bundled_sources
+from instahide_ops.transforms.instahide.pool import DEFAULT_POOL_SIZE
 
 # The --quick set gives the refiner about 120 pairs, which 400 steps fit; 1,200 would take most of its 5 minutes.
 QUICK_REFINE_STEPS = 400

@@ -1,7 +1,7 @@
 """Service overhead of a leakage audit: the library run vs the same audit through the AuditService.
 
 In one run, on one machine, with the same bundled private images, seed and public pool:
-  (a) ``instahide_ops.audit.audit_deployment`` in-process;
+  (a) ``instahide_ops.audits.reconstruction.audit.audit_deployment`` in-process;
   (b) the same audit through a real instahide-server process: upload (StartAudit), queue, run,
       watch to the end, read the report (GetAudit).
 Reports both wall times, the overhead (b / a − 1; target ≤ 10 %) and checks that the two reports'
@@ -25,8 +25,8 @@ import torch
 from _process import start_instahide_server, stop_process
 from instahide_client import InstaHideClient
 
-from instahide_ops.audit import audit_deployment
-from instahide_ops.challenge import bundled_private_images, challenge_public_pool
+from instahide_ops.audits.reconstruction.audit import audit_deployment
+from instahide_ops.transforms.instahide.challenge import bundled_private_images, challenge_public_pool
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ In one run, on one machine, with the same batch shape:
   (a) numpy reference, written the way the official InstaHide code works (per-row
       rejection loop for the coefficients, a fresh permutation per slot, a full-size
       random sign tensor);
-  (b) instahide_ops.encode in-process on --device;
+  (b) instahide_ops.transforms.instahide.encode in-process on --device;
   (c) a raw-bytes gRPC echo stream carrying the same message sizes (uint8 in, the
       encoded dtype out): the transport ceiling;
   (d) the real TransformService.Encode stream end to end (a real instahide-server process).
@@ -36,9 +36,9 @@ from _process import start_instahide_server, start_process, stop_process
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2
 
-from instahide_ops import EncodeParams, encode
 from instahide_ops.images import unit_range_array
-from instahide_ops.pool import PublicPool
+from instahide_ops.transforms.instahide.encode import EncodeParams, encode
+from instahide_ops.transforms.instahide.pool import PublicPool
 
 ECHO_METHOD = "/bench.Echo/Stream"
 ENCODE_METHOD = "/instahide.v1.TransformService/Encode"

@@ -26,11 +26,11 @@ import time
 import torch
 from _process import rss_mib
 
-from instahide_ops.attacks import pursuit
-from instahide_ops.attacks.clustering import label_classes
-from instahide_ops.attacks.pool_aware import reassign_pairs
-from instahide_ops.attacks.pursuit import PoolGram
-from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
+from instahide_ops.audits.reconstruction.instahide import pursuit
+from instahide_ops.audits.reconstruction.instahide.clustering import label_classes
+from instahide_ops.audits.reconstruction.instahide.pool_aware import reassign_pairs
+from instahide_ops.audits.reconstruction.instahide.pursuit import PoolGram
+from instahide_ops.transforms.instahide.challenge import build_challenge, bundled_private_images, challenge_public_pool
 
 
 class PeakMemory:

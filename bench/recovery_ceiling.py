@@ -27,13 +27,13 @@ import time
 
 import torch
 
-from instahide_ops.attacks import create_attack
-from instahide_ops.attacks.ciphertext_only import pick_decryption, recovery_options
-from instahide_ops.attacks.pool_aware import BOUND_PUBLIC_MIX_STEPS
-from instahide_ops.attacks.recovery import recover_privates
-from instahide_ops.audit import device_name
-from instahide_ops.challenge import build_challenge, bundled_private_images, challenge_public_pool
-from instahide_ops.metrics import challenge_scores, ssim
+from instahide_ops.audits.reconstruction import create_attack
+from instahide_ops.audits.reconstruction.audit import device_name
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import pick_decryption, recovery_options
+from instahide_ops.audits.reconstruction.instahide.pool_aware import BOUND_PUBLIC_MIX_STEPS
+from instahide_ops.audits.reconstruction.instahide.recovery import recover_privates
+from instahide_ops.audits.reconstruction.scores import challenge_scores, ssim
+from instahide_ops.transforms.instahide.challenge import build_challenge, bundled_private_images, challenge_public_pool
 
 
 def main() -> None:

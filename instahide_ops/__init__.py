@@ -1,24 +1,12 @@
-"""instahide_ops: InstaHide as functions over torch tensors (CPU or CUDA), no gRPC.
+"""instahide_ops: privacy transforms and the attacks that audit them, as functions over torch tensors (CPU or
+CUDA), no gRPC.
 
-One module per concept: ``encode`` (the mixing rule), ``keys`` (one-time key
-material), ``pool`` (public image pools), ``errors``.
+- ``transforms/``: one subpackage per image-transform family (``transforms/instahide``), each registered by name.
+- ``audits/``: one subpackage per audit kind (``audits/reconstruction``), each with a registry of attacks.
+- shared: ``images`` (the [-1, 1] scale, exact resizing), ``photos`` (photos bundled in the dependencies),
+  ``grid`` (pictures), ``errors``.
 """
 
-from instahide_ops.encode import DEFAULT_K, MAX_K, MODES, EncodeParams, EncodeResult, apply_keys, encode, mix_labels
 from instahide_ops.errors import InstaHideOpsError, InvalidInputError
-from instahide_ops.keys import EncodeKeys, RandomSource
 
-__all__ = [
-    "DEFAULT_K",
-    "MAX_K",
-    "MODES",
-    "EncodeKeys",
-    "EncodeParams",
-    "EncodeResult",
-    "InstaHideOpsError",
-    "InvalidInputError",
-    "RandomSource",
-    "apply_keys",
-    "encode",
-    "mix_labels",
-]
+__all__ = ["InstaHideOpsError", "InvalidInputError"]

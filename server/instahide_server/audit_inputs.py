@@ -1,4 +1,4 @@
-"""The StartAudit stream → a checked ``AuditInput`` (the arguments of one ``instahide_ops.audit`` call).
+"""The StartAudit stream → a checked ``AuditInput`` (the arguments of one ``audit_deployment`` call).
 
 ``check_spec`` checks the first message's spec (defaults resolved); ``Upload`` gathers the data
 chunks that follow, checking each as it arrives (dtype, rank, shape agreement across chunks, the
@@ -20,14 +20,14 @@ import numpy as np
 from instahide_client._convert import TensorFormatError, numpy_dtype, to_numpy
 from instahide_client.instahide.v1 import audit_pb2, tensor_pb2, transform_pb2
 
-from instahide_ops import MAX_K
+from instahide_ops.transforms.instahide.encode import MAX_K
 from instahide_server.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 DEFAULT_K = 6
 DEFAULT_ENCODINGS_PER_IMAGE = 50
 MAX_ENCODINGS_PER_IMAGE = 1000
 MIN_K = 3  # a cross-dataset mix the attacker handles holds at least one public image beside two private ones
-MIN_IMAGE_SIDE = 7  # the 7x7 window of the SSIM the scores use (instahide_ops.metrics.ssim)
+MIN_IMAGE_SIDE = 7  # the 7x7 window of the SSIM the scores use (instahide_ops.audits.reconstruction.scores.ssim)
 # The ciphertext-only attacker handles cross-dataset mixes only (instahide_ops raises for "inside").
 SUPPORTED_MODES = {transform_pb2.ENCODE_MODE_UNSPECIFIED: "cross", transform_pb2.ENCODE_MODE_CROSS: "cross"}
 _IMAGE_DTYPES = (tensor_pb2.DATA_TYPE_UINT8, tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)

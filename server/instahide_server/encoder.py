@@ -18,7 +18,7 @@ import torch
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import transform_pb2
 
-from instahide_ops import EncodeResult, encode
+from instahide_ops.transforms.instahide.encode import EncodeResult, encode
 from instahide_server import wire
 from instahide_server.errors import REQUEST_ERRORS, ResourceExhausted, Status, status_of
 from instahide_server.metrics import ServerMetrics

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 from instahide_client._convert import TensorFormatError
 
-from instahide_ops import InvalidInputError
+from instahide_ops.errors import InvalidInputError
 
 
 class ServiceError(Exception):

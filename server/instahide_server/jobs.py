@@ -7,7 +7,7 @@ Lifecycle of a job (all bookkeeping on the event loop; the audit itself in a wor
 - ``submit`` refuses with RESOURCE_EXHAUSTED once ``queue_size`` audits are waiting (running ones
   do not count), and with UNAVAILABLE while the server shuts down.
 - A job holds a worker slot (an ``asyncio.Semaphore`` of ``workers``; waiters are served in order)
-  and runs ``instahide_ops.audit`` in the audit thread pool, never on the event loop.
+  and runs ``instahide_ops.audits.reconstruction.audit`` in the audit thread pool, never on the event loop.
 - Progress comes from the worker thread and reaches the loop through ``call_soon_threadsafe``; it
   is sent to watchers at most every 0.1 s per stage (and at every stage change) and written to the
   store at most every 0.5 s. Fractions are kept non-decreasing (a sub-attack restarting its
@@ -42,11 +42,11 @@ import torch
 from instahide_client.audits import ATTACKS
 from instahide_client.instahide.v1 import audit_pb2
 
-from instahide_ops import InvalidInputError
-from instahide_ops.attacks import AttackCancelled, CancelToken
-from instahide_ops.attacks.pursuit import WORKING_BYTES
-from instahide_ops.attacks.self_refine import RefinementConfig
-from instahide_ops.audit import audit_deployment, audit_encodings
+from instahide_ops.audits.progress import AttackCancelled, CancelToken
+from instahide_ops.audits.reconstruction.audit import audit_deployment, audit_encodings
+from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
+from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
+from instahide_ops.errors import InvalidInputError
 from instahide_server.audit_inputs import AuditInput
 from instahide_server.errors import (
     FailedPrecondition,

@@ -3,9 +3,9 @@
 A pool comes from one of three places:
 - the configured pool (``--pool``, loaded once at start-up), resized and channel-converted to the shape
   asked for;
-- the configured photos (``--pool-photos``), cut for each shape as ``instahide_ops.pool.build_pool``
+- the configured photos (``--pool-photos``), cut for each shape as ``pool.build_pool``
   cuts, at a seed drawn from the CSPRNG at start-up and never written anywhere;
-- without either, the bundled default pool built for that size (``instahide_ops.pool.default_pool``,
+- without either, the bundled default pool built for that size (``pool.default_pool``,
   cut from the bundled photos at a public seed, cached on disk).
 The last two hold ``--pool-size`` images each.
 Builds run in the encoding threads, never on the event loop; a per-shape lock makes concurrent streams
@@ -27,8 +27,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from instahide_ops import InvalidInputError
-from instahide_ops.pool import DEFAULT_POOL_SIZE, PublicPool, adapt_pool, build_pool, bundled_sources, default_pool
+from instahide_ops.errors import InvalidInputError
+from instahide_ops.photos import bundled_sources
+from instahide_ops.transforms.instahide.pool import DEFAULT_POOL_SIZE, PublicPool, adapt_pool, build_pool, default_pool
 from instahide_server.errors import FailedPrecondition, InvalidArgument
 
 logger = logging.getLogger(__name__)

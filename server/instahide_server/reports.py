@@ -1,4 +1,4 @@
-"""``instahide_ops.audit.LeakageReport`` → the ``AuditReport`` message."""
+"""``instahide_ops.audits.reconstruction.audit.LeakageReport`` → the ``AuditReport`` message."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from instahide_client._convert import to_tensor
 from instahide_client.instahide.v1 import audit_pb2
 
-from instahide_ops.audit import AttackReport, LeakageReport
+from instahide_ops.audits.reconstruction.audit import AttackReport, LeakageReport
 
 
 def report_message(report: LeakageReport) -> audit_pb2.AuditReport:

@@ -43,8 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from instahide_ops.attacks.self_refine import RefinementConfig
-from instahide_ops.pool import load_photos, load_pool
+from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
+from instahide_ops.transforms.instahide.pool import load_photos, load_pool
 from instahide_server import audit_servicer, transform_servicer
 from instahide_server.config import DEFAULT_METRICS_PORT, ConfigError, ServerConfig
 from instahide_server.encoder import BatchEncoder

@@ -1,7 +1,7 @@
 """Wire-level checks: an ``EncodeRequest`` and its effective config → the arguments of ``encode``.
 
 Only what is specific to the wire is checked here: presence, tensor decoding, enum values, the image
-rank and size limits. Everything ``instahide_ops.encode`` checks itself (batch size, label count and
+rank and size limits. Everything InstaHide's ``encode`` checks itself (batch size, label count and
 range, num_classes, k and coefficient bounds, non-finite pixels) is left to it: its
 ``InvalidInputError`` carries a request field path (``config.k``, ``images.content``…) and reaches the
 client through the same error table (errors.py).
@@ -17,7 +17,7 @@ import torch
 from instahide_client._convert import TensorFormatError, numpy_dtype, to_numpy
 from instahide_client.instahide.v1 import tensor_pb2, transform_pb2
 
-from instahide_ops import MAX_K, EncodeParams
+from instahide_ops.transforms.instahide.encode import MAX_K, EncodeParams
 from instahide_server.errors import InvalidArgument, ResourceExhausted
 
 _IMAGE_DTYPES = (tensor_pb2.DATA_TYPE_UINT8, tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)
@@ -45,7 +45,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class EncodeJob:
-    """A checked request: the arguments of ``instahide_ops.encode`` plus what the response needs."""
+    """A checked request: the arguments of InstaHide's ``encode`` plus what the response needs."""
 
     images: np.ndarray  # (N, H, W, C) uint8 / float16 / float32, a read-only view of the request
     labels: np.ndarray  # (N,) int64

@@ -16,10 +16,10 @@ from instahide_client import InstaHideClient, InstaHideError
 from instahide_client._audit_cli import format_summary
 from instahide_client.cli import main
 
-from instahide_ops.challenge import bundled_private_images
+from instahide_ops.audits.reconstruction.scores import ssim
 from instahide_ops.images import unit_range_array
-from instahide_ops.metrics import ssim
-from instahide_ops.pool import bundled_sources
+from instahide_ops.photos import bundled_sources
+from instahide_ops.transforms.instahide.challenge import bundled_private_images
 
 UNKNOWN_ID = "0" * 32
 

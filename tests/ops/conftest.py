@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from photo_set import challenge_over, pool_from, two_photos
 
-from instahide_ops.attacks import pool_aware, pursuit
+from instahide_ops.audits.reconstruction.instahide import pool_aware, pursuit
 
 
 @pytest.fixture

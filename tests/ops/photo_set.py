@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from instahide_ops.challenge import ChallengeSet, GroundTruth, build_challenge, bundled_private_images
-from instahide_ops.pool import PublicPool, build_pool, bundled_sources
+from instahide_ops.photos import bundled_sources
+from instahide_ops.transforms.instahide.challenge import (
+    ChallengeSet,
+    GroundTruth,
+    build_challenge,
+    bundled_private_images,
+)
+from instahide_ops.transforms.instahide.pool import PublicPool, build_pool
 
 IMAGES, PER_IMAGE = 20, 20
 SCALES = (64, 96)  # two scales keep the dictionary small: about 145,000 windows of two photos

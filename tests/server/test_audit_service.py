@@ -16,10 +16,10 @@ from instahide_client._convert import to_numpy, to_tensor
 from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, transform_pb2
 from server_testlib import channel, start_server
 
-from instahide_ops.attacks.self_refine import RefinementConfig
-from instahide_ops.audit import audit_deployment, audit_encodings
-from instahide_ops.challenge import build_challenge, challenge_public_pool
-from instahide_ops.pool import PublicPool, adapt_pool, load_pool
+from instahide_ops.audits.reconstruction.audit import audit_deployment, audit_encodings
+from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
+from instahide_ops.transforms.instahide.challenge import build_challenge, challenge_public_pool
+from instahide_ops.transforms.instahide.pool import PublicPool, adapt_pool, load_pool
 
 STAGES = ["encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "pool_aware", "key_aware",
           "scoring"]

@@ -21,10 +21,11 @@ from instahide_server.errors import FailedPrecondition, InvalidArgument, Status
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.pools import PoolRegistry
 
-from instahide_ops.attacks.pursuit import WORKING_BYTES
-from instahide_ops.attacks.self_refine import RefinementConfig
+from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
+from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.pool import BUNDLED_SOURCE_NAMES, build_pool, bundled_sources, default_pool
+from instahide_ops.photos import BUNDLED_SOURCE_NAMES, bundled_sources
+from instahide_ops.transforms.instahide.pool import build_pool, default_pool
 
 
 def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:

@@ -1,0 +1,1 @@
+"""Reconstruction attacks on InstaHide encodings, stage by stage."""

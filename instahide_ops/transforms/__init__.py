@@ -1,0 +1,1 @@
+"""Image transforms, one subpackage per family."""
