@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pulls a multi-GB CUDA build. Override on a GPU host, e.g. TORCH=torch.
 TORCH ?= torch==2.13.0
 
-.PHONY: serve install dev system-deps test lint protos bench-encode clean
+.PHONY: serve install dev system-deps test lint protos docs bench-encode clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ lint: dev
 # Regenerate the committed stubs after changing protos/ (tests fail when they drift).
 protos: dev
 	$(BIN)/python client/tools/generate_stubs.py
+
+# Regenerate the settings table of docs/operations.md from server/instahide_server/settings.py (a test checks it).
+docs: install
+	$(BIN)/python -c "import pathlib, re; from instahide_server.settings import markdown_table; \
+	p = pathlib.Path('docs/operations.md'); t = p.read_text(); \
+	b = t.index('\n', t.index('<!-- settings:begin')) + 1; e = t.index('<!-- settings:end -->'); \
+	p.write_text(t[:b] + markdown_table() + t[e:])"
 
 bench-encode: install
 	$(BIN)/python bench/encode.py

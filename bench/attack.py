@@ -29,9 +29,8 @@ import time
 
 import torch
 
-from instahide_ops.audits.reconstruction.audit import audit_deployment
+from instahide_ops.audits.reconstruction import AttackSettings, Deployment, audit_deployment, choose_attacks
 from instahide_ops.audits.reconstruction.instahide.ciphertext_only import SIMILARITIES
-from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
 from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
 from instahide_ops.photos import bundled_sources
 from instahide_ops.transforms.instahide.challenge import (
@@ -42,6 +41,7 @@ from instahide_ops.transforms.instahide.challenge import (
     load_private_images,
     save_challenge,
 )
+from instahide_ops.transforms.instahide.encode import EncodeParams
 from instahide_ops.transforms.instahide.pool import DEFAULT_POOL_SIZE
 
 # The --quick set gives the refiner about 120 pairs, which 400 steps fit; 1,200 would take most of its 5 minutes.
@@ -63,11 +63,14 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE,
                         help=f"public images in the pool (default {DEFAULT_POOL_SIZE}); a larger one reuses each "
                              "image in fewer encodings")
-    parser.add_argument("--pool-memory-mib", type=int, default=WORKING_BYTES >> 20,
+    parser.add_argument("--pool-memory-mib", type=int, default=AttackSettings.working_bytes >> 20,
                         help="memory the pool-aware and photo-aware attacks' pursuits may hold (the server's "
                              "--audit-pool-memory-mib); below the Gram matrix's size its rows are computed instead")
     parser.add_argument("--no-pool-aware", action="store_true", help="skip the pool-aware attack")
     parser.add_argument("--no-key-aware", action="store_true", help="skip the key-aware bound")
+    parser.add_argument("--attack", action="append", default=[], metavar="NAME",
+                        help="run exactly these attacks (repeatable; with what they start from) instead of the "
+                             "defaults and the flags above")
     parser.add_argument("--private-dir", default=None,
                         help="attack your own images instead of the bundled ones: a folder of images (pseudo-classes) "
                              "or of one sub-folder per class; the first --images of them are used")
@@ -102,12 +105,15 @@ def main() -> None:
         privates, classes = bundled_private_images(images)
     pool = challenge_public_pool(count=args.pool_size, device=args.device)
     build_seconds = time.perf_counter() - start
+    photos = list(bundled_sources(PUBLIC_SOURCE_NAMES).values()) if args.photo_aware or args.attack else None
+    skipped = [name for name, off in (("pool_aware", args.no_pool_aware), ("key_aware", args.no_key_aware)) if off]
+    attacks = [a.name for a in choose_attacks(args.attack, extra=["photo_aware"] if args.photo_aware else [],
+                                              skipped=[] if args.attack else skipped)]
     report = audit_deployment(
-        privates, classes, k=args.k, encodings_per_image=per_image, pool=pool, seed=args.seed, device=args.device,
-        similarity=args.similarity, pool_aware=not args.no_pool_aware, key_aware=not args.no_key_aware,
-        photos=list(bundled_sources(PUBLIC_SOURCE_NAMES).values()) if args.photo_aware else None,
-        pool_memory_bytes=args.pool_memory_mib << 20,
-        refinement=RefinementConfig(sets=args.refine_sets, steps=refine_steps) if args.refine_sets else None,
+        privates, classes, Deployment(EncodeParams(k=args.k), per_image, seed=args.seed), pool=pool, photos=photos,
+        attacks=attacks, device=args.device,
+        settings=AttackSettings(similarity=args.similarity, working_bytes=args.pool_memory_mib << 20,
+                                refine_sets=args.refine_sets, refine_steps=refine_steps),
         progress=lambda stage, fraction, overall: print(f"  {overall:6.1%}  {stage:12s} {fraction:6.1%}",
                                                          end="\r", flush=True))
     if args.out:  # the same set (same seed), in the challenge's format for anyone to attack or rescore
@@ -122,7 +128,7 @@ def main() -> None:
                "refine_steps": refine_steps if args.refine_sets else 0, "setup_seconds": build_seconds,
                **report.summary(), "out": str(out)}
     print(" " * 60)
-    for name in report.attacks():
+    for name in report.attacks:
         r = results[name]
         print(f"{name:16s} Max_SSIM {r['max_ssim']:.3f}  Mean_SSIM {r['mean_ssim']:.3f}  Min_L2 {r['min_l2']:.3f}  "
               f"Mean_L2 {r['mean_l2']:.3f}  recovered>0.5 {r['fractions']['0.5']:.2f}  "

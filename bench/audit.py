@@ -1,7 +1,7 @@
 """Service overhead of a leakage audit: the library run vs the same audit through the AuditService.
 
 In one run, on one machine, with the same bundled private images, seed and public pool:
-  (a) ``instahide_ops.audits.reconstruction.audit.audit_deployment`` in-process;
+  (a) ``audits.reconstruction.audit_deployment`` in-process;
   (b) the same audit through a real instahide-server process: upload (StartAudit), queue, run,
       watch to the end, read the report (GetAudit).
 Reports both wall times, the overhead (b / a − 1; target ≤ 10 %) and checks that the two reports'
@@ -25,7 +25,7 @@ import torch
 from _process import start_instahide_server, stop_process
 from instahide_client import InstaHideClient
 
-from instahide_ops.audits.reconstruction.audit import audit_deployment
+from instahide_ops.audits.reconstruction import Deployment, audit_deployment
 from instahide_ops.transforms.instahide.challenge import bundled_private_images, challenge_public_pool
 
 
@@ -40,8 +40,8 @@ def main() -> None:
     pool = challenge_public_pool(device=args.device)
 
     start = time.perf_counter()
-    library = audit_deployment(privates, classes, encodings_per_image=per_image, pool=pool, seed=args.seed,
-                               device=args.device)
+    library = audit_deployment(privates, classes, Deployment(encodings_per_image=per_image, seed=args.seed),
+                               pool=pool, device=args.device)
     library_seconds = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -59,8 +59,8 @@ def main() -> None:
             stop_process(server)
     if audit.state != "succeeded":
         raise SystemExit(f"the audit ended {audit.state}: {audit.error}")
-    served = audit.report.ciphertext_only
-    expected = library.ciphertext_only.scores
+    served = audit.report.attacks()["ciphertext_only"]
+    expected = library.attacks["ciphertext_only"].scores
     agree = all(abs(getattr(served, m) - getattr(expected, m)) < 1e-6
                 for m in ("max_ssim", "mean_ssim", "min_l2", "mean_l2"))
     results = {
@@ -68,7 +68,7 @@ def main() -> None:
         "images": images, "encodings_per_image": per_image, "seed": args.seed,
         "library_seconds": library_seconds, "service_seconds": service_seconds,
         "service_overhead": service_seconds / library_seconds - 1, "reports_agree": agree,
-        "max_ssim": served.max_ssim, "key_aware_max_ssim": audit.report.key_aware.max_ssim,
+        "max_ssim": served.max_ssim, "key_aware_max_ssim": audit.report.attacks()["key_aware"].max_ssim,
     }
     print(f"library {library_seconds:.1f} s, service {service_seconds:.1f} s, "
           f"overhead {results['service_overhead']:+.1%}, reports agree: {agree}")

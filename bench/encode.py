@@ -33,8 +33,8 @@ import grpc
 import numpy as np
 import torch
 from _process import start_instahide_server, start_process, stop_process
-from instahide_client._convert import to_tensor
-from instahide_client.instahide.v1 import transform_pb2
+from instahide_client.instahide.v1 import instahide_pb2, transform_pb2
+from instahide_client.tensors import to_tensor
 
 from instahide_ops.images import unit_range_array
 from instahide_ops.transforms.instahide.encode import EncodeParams, encode
@@ -172,15 +172,15 @@ def main() -> None:
     request = transform_pb2.EncodeRequest(
         request_id="0", images=to_tensor(images), labels=labels.tolist(),
         config=transform_pb2.EncodeConfig(
-            k=k, num_classes=10,
             output_dtype={"float32": 3, "float16": 2}[args.dtype],
+            instahide=instahide_pb2.InstaHideConfig(k=k, num_classes=10),
         ),
     )
     raw = [request.SerializeToString()] * args.messages
     reply_bytes = len(transform_pb2.EncodeResponse(
         request_id="0",
         encoded=to_tensor(np.zeros((n, *shape), np.float16 if args.dtype == "float16" else np.float32)),
-        mixed_labels=to_tensor(np.zeros((n, 10), np.float32)),
+        labels=to_tensor(np.zeros((n, 10), np.float32)),
     ).SerializeToString())
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = pathlib.Path(tmp)

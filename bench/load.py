@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 from _process import rss_mib, start_instahide_server, stop_process
-from instahide_client._convert import to_tensor
-from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
+from instahide_client.instahide.v1 import instahide_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.tensors import to_tensor
 
 MAX_MESSAGE = 64 * 2**20
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
@@ -83,7 +83,8 @@ class Requests:
         self.sizes = [batch_size + i for i in range(SIZE_STEPS)]
         self._batches = [(to_tensor(rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)),
                           [int(v) for v in rng.integers(0, 10, size=n)]) for n in self.sizes]
-        self._config = transform_pb2.EncodeConfig(num_classes=10, output_dtype={"float32": 3, "float16": 2}[dtype])
+        self._config = transform_pb2.EncodeConfig(output_dtype={"float32": 3, "float16": 2}[dtype],
+                                                  instahide=instahide_pb2.InstaHideConfig(num_classes=10))
 
     def make(self, client: int, seq: int) -> transform_pb2.EncodeRequest:
         images, labels = self._batches[seq % SIZE_STEPS]

@@ -27,10 +27,10 @@ import time
 
 import torch
 
-from instahide_ops.audits.reconstruction import create_attack
 from instahide_ops.audits.reconstruction.audit import device_name
 from instahide_ops.audits.reconstruction.instahide.ciphertext_only import pick_decryption, recovery_options
-from instahide_ops.audits.reconstruction.instahide.pool_aware import BOUND_PUBLIC_MIX_STEPS
+from instahide_ops.audits.reconstruction.instahide.key_aware import key_aware_attack
+from instahide_ops.audits.reconstruction.instahide.pool_aware import BOUND_PUBLIC_MIX_STEPS, pool_aware_attack
 from instahide_ops.audits.reconstruction.instahide.recovery import recover_privates
 from instahide_ops.audits.reconstruction.scores import challenge_scores, ssim
 from instahide_ops.transforms.instahide.challenge import build_challenge, bundled_private_images, challenge_public_pool
@@ -54,7 +54,7 @@ def main() -> None:
     weights = torch.from_numpy(truth.coefficients[:, :2])
 
     start = time.perf_counter()
-    bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
+    bound = key_aware_attack(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
                                        coefficients=truth.coefficients, num_images=args.images, k=args.k,
                                        device=args.device)
     bound_seconds = time.perf_counter() - start
@@ -68,7 +68,7 @@ def main() -> None:
     ceiling_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    demixed = create_attack("pool_aware")(challenge.encryption, challenge.labels, pool=pool, start=bound,
+    demixed = pool_aware_attack(challenge.encryption, challenge.labels, pool=pool, start=bound,
                                           encodings_per_image=args.encodings_per_image, k=args.k, recluster=False,
                                           steps=BOUND_PUBLIC_MIX_STEPS,
                                           device=args.device)

@@ -111,10 +111,7 @@ def all_exprs() -> list[str]:
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory, small_pool_path) -> dict[str, set[str]]:
     """Sample name -> label names, scraped from a CPU server after an Encode stream and an audit."""
-    import grpc
     from instahide_client import InstaHideClient
-    from instahide_client._convert import to_tensor
-    from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc
 
     tmp_path = tmp_path_factory.mktemp("deploy")
     port_file = tmp_path / "mport"
@@ -124,13 +121,9 @@ def exposition(tmp_path_factory, small_pool_path) -> dict[str, set[str]]:
         pixels = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
         with InstaHideClient(server.target) as client:
             client.encode(pixels, np.arange(8) % 10, num_classes=10, batch_size=4, timeout=60)
-        with grpc.insecure_channel(server.target) as chan:
-            stub = audit_pb2_grpc.AuditServiceStub(chan)
-            spec = audit_pb2.AuditSpec(k=4, encodings_per_image=3, seed=1, key_aware_bound=False)
-            audit = stub.StartAudit(iter([audit_pb2.StartAuditRequest(spec=spec),
-                                          audit_pb2.StartAuditRequest(images=to_tensor(pixels),
-                                                                      labels=list(range(8)))]), timeout=60).audit
-            list(stub.WatchAudit(audit_pb2.WatchAuditRequest(name=audit.name), timeout=60))
+            audit = client.start_audit(pixels, np.arange(8), k=4, encodings_per_image=3, seed=1,
+                                       skipped_attacks=["key_aware"], timeout=60)
+            client.wait_audit(audit.name, timeout=60)
         port = int(port_file.read_text())
         deadline = time.monotonic() + 10
         while True:

@@ -125,7 +125,8 @@ def test_leakage_alert_fires_per_attack_without_keys(tmp_path):
                 for rule in group["rules"] if rule.get("alert") == "InstahideAuditLeakageHigh")
     series = []
     for attack, at_or_below in (("pool_aware", False), ("ciphertext_only", True), ("key_aware", False)):
-        labels = f'job="instahide",instance="host:9464",attack="{attack}"'
+        bound = "true" if attack == "key_aware" else "false"  # as the server labels its rows
+        labels = f'job="instahide",instance="host:9464",attack="{attack}",bound="{bound}"'
         series.append({"series": f"instahide_audit_max_ssim_count{{{labels}}}", "values": "0x5 1x60"})
         series.append({"series": f'instahide_audit_max_ssim_bucket{{{labels},le="0.8"}}',
                        "values": "0x5 1x60" if at_or_below else "0x65"})

@@ -1,4 +1,5 @@
-"""Python client for the instahide service: InstaHide encodings over gRPC, no torch needed.
+"""Python client for the instahide service: privacy transforms (InstaHide) and leakage audits over gRPC, no
+torch needed.
 
 Examples:
     >>> from instahide_client import InstaHideClient
@@ -16,7 +17,15 @@ from importlib import metadata as _metadata
 from instahide_client._requests import encode_config
 from instahide_client._stream import EncodeStream
 from instahide_client._types import EncodeBatch, EncodedBatch, EncodeOutput, KeyRecord
-from instahide_client.audits import AttackScores, Audit, AuditEvent, AuditProgress, AuditReport, AuditSpec
+from instahide_client.audits import (
+    AttackResult,
+    AttackScores,
+    Audit,
+    AuditEvent,
+    AuditProgress,
+    AuditReport,
+    AuditSpec,
+)
 from instahide_client.client import InstaHideClient
 from instahide_client.errors import InstaHideError
 
@@ -26,6 +35,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "AttackResult",
     "AttackScores",
     "Audit",
     "AuditEvent",

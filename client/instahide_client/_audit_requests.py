@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from instahide_client._convert import to_tensor
-from instahide_client._requests import IMAGE_DTYPES, MODES, _check_count
-from instahide_client.instahide.v1 import audit_pb2
+from instahide_client._requests import IMAGE_DTYPES, _check_count
+from instahide_client._types import MODES
+from instahide_client.instahide.v1 import audit_pb2, instahide_pb2, reconstruction_pb2
+from instahide_client.tensors import to_tensor
 
 _UINT64_MAX = 2**64 - 1
 ENCODING_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -30,19 +31,19 @@ class AuditUpload:
     encoding_labels: np.ndarray | None = None
 
 
-def audit_spec(*, mode: str = "cross", k: int | None = 6, encodings_per_image: int | None = None,
-               num_classes: int | None = None, seed: int | None = None, key_aware_bound: bool = True,
-               pool_aware_attack: bool = True, photo_aware_attack: bool = False, dataset: str | None = None,
+def audit_spec(*, mode: str = "cross", k: int | None = None, encodings_per_image: int | None = None,
+               num_classes: int | None = None, seed: int | None = None, attacks: Sequence[str] = (),
+               extra_attacks: Sequence[str] = (), skipped_attacks: Sequence[str] = (), dataset: str | None = None,
                precomputed_encodings: bool = False, display_name: str = "") -> audit_pb2.AuditSpec:
-    """The ``AuditSpec`` message from keyword options (None = the service's default: k 6, T 50, or
-    for precomputed encodings T = E / N).
+    """The ``AuditSpec`` message of a reconstruction audit of InstaHide, from keyword options (None and empty
+    = the service's defaults: k 6, T 50 or for precomputed encodings E / N, the default attacks).
 
     Raises:
-        ValueError: an unknown mode or a value out of range.
+        ValueError: an unknown mode, a value out of range, or an attack name that is not a plain name.
         TypeError: a value of the wrong type.
 
     Examples:
-        >>> audit_spec(k=4, seed=1).seed
+        >>> audit_spec(k=4, seed=1).reconstruction.instahide.seed
         1
     """
     if mode not in MODES:
@@ -51,25 +52,34 @@ def audit_spec(*, mode: str = "cross", k: int | None = 6, encodings_per_image: i
         raise TypeError(f"dataset must be a str, got {type(dataset).__name__}")
     if not isinstance(display_name, str):
         raise TypeError(f"display_name must be a str, got {type(display_name).__name__}")
-    spec = audit_pb2.AuditSpec(
-        mode=MODES[mode],
-        k=_check_count("k", k, minimum=2),
-        encodings_per_image=_check_count("encodings_per_image", encodings_per_image, minimum=1),
-        num_classes=_check_count("num_classes", num_classes, minimum=1),
-        dataset=dataset or "",
-        precomputed_encodings=bool(precomputed_encodings),
-        key_aware_bound=bool(key_aware_bound),
-        pool_aware_attack=bool(pool_aware_attack),
-        photo_aware_attack=bool(photo_aware_attack),
-        display_name=display_name,
-    )
+    config = instahide_pb2.InstaHideConfig(
+        mode=MODES[mode], k=_check_count("k", k, minimum=2),
+        num_classes=_check_count("num_classes", num_classes, minimum=1))
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if not 0 <= seed <= _UINT64_MAX:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        spec.seed = int(seed)
+        config.seed = int(seed)
+    spec = audit_pb2.AuditSpec(
+        dataset=dataset or "", display_name=display_name,
+        attacks=_names("attacks", attacks), extra_attacks=_names("extra_attacks", extra_attacks),
+        skipped_attacks=_names("skipped_attacks", skipped_attacks),
+        reconstruction=reconstruction_pb2.ReconstructionSpec(
+            instahide=config, precomputed_encodings=bool(precomputed_encodings),
+            encodings_per_image=_check_count("encodings_per_image", encodings_per_image, minimum=1)))
     return spec
+
+
+def _names(option: str, names: Sequence[str]) -> list[str]:
+    """Attack names as the service takes them (it knows which exist and says so)."""
+    if isinstance(names, str):
+        raise TypeError(f"{option} must be a sequence of attack names, not one str")
+    out = [str(name).strip() for name in names]
+    bad = [name for name in out if not name or not name.replace("_", "").isalnum()]
+    if bad:
+        raise ValueError(f"{option}: {bad[0]!r} is not an attack name (e.g. 'pool_aware')")
+    return out
 
 
 def _check_images(images: Any, name: str = "images") -> np.ndarray:
@@ -121,7 +131,7 @@ def check_audit_inputs(images: Any = None, labels: Any = None, *, dataset: str |
                              f"{', '.join(extra)}")
         return AuditUpload(audit_spec(dataset=dataset, **spec_options))
     spec = audit_spec(precomputed_encodings=precomputed, **spec_options)
-    num_classes = spec.num_classes or None
+    num_classes = spec.reconstruction.instahide.num_classes or None
     if images is None:
         raise ValueError("pass images (with labels), encodings (with encoding_labels and the original "
                          "images), or a server-side dataset")
@@ -207,12 +217,14 @@ def _requests(upload: AuditUpload, image_rows: int, encoding_rows: int) -> Itera
     if upload.images is not None:
         images, labels = upload.images, upload.labels
         for start in range(0, len(images), image_rows):
-            request = audit_pb2.StartAuditRequest(images=to_tensor(images[start:start + image_rows]))
+            chunk = reconstruction_pb2.ReconstructionChunk(images=to_tensor(images[start:start + image_rows]))
             if labels is not None:
-                request.labels.extend(labels[start:start + image_rows].tolist())
-            yield request
+                chunk.labels.extend(labels[start:start + image_rows].tolist())
+            yield audit_pb2.StartAuditRequest(reconstruction=chunk)
     if upload.encodings is not None and upload.encoding_labels is not None:
         encodings, mixed = upload.encodings, upload.encoding_labels
         for start in range(0, len(encodings), encoding_rows):
-            yield audit_pb2.StartAuditRequest(encodings=to_tensor(encodings[start:start + encoding_rows]),
-                                              encoding_labels=to_tensor(mixed[start:start + encoding_rows]))
+            rows = slice(start, start + encoding_rows)
+            chunk = reconstruction_pb2.ReconstructionChunk(encodings=to_tensor(encodings[rows]),
+                                                           encoding_labels=to_tensor(mixed[rows]))
+            yield audit_pb2.StartAuditRequest(reconstruction=chunk)

@@ -6,14 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from instahide_client._convert import to_tensor
-from instahide_client._types import EncodeBatch
-from instahide_client.instahide.v1 import tensor_pb2, transform_pb2
+from instahide_client._types import MODES, EncodeBatch
+from instahide_client.instahide.v1 import instahide_pb2, tensor_pb2, transform_pb2
+from instahide_client.tensors import to_tensor
 
-MODES: dict[str, int] = {
-    "cross": transform_pb2.ENCODE_MODE_CROSS,
-    "inside": transform_pb2.ENCODE_MODE_INSIDE,
-}
 OUTPUT_DTYPES: dict[str, int] = {
     "float32": tensor_pb2.DATA_TYPE_FLOAT32,
     "float16": tensor_pb2.DATA_TYPE_FLOAT16,
@@ -47,7 +43,8 @@ def encode_config(
     return_keys: bool = False,
     seed: int | None = None,
 ) -> transform_pb2.EncodeConfig:
-    """Build the ``EncodeConfig`` message from keyword options (None = the service's default).
+    """Build the ``EncodeConfig`` message of an InstaHide encoding from keyword options (None = the service's
+    default).
 
     Args:
         num_classes: width of the one-hot labels; labels must lie in [0, num_classes).
@@ -68,7 +65,7 @@ def encode_config(
         TypeError: a value of the wrong type.
 
     Examples:
-        >>> encode_config(num_classes=10, mode="inside", k=4).k
+        >>> encode_config(num_classes=10, mode="inside", k=4).instahide.k
         4
     """
     if mode not in MODES:
@@ -83,7 +80,6 @@ def encode_config(
         "k": _check_count("k", k, minimum=1),
         "private_per_mix": _check_count("private_per_mix", private_per_mix, minimum=1),
         "sign_flip": bool(sign_flip),
-        "output_dtype": OUTPUT_DTYPES[dtype_name],
         "return_keys": bool(return_keys),
     }
     for name, value in (("max_coefficient", max_coefficient), ("min_private_mass", min_private_mass)):
@@ -98,7 +94,8 @@ def encode_config(
         if not 0 <= seed <= _UINT64_MAX:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         fields["seed"] = int(seed)
-    return transform_pb2.EncodeConfig(**fields)
+    return transform_pb2.EncodeConfig(output_dtype=OUTPUT_DTYPES[dtype_name],
+                                      instahide=instahide_pb2.InstaHideConfig(**fields))
 
 
 def _dtype_name(dtype: np.dtype | type) -> str:

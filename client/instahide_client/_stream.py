@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 import grpc
 
-from instahide_client._convert import TensorFormatError
 from instahide_client._requests import make_request
 from instahide_client._types import EncodedBatch
 from instahide_client.errors import InstaHideError
 from instahide_client.instahide.v1 import transform_pb2
+from instahide_client.tensors import TensorFormatError
 
 OnError = Literal["raise", "yield"]
 

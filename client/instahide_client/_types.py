@@ -8,15 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instahide_client._convert import optional_numpy, to_numpy
 from instahide_client.errors import InstaHideError, status_code
-from instahide_client.instahide.v1 import transform_pb2
+from instahide_client.instahide.v1 import instahide_pb2, transform_pb2
+from instahide_client.tensors import optional_numpy, to_numpy
 
-MODE_NAMES: dict[int, str] = {
-    transform_pb2.ENCODE_MODE_UNSPECIFIED: "cross",
-    transform_pb2.ENCODE_MODE_CROSS: "cross",
-    transform_pb2.ENCODE_MODE_INSIDE: "inside",
-}
+MODES: dict[str, int] = {"cross": instahide_pb2.MIXING_MODE_CROSS, "inside": instahide_pb2.MIXING_MODE_INSIDE}
+"""InstaHide's mixing modes by name, as the API's ``MixingMode`` values (the one table the client keeps)."""
+MODE_NAMES: dict[int, str] = {value: name for name, value in MODES.items()} | {
+    instahide_pb2.MIXING_MODE_UNSPECIFIED: "cross"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class KeyRecord:
     pool_fingerprint: str
 
     @classmethod
-    def from_proto(cls, msg: transform_pb2.KeyRecord) -> KeyRecord:
+    def from_proto(cls, msg: instahide_pb2.InstaHideKeys) -> KeyRecord:
         mask_bits = optional_numpy(msg, "mask_bits")
         return cls(
             coefficients=to_numpy(msg.coefficients),
@@ -166,8 +165,8 @@ class EncodedBatch:
         return cls(
             request_id=msg.request_id,
             encoded=to_numpy(msg.encoded),
-            mixed_labels=to_numpy(msg.mixed_labels),
-            keys=KeyRecord.from_proto(msg.keys) if msg.HasField("keys") else None,
+            mixed_labels=to_numpy(msg.labels),
+            keys=KeyRecord.from_proto(msg.instahide_keys) if msg.HasField("instahide_keys") else None,
             seeded=bool(msg.seeded),
         )
 

@@ -1,8 +1,10 @@
 """Leakage audits as plain dataclasses: ``Audit``, its ``AuditReport`` and what ``watch_audit`` yields.
 
-Everything here is converted from the ``instahide.v1`` audit messages; nothing holds a proto. The
-report writes itself to a folder (``report.json``, ``grid.png``, ``recoveries.npz``) so anyone can
-read the numbers and rescore the recovered images.
+Everything here is converted from the ``instahide.v1`` audit messages; nothing holds a proto. A report is a
+row per attack that ran, named as the service's registry names it (``report.results``; each row says
+whether it is a bound, an attacker holding the keys), so no attack is named here. The report writes itself
+to a folder (``report.json``, ``grid.png``, ``recoveries.npz``) so anyone can read the numbers and rescore
+the recovered images.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from instahide_client._convert import optional_numpy
 from instahide_client._types import MODE_NAMES
 from instahide_client.instahide.v1 import audit_pb2
+from instahide_client.tensors import optional_numpy
 
 STATES: dict[int, str] = {
     audit_pb2.AUDIT_STATE_UNSPECIFIED: "unspecified",
@@ -34,9 +36,6 @@ STATES: dict[int, str] = {
 }
 STATE_VALUES: dict[str, int] = {name: value for value, name in STATES.items() if value}
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-ATTACKS = ("ciphertext_only", "photo_aware", "pool_aware", "key_aware")
-KEYLESS_ATTACKS = ("ciphertext_only", "photo_aware", "pool_aware")
-"""The attacks that hold no key: together they are what the encodings leak to anyone who sees them."""
 METRICS = ("max_ssim", "mean_ssim", "min_l2", "mean_l2")
 NAME_PREFIX = "audits/"
 
@@ -97,9 +96,10 @@ def json_number(value: float | int | None) -> float | int | None:
 
 @dataclass(frozen=True)
 class AuditSpec:
-    """What an audit was asked to do (proto defaults made explicit).
+    """What an audit was asked to do, with the defaults the service resolved.
 
     Attributes:
+        kind: "reconstruction" (what an attacker recovers of the images).
         mode: "cross" or "inside".
         k: images per mix.
         encodings_per_image: encodings made of each private image (T); None for precomputed
@@ -108,42 +108,43 @@ class AuditSpec:
         dataset: server-side dataset name, "" when the images were uploaded.
         precomputed_encodings: the upload carried encodings made elsewhere.
         seed: the simulated deployment's key seed, or None (fresh keys).
-        key_aware_bound: the key-aware bound is run too.
-        pool_aware_attack: the pool-aware attack is run too (not for precomputed encodings).
-        photo_aware_attack: the photo-aware attack is run too.
+        attacks: the attacks the audit runs, by registry name (as the service resolved them).
         display_name: a name for people.
     """
 
+    kind: str = "reconstruction"
     mode: str = "cross"
-    k: int = 6
-    encodings_per_image: int | None = 50
+    k: int | None = None
+    encodings_per_image: int | None = None
     num_classes: int | None = None
     dataset: str = ""
     precomputed_encodings: bool = False
     seed: int | None = None
-    key_aware_bound: bool = True
-    pool_aware_attack: bool = True
-    photo_aware_attack: bool = False
+    attacks: tuple[str, ...] = ()
     display_name: str = ""
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AuditSpec) -> AuditSpec:
+        kind = msg.WhichOneof("kind") or "reconstruction"
+        reconstruction = msg.reconstruction
+        config = reconstruction.instahide
         return cls(
-            mode=MODE_NAMES.get(msg.mode, str(msg.mode)),
-            k=int(msg.k) or 6,
-            encodings_per_image=int(msg.encodings_per_image) or (None if msg.precomputed_encodings else 50),
-            num_classes=int(msg.num_classes) or None,
+            kind=kind,
+            mode=MODE_NAMES.get(config.mode, str(config.mode)),
+            k=int(config.k) or None,
+            encodings_per_image=int(reconstruction.encodings_per_image) or None,
+            num_classes=int(config.num_classes) or None,
             dataset=msg.dataset,
-            precomputed_encodings=bool(msg.precomputed_encodings),
-            seed=int(msg.seed) if msg.HasField("seed") else None,
-            key_aware_bound=bool(msg.key_aware_bound) if msg.HasField("key_aware_bound") else True,
-            pool_aware_attack=bool(msg.pool_aware_attack) if msg.HasField("pool_aware_attack") else True,
-            photo_aware_attack=bool(msg.photo_aware_attack),
+            precomputed_encodings=bool(reconstruction.precomputed_encodings),
+            seed=int(config.seed) if config.HasField("seed") else None,
+            attacks=tuple(msg.attacks),
             display_name=msg.display_name,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["attacks"] = list(self.attacks)
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ class AuditProgress:
 
 @dataclass(frozen=True)
 class AttackScores:
-    """How one attack did, scored as the InstaHide Challenge scores.
+    """How one attack did on a reconstruction audit, scored as the InstaHide Challenge scores.
 
     Attributes:
         max_ssim: mean over encodings of the best SSIM against the encoding's private images.
@@ -193,7 +194,8 @@ class AttackScores:
     public_coverage: float | None = None
 
     @classmethod
-    def from_proto(cls, msg: audit_pb2.AttackScores) -> AttackScores:
+    def from_proto(cls, row: audit_pb2.AttackResult) -> AttackScores:
+        msg = row.reconstruction
         recovered = optional_numpy(msg, "recovered")
         return cls(
             max_ssim=float(msg.max_ssim),
@@ -203,7 +205,7 @@ class AttackScores:
             recovered_above_0_5=float(msg.recovered_above_0_5),
             recovered_above_0_8=float(msg.recovered_above_0_8),
             histogram=[(float(b.lower), float(b.upper), int(b.count)) for b in msg.best_ssim_histogram],
-            stage_seconds={str(k): float(v) for k, v in sorted(msg.stage_seconds.items())},
+            stage_seconds={str(k): float(v) for k, v in row.stage_seconds.items()},
             best_ssim=np.asarray(msg.best_ssim, dtype=np.float64),
             best_match=np.asarray(msg.best_match, dtype=np.int64),
             recovered=recovered,
@@ -235,73 +237,101 @@ class AttackScores:
         return out
 
 
+@dataclass(frozen=True)
+class AttackResult:
+    """One attack that ran, as the service names and describes it.
+
+    Attributes:
+        name: its registry name, e.g. "pool_aware".
+        title: its name for people, e.g. "pool-aware".
+        threat: what its attacker holds, in a sentence.
+        bound: it holds the keys: an upper bound (a leaked key store), not what the encodings give away.
+        scores: how it did.
+    """
+
+    name: str
+    title: str
+    threat: str
+    bound: bool
+    scores: AttackScores
+
+    @classmethod
+    def from_proto(cls, row: audit_pb2.AttackResult) -> AttackResult:
+        return cls(row.attack, row.title or row.attack, row.threat, bool(row.bound), AttackScores.from_proto(row))
+
+
 @dataclass(frozen=True, kw_only=True)
 class AuditReport:
     """The leakage report of a finished audit.
 
     Attributes:
-        ciphertext_only: the attack anyone who sees the encodings can run.
-        key_aware: the bound for an attacker holding the keys (and the pool, when pool_aware ran), or None
-            when not run.
-        pool_aware: the attack for an attacker who also holds the public pool, or None when not run.
-        photo_aware: the attack for an attacker who holds the photos the pool was cut from, or None when
-            not run.
+        results: every attack that ran, by name, in the order it ran.
         device: where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu".
+        seconds: the whole audit, queue excluded.
+        kind: the audit's kind ("reconstruction").
         grid_png: PNG of private images over their best recoveries by the strongest attack without keys
-            (pool-aware when run, else photo-aware when run, else ciphertext-only; b"" in a summary).
+            (``grid_attack``; b"" in a summary).
+        grid_attack: the attack the grid shows.
         images: private images audited.
         encodings: encodings attacked.
-        seconds: the whole audit, queue excluded.
         pool_images, pool_fingerprint: the public pool the audited encodings mixed in, the one the server
-            encodes this image shape with (its fingerprint is ``Keys.pool_fingerprint``); 0 and "" for
+            encodes this image shape with (its fingerprint is ``KeyRecord.pool_fingerprint``); 0 and "" for
             precomputed encodings, whose pool the server does not know.
         audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
+
+    ``report.<attack name>`` is that attack's scores (``report.ciphertext_only.max_ssim``).
     """
 
-    # In the proto's order; keyword-only, so fields added later with defaults need not come last.
-    ciphertext_only: AttackScores
-    key_aware: AttackScores | None
-    pool_aware: AttackScores | None
-    photo_aware: AttackScores | None = None
+    results: dict[str, AttackResult]
     device: str
-    grid_png: bytes
-    images: int
-    encodings: int
     seconds: float
+    kind: str = "reconstruction"
+    grid_png: bytes = b""
+    grid_attack: str = ""
+    images: int = 0
+    encodings: int = 0
     pool_images: int = 0
     pool_fingerprint: str = ""
     audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AuditReport, *, audit: dict[str, Any] | None = None) -> AuditReport:
+        kind = msg.WhichOneof("kind") or "reconstruction"
+        reconstruction = msg.reconstruction
         return cls(
-            ciphertext_only=AttackScores.from_proto(msg.ciphertext_only),
-            key_aware=AttackScores.from_proto(msg.key_aware) if msg.HasField("key_aware") else None,
-            pool_aware=AttackScores.from_proto(msg.pool_aware) if msg.HasField("pool_aware") else None,
-            photo_aware=AttackScores.from_proto(msg.photo_aware) if msg.HasField("photo_aware") else None,
+            results={row.attack: AttackResult.from_proto(row) for row in msg.attacks},
             device=msg.device,
-            grid_png=bytes(msg.grid_png),
-            images=int(msg.images),
-            encodings=int(msg.encodings),
             seconds=float(msg.seconds),
+            kind=kind,
+            grid_png=bytes(reconstruction.grid_png),
+            grid_attack=reconstruction.grid_attack,
+            images=int(reconstruction.images),
+            encodings=int(reconstruction.encodings),
+            pool_images=int(reconstruction.pool_images),
+            pool_fingerprint=reconstruction.pool_fingerprint,
             audit=dict(audit or {}),
-            pool_images=int(msg.pool_images),
-            pool_fingerprint=msg.pool_fingerprint,
         )
 
+    def __getattr__(self, name: str) -> AttackScores:
+        results = self.__dict__.get("results", {})
+        if name in results:
+            return results[name].scores
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (attacks in this report: "
+                             f"{', '.join(results) or 'none'})")
+
     def attacks(self) -> dict[str, AttackScores]:
-        """The attacks that ran, by name, in ``ATTACKS``' order: "ciphertext_only", then "photo_aware",
-        "pool_aware" and "key_aware" when present."""
-        attacks = {name: getattr(self, name) for name in ATTACKS}
-        return {name: scores for name, scores in attacks.items() if scores is not None}
+        """The scores of the attacks that ran, by name, in the order they ran."""
+        return {name: result.scores for name, result in self.results.items()}
 
     def strongest_attack_without_keys(self) -> tuple[str, AttackScores]:
         """The attack without keys that recovered most (highest Max_SSIM), as ``(name, scores)``.
 
-        This is the report's headline: the leakage to an attacker who holds no key. The ciphertext-only
-        attack wins a tie, and a NaN Max_SSIM never wins.
+        This is the report's headline: the leakage to an attacker who holds no key. The earlier attack wins a
+        tie, and a NaN Max_SSIM never wins.
         """
-        keyless = [(name, scores) for name, scores in self.attacks().items() if name in KEYLESS_ATTACKS]
+        keyless = [(name, result.scores) for name, result in self.results.items() if not result.bound]
+        if not keyless:
+            raise ValueError("no attack without keys ran")
         return max(keyless, key=lambda item: item[1].max_ssim if math.isfinite(item[1].max_ssim) else -math.inf)
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,13 +339,13 @@ class AuditReport:
         out: dict[str, Any] = {}
         if self.audit:
             out["audit"] = self.audit
-        out.update({"device": self.device, "images": self.images, "encodings": self.encodings,
+        out.update({"kind": self.kind, "device": self.device, "images": self.images, "encodings": self.encodings,
                     "seconds": json_number(self.seconds), "pool_images": self.pool_images,
-                    "pool_fingerprint": self.pool_fingerprint})
-        for name, scores in self.attacks().items():
-            out[name] = scores.to_dict()
-        out["files"] = {"grid": GRID_PNG if self.grid_png else None,
-                        "recoveries": RECOVERIES_NPZ}
+                    "pool_fingerprint": self.pool_fingerprint, "grid_attack": self.grid_attack})
+        for name, result in self.results.items():
+            out[name] = {"title": result.title, "threat": result.threat, "bound": result.bound,
+                         **result.scores.to_dict()}
+        out["files"] = {"grid": GRID_PNG if self.grid_png else None, "recoveries": RECOVERIES_NPZ}
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -257,7 +257,7 @@ class InstaHideClient:
         if len(encoded) != len(bounds):  # cancelled by another thread
             raise InstaHideError(grpc.StatusCode.CANCELLED, "the encode stream ended early")
         key_record: KeyRecord | None = None
-        if config.return_keys:
+        if config.instahide.return_keys:
             if len(keys) != len(encoded):
                 raise InstaHideError(grpc.StatusCode.INTERNAL, "the service returned no keys")
             key_record = concatenate_keys(keys, [start for start, _ in bounds])
@@ -271,13 +271,13 @@ class InstaHideClient:
         labels: np.ndarray | None = None,
         *,
         mode: str = "cross",
-        k: int | None = 6,
+        k: int | None = None,
         encodings_per_image: int | None = None,
         num_classes: int | None = None,
         seed: int | None = None,
-        key_aware_bound: bool = True,
-        pool_aware_attack: bool = True,
-        photo_aware_attack: bool = False,
+        attacks: Sequence[str] = (),
+        extra_attacks: Sequence[str] = (),
+        skipped_attacks: Sequence[str] = (),
         dataset: str | None = None,
         encodings: np.ndarray | None = None,
         encoding_labels: np.ndarray | None = None,
@@ -286,7 +286,8 @@ class InstaHideClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Audit:
-        """Start a leakage audit: the service encodes, attacks and scores; returns the queued audit.
+        """Start a reconstruction audit of InstaHide: the service encodes, attacks and scores; returns the
+        queued audit.
 
         Give exactly one source:
 
@@ -305,12 +306,13 @@ class InstaHideClient:
                 50; for precomputed encodings, E / N).
             num_classes: label width (default: max label + 1, inferred by the service).
             seed: seed of the simulated deployment's keys (reproducible audit); None: fresh keys.
-            key_aware_bound: also run the key-aware bound (the attacker who holds the keys).
-            pool_aware_attack: also run the pool-aware attack (the ciphertext-only attacker who also
-                holds the service's public pool; not run for precomputed encodings).
-            photo_aware_attack: also run the photo-aware attack (the ciphertext-only attacker who
-                holds the photos the service's pool was cut from, but not the pool; RGB images only,
-                not for precomputed encodings, refused by a server whose pool was given as images).
+            attacks: the attacks to run, by the service's registry names (e.g. ``["ciphertext_only",
+                "pool_aware"]``, each with what it starts from); empty: the service's defaults (today the
+                ciphertext-only and pool-aware attacks and the key-aware bound; for precomputed encodings,
+                whose keys and pool the service does not know, the ciphertext-only attack).
+            extra_attacks: attacks to run beside the defaults, e.g. ``["photo_aware"]`` (the attacker
+                who holds the photos the service's pool was cut from, but not the pool).
+            skipped_attacks: defaults to leave out, e.g. ``["key_aware"]``.
             display_name: a name for people.
             chunk_images: most images a message; fewer when needed to stay below ``max_message_bytes``.
 
@@ -324,13 +326,13 @@ class InstaHideClient:
         Examples:
             >>> audit = client.start_audit(images, labels, k=6, encodings_per_image=50)  # doctest: +SKIP
             >>> audit = client.wait_audit(audit.name)                                   # doctest: +SKIP
-            >>> audit.report.ciphertext_only.max_ssim                                   # doctest: +SKIP
+            >>> audit.report.results["ciphertext_only"].scores.max_ssim                 # doctest: +SKIP
         """
         upload = check_audit_inputs(
             images, labels, dataset=dataset, encodings=encodings, encoding_labels=encoding_labels,
             mode=mode, k=k, encodings_per_image=encodings_per_image, num_classes=num_classes, seed=seed,
-            key_aware_bound=key_aware_bound, pool_aware_attack=pool_aware_attack,
-            photo_aware_attack=photo_aware_attack, display_name=display_name)
+            attacks=attacks, extra_attacks=extra_attacks, skipped_attacks=skipped_attacks,
+            display_name=display_name)
         requests = audit_requests(upload, chunk_images=chunk_images, max_message_bytes=self.max_message_bytes)
         return Audit.from_proto(self._unary(self._audits.StartAudit, requests, timeout, metadata).audit)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from instahide_client._convert import TensorFormatError
+from instahide_client.tensors import TensorFormatError
 
 from instahide_ops.errors import InvalidInputError
 

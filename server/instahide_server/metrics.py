@@ -7,7 +7,8 @@ never collide. Base units (seconds, bytes); labels only with a small, fixed set 
 request id, a peer or an audit id.
 
 Domain metrics (``instahide_*``):
-  images_encoded_total{mode}          images encoded (cross | inside)
+  images_encoded_total{family,mode}   images encoded, by transform family (instahide) and, for InstaHide, mode
+                                      (cross | inside)
   encode_bytes_received_total         serialized EncodeRequest bytes, refused requests included
   encode_bytes_sent_total             serialized EncodeResponse bytes
   encode_batch_seconds                check + encode + serialize of one encoded batch
@@ -18,8 +19,9 @@ Domain metrics (``instahide_*``):
   audit_queue_depth                   audits waiting for a worker
   audits_total{state}                 audits ended, by final state (succeeded | failed | cancelled)
   audit_seconds                       running time of each audit that ran
-  audit_max_ssim{attack}              the Max_SSIM of each succeeded audit, per attack it ran
-                                      (ciphertext_only | photo_aware | pool_aware | key_aware)
+  audit_max_ssim{attack,bound}        the Max_SSIM of each succeeded reconstruction audit, per attack it ran
+                                      (its registry name: ciphertext_only, pool_aware, ...); bound="true" for
+                                      the attackers that hold the keys, "false" for the others
   device_info{device}                 1, for the device the server encodes on
   gpu_memory_bytes{kind}              torch's allocated / reserved CUDA memory (absent on CPU)
   build_info{version}                 1, for the installed instahide-server version
@@ -58,7 +60,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.grpc = GrpcMetrics(registry)
-        self.images_encoded = Counter("instahide_images_encoded_total", "Images encoded.", ("mode",),
+        self.images_encoded = Counter("instahide_images_encoded_total", "Images encoded.", ("family", "mode"),
                                       registry=registry)
         self.encode_bytes_received = Counter("instahide_encode_bytes_received_total",
                                              "Serialized Encode request bytes received.", registry=registry)
@@ -81,7 +83,7 @@ class ServerMetrics:
         self.audit_seconds = Histogram("instahide_audit_seconds", "Running seconds of each audit that ran.",
                                        buckets=AUDIT_BUCKETS, registry=registry)
         self.audit_max_ssim = Histogram("instahide_audit_max_ssim",
-                                        "Max_SSIM of each succeeded audit, per attack it ran.", ("attack",),
+                                        "Max_SSIM of each succeeded audit, per attack it ran.", ("attack", "bound"),
                                         buckets=SSIM_BUCKETS, registry=registry)
         info = Gauge("instahide_device_info", "1, for the device the server encodes on.", ("device",),
                      registry=registry)

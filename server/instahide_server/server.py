@@ -43,22 +43,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
+from instahide_ops.audits.reconstruction import AttackSettings
 from instahide_ops.transforms.instahide.pool import load_photos, load_pool
-from instahide_server import audit_servicer, transform_servicer
-from instahide_server.config import DEFAULT_METRICS_PORT, ConfigError, ServerConfig
-from instahide_server.encoder import BatchEncoder
+from instahide_server.audit import servicer as audit_servicer
+from instahide_server.audit.jobs import AuditJobs, default_workers
+from instahide_server.audit.reconstruction import ReconstructionKind
+from instahide_server.audit.store import open_audit_store
+from instahide_server.config import ConfigError, ServerConfig
 from instahide_server.errors import ServiceError
 from instahide_server.interceptors.auth import BearerTokenInterceptor
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.interceptors.malformed import MalformedMessageInterceptor
 from instahide_server.interceptors.metrics import MetricsInterceptor
-from instahide_server.jobs import AuditJobs, default_workers
 from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
-from instahide_server.pools import PoolRegistry
-from instahide_server.store import open_audit_store
 from instahide_server.tls import load_tls, log_transport
-from instahide_server.validation import Limits
+from instahide_server.transform import servicer as transform_servicer
+from instahide_server.transform.encoder import BatchEncoder
+from instahide_server.transform.instahide import InstaHideFamily
+from instahide_server.transform.pools import PoolRegistry
+from instahide_server.transform.validation import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +105,11 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     """Create (not start) the server: services, interceptors, limits and the bound port.
 
     Call from a running event loop. ``executor`` runs the encoding; by default one of
-    ``config.workers`` threads is made (and lives as long as the process). The audit store is
+    ``config.transforms.workers`` threads is made (and lives as long as the process). The audit store is
     opened (and what a previous process left live is marked interrupted) here.
 
     Returns:
-        The server, the port it is bound to (the real one when ``config.port`` is 0), its health
+        The server, the port it is bound to (the real one when ``config.transport.port`` is 0), its health
         servicer, whose statuses are NOT_SERVING until ``serve`` sets them, and the audit runner
         (``await jobs.shutdown(...)`` it when stopping), and the metrics every piece updates.
 
@@ -115,72 +118,73 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
             only (``jobs.available`` is False; the audit service's health stays NOT_SERVING).
     """
     device = resolve_device(config.device)
-    tls = load_tls(config)  # before anything is opened: a bad file leaves nothing to clean up
+    transport, transforms, audits = config.transport, config.transforms, config.audits
+    tls = load_tls(transport)  # before anything is opened: a bad file leaves nothing to clean up
     metrics = ServerMetrics(device=device)
-    source = _load_or_refuse(load_pool, config.pool, "--pool")
-    photos = _load_or_refuse(load_photos, config.pool_photos, "--pool-photos")
-    pools = PoolRegistry(device=device, source=source, photos=photos, size=config.pool_size,
-                         cache_dir=config.cache_dir, max_shapes=config.max_pool_shapes)
-    limits = Limits(max_images_per_request=config.max_images_per_request,
-                    max_message_bytes=config.max_message_bytes)
-    encoder = BatchEncoder(device=device, pools=pools, limits=limits, metrics=metrics)
-    store = open_audit_store(config.resolved_state_dir, max_bytes=config.audit_db_max_bytes)  # never raises
-    jobs = AuditJobs(store, pools, device=device, workers=config.audit_workers or default_workers(device),
-                     queue_size=config.audit_queue_size, timeout_seconds=config.audit_timeout_seconds,
-                     retention_days=config.audit_retention_days, pool_memory_bytes=config.audit_pool_memory_bytes,
-                     refinement=RefinementConfig(sets=config.audit_refine_sets, steps=config.audit_refine_steps)
-                     if config.audit_refine_sets else None, metrics=metrics)
+    source = _load_or_refuse(load_pool, transforms.pool, "--pool")
+    photos = _load_or_refuse(load_photos, transforms.pool_photos, "--pool-photos")
+    pools = PoolRegistry(device=device, source=source, photos=photos, size=transforms.pool_size,
+                         cache_dir=transforms.cache_dir, max_shapes=transforms.max_pool_shapes)
+    limits = Limits(max_images_per_request=transforms.max_images_per_request,
+                    max_message_bytes=transport.max_message_bytes)
+    # The transform families and audit kinds this server runs; each is a registry entry in instahide_ops.
+    families = [InstaHideFamily(pools)]
+    kinds = [ReconstructionKind(pools, device=device, settings=AttackSettings(
+        working_bytes=audits.pool_memory_bytes, refine_sets=audits.refine_sets, refine_steps=audits.refine_steps))]
+    encoder = BatchEncoder(device=device, families=families, limits=limits, metrics=metrics)
+    store = open_audit_store(config.state_dir, max_bytes=audits.db_max_bytes)  # never raises
+    jobs = AuditJobs(store, workers=audits.workers or default_workers(device), queue_size=audits.queue_size,
+                     timeout_seconds=audits.timeout_seconds, retention_days=audits.retention_days, metrics=metrics)
     jobs.recover()
     if executor is None:
-        executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
-    for shape in config.warm_shapes:  # so the first request of a common shape does not wait for its pool
+        executor = ThreadPoolExecutor(max_workers=transforms.workers, thread_name_prefix="instahide-encode")
+    for shape in transforms.warm_shapes:  # so the first request of a common shape does not wait for its pool
         executor.submit(_warm_pool, pools, shape)
 
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics.grpc)]
-    if config.token is not None:
-        interceptors.append(BearerTokenInterceptor(config.token))
+    if transport.token is not None:
+        interceptors.append(BearerTokenInterceptor(transport.token))
     interceptors += [ErrorInterceptor(), MalformedMessageInterceptor()]
     options: list[tuple[str, int]] = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", transport.max_message_bytes),
+        ("grpc.max_send_message_length", transport.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
-        *_window_options(config.stream_window_bytes),
+        *_window_options(transport.stream_window_bytes),
     ]
-    if config.max_concurrent_streams is not None:  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, per connection
-        options.append(("grpc.max_concurrent_streams", config.max_concurrent_streams))
+    if transport.max_concurrent_streams is not None:  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, per connection
+        options.append(("grpc.max_concurrent_streams", transport.max_concurrent_streams))
     server = grpc.aio.server(interceptors=interceptors, options=options,
-                             maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+                             maximum_concurrent_rpcs=transport.max_concurrent_rpcs)
 
     transform_servicer.add_to_server(transform_servicer.TransformServicer(
-        encoder, executor, max_in_flight=config.max_in_flight_per_stream, metrics=metrics), server)
+        encoder, executor, max_in_flight=transforms.max_in_flight_per_stream, metrics=metrics), server)
     audit_servicer.add_to_server(audit_servicer.AuditServicer(
-        jobs, pools, data_root=config.data_root, max_images=config.audit_max_images), server)
+        jobs, kinds, data_root=audits.data_root, max_images=audits.max_images), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME,
                                          HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    host = f"[{config.host}]" if ":" in config.host else config.host
+    host = f"[{transport.host}]" if ":" in transport.host else transport.host
     try:
         if tls is None:
-            port = server.add_insecure_port(f"{host}:{config.port}")
+            port = server.add_insecure_port(f"{host}:{transport.port}")
         else:
-            port = server.add_secure_port(f"{host}:{config.port}", tls.server_credentials())
+            port = server.add_secure_port(f"{host}:{transport.port}", tls.server_credentials())
     except RuntimeError as exc:  # grpc's "Failed to bind"
-        raise ConfigError(f"cannot listen on {host}:{config.port}: {exc}") from None
-    log_transport(config, tls)
+        raise ConfigError(f"cannot listen on {host}:{transport.port}: {exc}") from None
+    log_transport(transport, tls)
     jobs.start()
     logger.info("audits: database %s, %d workers, queue %d, data root %s, pool memory %d MiB, self-refinement %s",
-                store.path or "none (disabled)", jobs.workers, config.audit_queue_size, config.data_root or "none",
-                config.audit_pool_memory_mib,
-                f"{config.audit_refine_sets} sets × {config.audit_refine_steps} steps" if config.audit_refine_sets
-                else "off")
+                store.path or "none (disabled)", jobs.workers, audits.queue_size, audits.data_root or "none",
+                audits.pool_memory_mib,
+                f"{audits.refine_sets} sets × {audits.refine_steps} steps" if audits.refine_sets else "off")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
-                _pool_origin(config), "on" if config.token else "off", config.max_message_bytes,
-                config.workers)
+                _pool_origin(config), "on" if transport.token else "off", transport.max_message_bytes,
+                transforms.workers)
     logger.info("limits: %s concurrent calls, %s streams per connection, %d in flight per stream",
-                config.max_concurrent_rpcs or "unlimited", config.max_concurrent_streams or "unlimited",
-                config.max_in_flight_per_stream)
+                transport.max_concurrent_rpcs or "unlimited", transport.max_concurrent_streams or "unlimited",
+                transforms.max_in_flight_per_stream)
     return server, port, health, jobs, metrics
 
 
@@ -189,7 +193,7 @@ async def serve(config: ServerConfig) -> None:
 
     In-flight calls get ``config.grace_seconds`` to finish; new calls are refused meanwhile.
     """
-    executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="instahide-encode")
+    executor = ThreadPoolExecutor(max_workers=config.transforms.workers, thread_name_prefix="instahide-encode")
     try:
         server, port, health, jobs, metrics = build_server(config, executor=executor)
         health_only = build_health_server(config, health)
@@ -207,13 +211,13 @@ async def serve(config: ServerConfig) -> None:
             serving = jobs.available or service != audit_servicer.SERVICE_NAME  # no database, no audits
             await health.set(service, health_pb2.HealthCheckResponse.SERVING if serving
                              else health_pb2.HealthCheckResponse.NOT_SERVING)
-        if endpoint is not None and config.metrics_port_file is not None:
-            write_port_file(config.metrics_port_file, endpoint.port)
-        if health_only is not None and config.health_port_file is not None:
-            write_port_file(config.health_port_file, health_only[1])
-        if config.port_file is not None:
-            write_port_file(config.port_file, port)
-        logger.info("serving on %s:%d", config.host, port)
+        if endpoint is not None and config.metrics.port_file is not None:
+            write_port_file(config.metrics.port_file, endpoint.port)
+        if health_only is not None and config.transport.health_port_file is not None:
+            write_port_file(config.transport.health_port_file, health_only[1])
+        if config.transport.port_file is not None:
+            write_port_file(config.transport.port_file, port)
+        logger.info("serving on %s:%d", config.transport.host, port)
         try:
             await stop.wait()
             logger.info("shutting down: NOT_SERVING, draining for up to %gs", config.grace_seconds)
@@ -228,8 +232,8 @@ async def serve(config: ServerConfig) -> None:
                 await health_only[0].stop(0)
             if endpoint is not None:
                 endpoint.close()
-            for path in (config.port_file, config.metrics_port_file if endpoint is not None else None,
-                         config.health_port_file if health_only is not None else None):
+            for path in (config.transport.port_file, config.metrics.port_file if endpoint is not None else None,
+                         config.transport.health_port_file if health_only is not None else None):
                 if path is not None:
                     with contextlib.suppress(OSError):
                         path.unlink()
@@ -250,17 +254,17 @@ def build_health_server(config: ServerConfig, health: health_aio.HealthServicer,
     Raises:
         ConfigError: the port cannot be bound.
     """
-    if config.health_port is None:
+    if config.transport.health_port is None:
         return None
     server = grpc.aio.server(interceptors=[ErrorInterceptor(), MalformedMessageInterceptor()],
                              options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    host = f"[{config.host}]" if ":" in config.host else config.host
+    host = f"[{config.transport.host}]" if ":" in config.transport.host else config.transport.host
     try:
-        port = server.add_insecure_port(f"{host}:{config.health_port}")
+        port = server.add_insecure_port(f"{host}:{config.transport.health_port}")
     except RuntimeError as exc:
-        raise ConfigError(f"--health-port: cannot listen on {host}:{config.health_port}: {exc}") from None
-    logger.info("health only, plaintext, on %s:%d", config.host, port)
+        raise ConfigError(f"--health-port: cannot listen on {host}:{config.transport.health_port}: {exc}") from None
+    logger.info("health only, plaintext, on %s:%d", config.transport.host, port)
     return server, port
 
 
@@ -275,15 +279,15 @@ def open_metrics_endpoint(config: ServerConfig, metrics: ServerMetrics) -> Metri
     Raises:
         ConfigError: an explicitly given metrics port that cannot be bound.
     """
-    port = DEFAULT_METRICS_PORT if config.metrics_port is None else config.metrics_port
-    if port == 0 and config.metrics_port_file is None:
+    port = config.metrics_port
+    if port == 0 and config.metrics.port_file is None:
         logger.info("metrics endpoint off (--metrics-port 0)")
         return None
-    host = config.resolved_metrics_host
+    host = config.metrics_host
     try:
         endpoint = start_endpoint(metrics, host, port)
     except OSError as exc:
-        if config.metrics_port is None:
+        if config.metrics.port is None:
             logger.warning("metrics endpoint off: cannot listen on %s:%d (%s); give --metrics-port to choose "
                            "another port, or 0 to turn it off", host, port, exc)
             return None
@@ -326,10 +330,10 @@ def _load_or_refuse(load: Callable[[pathlib.Path], Any], path: pathlib.Path | No
 
 
 def _pool_origin(config: ServerConfig) -> str:
-    size = "" if config.pool_size is None else f", {config.pool_size} images"
-    if config.pool_photos is not None:
-        return f"cut from the photos in {config.pool_photos} at a secret seed{size}"
-    return str(config.pool or f"bundled default{size}")
+    size = "" if config.transforms.pool_size is None else f", {config.transforms.pool_size} images"
+    if config.transforms.pool_photos is not None:
+        return f"cut from the photos in {config.transforms.pool_photos} at a secret seed{size}"
+    return str(config.transforms.pool or f"bundled default{size}")
 
 
 def _warm_pool(pools: PoolRegistry, shape: tuple[int, int, int]) -> None:

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from instahide_server.config import ConfigError, ServerConfig
+from instahide_server.config import ConfigError, TransportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ class TlsMaterial:
                                            require_client_auth=self.client_ca is not None)
 
 
-def load_tls(config: ServerConfig) -> TlsMaterial | None:
-    """Read and check the TLS files named in ``config``; None when TLS is off.
+def load_tls(config: TransportConfig) -> TlsMaterial | None:
+    """Read and check the TLS files named in the transport settings; None when TLS is off.
 
     Raises:
         ConfigError: a file that cannot be read, is not PEM of the right kind, a key that does not
@@ -92,7 +92,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def log_transport(config: ServerConfig, tls: TlsMaterial | None) -> None:
+def log_transport(config: TransportConfig, tls: TlsMaterial | None) -> None:
     """Say how the port is secured; warn when bearer tokens and images would cross a network in clear."""
     logger.info("transport %s", "plaintext" if tls is None else tls.mode)
     if tls is None and not is_loopback(config.host):

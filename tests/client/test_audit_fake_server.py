@@ -9,24 +9,26 @@ import grpc
 import numpy as np
 import pytest
 from instahide_client import InstaHideClient, InstaHideError
-from instahide_client._convert import to_numpy, to_tensor
 from instahide_client.cli import main
-from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc
+from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, reconstruction_pb2
+from instahide_client.tensors import to_numpy, to_tensor
 
 STAGES = ("encoding", "similarity", "clustering", "assignment", "recovery", "orientation", "key_aware", "scoring")
 
 
 def _report() -> audit_pb2.AuditReport:
     rng = np.random.default_rng(0)
-    scores = audit_pb2.AttackScores(max_ssim=0.45, mean_ssim=0.21, min_l2=0.04, mean_l2=0.08,
-                                    recovered_above_0_5=0.3, recovered_above_0_8=0.1,
-                                    best_ssim=[0.6, 0.2, 0.9], best_match=[1, 0, 1])
-    scores.stage_seconds.update({"recovery": 1.5})
+    scores = reconstruction_pb2.ReconstructionScores(max_ssim=0.45, mean_ssim=0.21, min_l2=0.04, mean_l2=0.08,
+                                                     recovered_above_0_5=0.3, recovered_above_0_8=0.1,
+                                                     best_ssim=[0.6, 0.2, 0.9], best_match=[1, 0, 1])
     scores.recovered.CopyFrom(to_tensor(rng.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)))
-    report = audit_pb2.AuditReport(ciphertext_only=scores, device="cpu", grid_png=b"\x89PNG", images=3,
-                                   encodings=9, seconds=2.0)
-    report.key_aware.CopyFrom(scores)
-    return report
+    rows = [audit_pb2.AttackResult(attack=name, title=title, bound=bound, stage_seconds={"recovery": 1.5},
+                                   reconstruction=scores)
+            for name, title, bound in (("ciphertext_only", "ciphertext-only", False),
+                                       ("key_aware", "key-aware bound", True))]
+    reconstruction = reconstruction_pb2.ReconstructionReport(grid_png=b"\x89PNG", grid_attack="ciphertext_only",
+                                                             images=3, encodings=9)
+    return audit_pb2.AuditReport(device="cpu", seconds=2.0, attacks=rows, reconstruction=reconstruction)
 
 
 class FakeAudits(audit_pb2_grpc.AuditServiceServicer):
@@ -74,9 +76,9 @@ class FakeAudits(audit_pb2_grpc.AuditServiceServicer):
         audit = audit_pb2.Audit()
         audit.CopyFrom(self._find(request.name, context))
         if request.summary_only and audit.HasField("report"):
-            audit.report.ClearField("grid_png")
-            audit.report.ciphertext_only.ClearField("recovered")
-            audit.report.key_aware.ClearField("recovered")
+            audit.report.reconstruction.ClearField("grid_png")
+            for row in audit.report.attacks:
+                row.reconstruction.ClearField("recovered")
         return audit_pb2.GetAuditResponse(audit=audit)
 
     def ListAudits(self, request, context):
@@ -128,15 +130,16 @@ class TestClient:
         assert audit.state == "queued" and audit.name == "audits/a0" and audit.create_time is not None
         assert audit.spec.k == 4 and audit.spec.seed == 1 and audit.spec.display_name == "ci"
         requests = fake.uploads["audits/a0"]
-        assert requests[0].HasField("spec") and [len(r.labels) for r in requests[1:]] == [10, 10, 5]
-        np.testing.assert_array_equal(np.concatenate([to_numpy(r.images) for r in requests[1:]]), images)
+        chunks = [r.reconstruction for r in requests[1:]]
+        assert requests[0].HasField("spec") and [len(c.labels) for c in chunks] == [10, 10, 5]
+        np.testing.assert_array_equal(np.concatenate([to_numpy(c.images) for c in chunks]), images)
         assert fake.metadata[0]["authorization"] == "Bearer tok" and fake.metadata[0]["x-run"] == "7"
 
     def test_dataset_sends_the_spec_only(self, fake):
         with InstaHideClient(fake.target) as client:
-            client.start_audit(dataset="eval.npz", key_aware_bound=False)
+            client.start_audit(dataset="eval.npz", skipped_attacks=["key_aware"])
         (request,) = fake.uploads["audits/a0"]
-        assert request.spec.dataset == "eval.npz" and not request.spec.key_aware_bound
+        assert request.spec.dataset == "eval.npz" and list(request.spec.skipped_attacks) == ["key_aware"]
 
     def test_watch_get_wait(self, fake, privates):
         images, labels, _ = privates
@@ -229,7 +232,26 @@ class TestCli:
         assert sorted(p.name for p in report_dir.iterdir()) == ["grid.png", "recoveries.npz", "report.json"]
         assert json.loads((report_dir / "report.json").read_text())["audit"]["spec"]["seed"] == 1
         spec = fake.uploads["audits/a0"][0].spec
-        assert (spec.k, spec.encodings_per_image, spec.seed) == (4, 3, 1)
+        config = spec.reconstruction.instahide
+        assert (config.k, spec.reconstruction.encodings_per_image, config.seed) == (4, 3, 1)
+        assert (list(spec.attacks), list(spec.extra_attacks), list(spec.skipped_attacks)) == ([], [], [])
+
+    @pytest.mark.parametrize(("flags", "attacks", "extra", "skipped"), [
+        (["--attack", "pool_aware", "--attack", "ciphertext_only"], ["pool_aware", "ciphertext_only"], [], []),
+        (["--add-attack", "photo_aware", "--skip-attack", "key_aware"], [], ["photo_aware"], ["key_aware"]),
+        # the flags from before attacks had names
+        (["--photo-aware", "--no-key-aware", "--no-pool-aware"], [], ["photo_aware"], ["key_aware", "pool_aware"]),
+    ])
+    def test_attacks_by_name(self, fake, privates, flags, attacks, extra, skipped):
+        assert main(["audit", "start", "--target", fake.target, "--images", str(privates[2]), "--detach",
+                     *flags]) == 0
+        spec = fake.uploads["audits/a0"][0].spec
+        assert (list(spec.attacks), list(spec.extra_attacks), list(spec.skipped_attacks)) == (attacks, extra, skipped)
+
+    def test_attacks_named_and_changed_at_once_is_refused(self, fake, privates, capsys):
+        assert main(["audit", "start", "--target", fake.target, "--images", str(privates[2]),
+                     "--attack", "ciphertext_only", "--no-key-aware"]) == 1
+        assert "error: --attack names every attack to run" in capsys.readouterr().err and not fake.uploads
 
     def test_failed_audit_exits_1(self, fake, privates, capsys):
         fake.outcome = audit_pb2.AUDIT_STATE_FAILED

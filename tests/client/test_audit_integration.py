@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from instahide_client import InstaHideClient, InstaHideError
-from instahide_client._audit_cli import format_summary
 from instahide_client.cli import main
+from instahide_client.cli.audit import format_summary
 
 from instahide_ops.audits.reconstruction.scores import ssim
 from instahide_ops.images import unit_range_array
@@ -87,6 +87,8 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
         assert scores.recovered.ndim == 4 and scores.recovered.shape[1:] == (32, 32, 3)
         assert scores.stage_seconds
     assert summary.report.ciphertext_only.recovered is None and summary.report.grid_png == b""
+    assert [result.bound for result in report.results.values()] == [False, False, True]
+    assert report.results["key_aware"].title == "key-aware bound" and report.grid_attack in report.results
     assert summary.report.ciphertext_only.max_ssim == report.ciphertext_only.max_ssim
 
     paths = report.write(tmp_path / "report")
@@ -122,7 +124,8 @@ def test_cli_start_list_get_delete(audit_server, privates, tmp_path, capsys):
     assert "Max_SSIM" in out and "device: cpu" in out and "pool: 64 images (" in out
     assert sorted(p.name for p in report_dir.iterdir()) == ["grid.png", "recoveries.npz", "report.json"]
     data = json.loads((report_dir / "report.json").read_text())
-    assert "key_aware" not in data and "pool_aware" not in data and not data["audit"]["spec"]["pool_aware_attack"]
+    assert "key_aware" not in data and "pool_aware" not in data
+    assert data["audit"]["spec"]["attacks"] == ["ciphertext_only"]
 
     assert main(["audit", "list", *target]) == 0
     rows = capsys.readouterr().out.splitlines()
@@ -224,7 +227,7 @@ def test_cli_runs_the_photo_aware_attack_on_a_pool_cut_from_photos(photo_server,
     assert "succeeded" in err
     assert "ciphertext-only" in out and "photo-aware" in out and "pool-aware " not in out
     data = json.loads((report_dir / "report.json").read_text())
-    assert data["audit"]["spec"]["photo_aware_attack"] and "pool_aware" not in data
+    assert data["audit"]["spec"]["attacks"] == ["ciphertext_only", "photo_aware"] and "pool_aware" not in data
     assert data["pool_images"] == PHOTO_POOL_SIZE
     photo_aware = data["photo_aware"]
     # It found public images among the photos' windows and ran the pool-aware attack with them ...
@@ -247,9 +250,9 @@ def test_cli_runs_the_photo_aware_attack_on_a_pool_cut_from_photos(photo_server,
 def test_photo_aware_refusals(photo_server, audit_server, privates):
     images, labels, _ = privates
     with InstaHideClient(photo_server.target) as client, pytest.raises(InstaHideError) as info:
-        client.start_audit(images[..., :1], labels, photo_aware_attack=True)
+        client.start_audit(images[..., :1], labels, extra_attacks=["photo_aware"])
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details.startswith("spec.photo_aware_attack: needs RGB images")
+    assert info.value.details.startswith("spec.attacks: photo_aware needs RGB images")
     with InstaHideClient(audit_server.target) as client, pytest.raises(InstaHideError) as info:
-        client.start_audit(images, labels, photo_aware_attack=True)  # its pool was given as images (--pool)
+        client.start_audit(images, labels, extra_attacks=["photo_aware"])  # its pool was given as images (--pool)
     assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION and "--pool-photos" in info.value.details

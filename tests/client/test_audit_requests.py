@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from instahide_client._audit_requests import audit_requests, audit_spec, check_audit_inputs, chunk_rows
-from instahide_client._convert import to_numpy
 from instahide_client.audits import audit_name, state_name, state_value
-from instahide_client.instahide.v1 import audit_pb2, transform_pb2
+from instahide_client.instahide.v1 import audit_pb2, instahide_pb2
+from instahide_client.tensors import to_numpy
 
 
 def _privates(n=10, hw=8, dtype=np.uint8):
@@ -22,29 +22,29 @@ def _privates(n=10, hw=8, dtype=np.uint8):
 class TestAuditSpec:
     def test_defaults(self):
         spec = audit_spec()
-        assert spec.mode == transform_pb2.ENCODE_MODE_CROSS
-        assert (spec.k, spec.encodings_per_image, spec.num_classes) == (6, 0, 0)  # 0: the service's default
-        assert not spec.HasField("seed")
-        assert spec.HasField("key_aware_bound") and spec.key_aware_bound
-        assert spec.HasField("pool_aware_attack") and spec.pool_aware_attack
-        assert spec.HasField("photo_aware_attack") and not spec.photo_aware_attack  # slow: asked for by name
-        assert spec.dataset == "" and not spec.precomputed_encodings
+        assert spec.WhichOneof("kind") == "reconstruction"
+        rec, config = spec.reconstruction, spec.reconstruction.instahide
+        assert config.mode == instahide_pb2.MIXING_MODE_CROSS
+        assert (config.k, rec.encodings_per_image, config.num_classes) == (0, 0, 0)  # 0: the service's default
+        assert not config.HasField("seed") and not config.return_keys
+        assert (list(spec.attacks), list(spec.extra_attacks), list(spec.skipped_attacks)) == ([], [], [])  # defaults
+        assert spec.dataset == "" and not rec.precomputed_encodings
 
     def test_options(self):
         spec = audit_spec(mode="inside", k=4, encodings_per_image=3, num_classes=10, seed=2**64 - 1,
-                          key_aware_bound=False, pool_aware_attack=False, photo_aware_attack=True,
+                          extra_attacks=["photo_aware"], skipped_attacks=["key_aware", "pool_aware"],
                           dataset="cifar/test.npz", display_name="nightly")
-        assert spec.mode == transform_pb2.ENCODE_MODE_INSIDE
-        assert (spec.k, spec.encodings_per_image, spec.num_classes) == (4, 3, 10)
-        assert spec.seed == 2**64 - 1
-        assert spec.HasField("key_aware_bound") and not spec.key_aware_bound
-        assert spec.HasField("pool_aware_attack") and not spec.pool_aware_attack
-        assert spec.photo_aware_attack
+        rec, config = spec.reconstruction, spec.reconstruction.instahide
+        assert config.mode == instahide_pb2.MIXING_MODE_INSIDE
+        assert (config.k, rec.encodings_per_image, config.num_classes) == (4, 3, 10)
+        assert config.seed == 2**64 - 1
+        assert list(spec.extra_attacks) == ["photo_aware"] and list(spec.skipped_attacks) == ["key_aware", "pool_aware"]
         assert (spec.dataset, spec.display_name) == ("cifar/test.npz", "nightly")
+        assert list(audit_spec(attacks=("pool_aware",)).attacks) == ["pool_aware"]
 
     def test_none_means_service_default(self):
         spec = audit_spec(k=None, encodings_per_image=None)
-        assert (spec.k, spec.encodings_per_image) == (0, 0)
+        assert (spec.reconstruction.instahide.k, spec.reconstruction.encodings_per_image) == (0, 0)
 
     @pytest.mark.parametrize(("options", "error", "match"), [
         ({"mode": "mixed"}, ValueError, "unknown mode 'mixed'"),
@@ -58,6 +58,8 @@ class TestAuditSpec:
         ({"k": 6.0}, TypeError, "k must be an int"),
         ({"k": True}, TypeError, "k must be an int"),
         ({"dataset": 3}, TypeError, "dataset must be a str"),
+        ({"attacks": "pool_aware"}, TypeError, "attacks must be a sequence of attack names"),
+        ({"skipped_attacks": ["key aware"]}, ValueError, "skipped_attacks: 'key aware' is not an attack name"),
     ])
     def test_bad_options(self, options, error, match):
         with pytest.raises(error, match=match):
@@ -69,7 +71,7 @@ class TestInputChecks:
         images, labels = _privates()
         upload = check_audit_inputs(images, labels, k=6, seed=1)
         assert upload.images is images and upload.labels.dtype == np.int64
-        assert upload.encodings is None and not upload.spec.precomputed_encodings
+        assert upload.encodings is None and not upload.spec.reconstruction.precomputed_encodings
 
     def test_dataset_sends_nothing(self):
         upload = check_audit_inputs(dataset="private/eval.npz")
@@ -80,7 +82,7 @@ class TestInputChecks:
         images, _ = _privates(4)
         enc = np.zeros((12, 8, 8, 3), np.float32)
         upload = check_audit_inputs(images, encodings=enc, encoding_labels=np.zeros((12, 3)))
-        assert upload.spec.precomputed_encodings
+        assert upload.spec.reconstruction.precomputed_encodings
         assert upload.encoding_labels.dtype == np.float32 and upload.labels is None
 
     @pytest.mark.parametrize(("kwargs", "match"), [
@@ -137,13 +139,13 @@ class TestChunks:
         images, labels = _privates(25, dtype=dtype)
         upload = check_audit_inputs(images, labels, seed=3)
         requests = list(audit_requests(upload, chunk_images=10))
-        assert requests[0].HasField("spec") and requests[0].spec.seed == 3
-        assert not requests[0].HasField("images")
-        chunks = requests[1:]
-        assert [len(r.labels) for r in chunks] == [10, 10, 5]
-        assert all(not r.HasField("spec") for r in chunks)
-        np.testing.assert_array_equal(np.concatenate([to_numpy(r.images) for r in chunks]), images)
-        np.testing.assert_array_equal(np.concatenate([list(r.labels) for r in chunks]), labels)
+        assert requests[0].HasField("spec") and requests[0].spec.reconstruction.instahide.seed == 3
+        assert requests[0].WhichOneof("chunk") is None
+        chunks = [r.reconstruction for r in requests[1:]]
+        assert [len(c.labels) for c in chunks] == [10, 10, 5]
+        assert all(not r.HasField("spec") and r.WhichOneof("chunk") == "reconstruction" for r in requests[1:])
+        np.testing.assert_array_equal(np.concatenate([to_numpy(c.images) for c in chunks]), images)
+        np.testing.assert_array_equal(np.concatenate([list(c.labels) for c in chunks]), labels)
 
     def test_chunks_stay_below_the_message_limit(self):
         images, labels = _privates(200, hw=32)
@@ -152,7 +154,7 @@ class TestChunks:
                                        max_message_bytes=limit))
         assert len(requests) > 2
         assert all(r.ByteSize() < limit for r in requests)
-        assert sum(len(r.labels) for r in requests) == 200
+        assert sum(len(r.reconstruction.labels) for r in requests) == 200
 
     def test_image_too_big_for_a_message_fails_before_sending(self):
         images, labels = _privates(4, hw=32)
@@ -165,15 +167,16 @@ class TestChunks:
         mixed = np.random.default_rng(2).uniform(size=(18, 3)).astype(np.float32)
         upload = check_audit_inputs(images, encodings=enc, encoding_labels=mixed)
         requests = list(audit_requests(upload, chunk_images=5))
-        assert requests[0].spec.precomputed_encodings
-        image_chunks = [r for r in requests[1:] if r.HasField("images")]
-        enc_chunks = [r for r in requests[1:] if r.HasField("encodings")]
+        assert requests[0].spec.reconstruction.precomputed_encodings
+        image_chunks = [r.reconstruction for r in requests[1:] if r.reconstruction.HasField("images")]
+        enc_chunks = [r.reconstruction for r in requests[1:] if r.reconstruction.HasField("encodings")]
         assert len(image_chunks) == 2 and len(enc_chunks) == 4
-        assert requests.index(enc_chunks[0]) > requests.index(image_chunks[-1])  # originals first
+        chunks = [r.reconstruction for r in requests[1:]]
+        assert chunks.index(enc_chunks[0]) > chunks.index(image_chunks[-1])  # originals first
         np.testing.assert_array_equal(np.concatenate([to_numpy(r.encodings) for r in enc_chunks]), enc)
         np.testing.assert_array_equal(np.concatenate([to_numpy(r.encoding_labels) for r in enc_chunks]), mixed)
-        assert not any(r.labels for r in requests)  # the service refuses labels with precomputed encodings
-        assert requests[0].spec.encodings_per_image == 0  # T = E / N, inferred by the service
+        assert not any(c.labels for c in chunks)  # the service refuses labels with precomputed encodings
+        assert requests[0].spec.reconstruction.encodings_per_image == 0  # T = E / N, inferred by the service
 
 
 class TestNames:

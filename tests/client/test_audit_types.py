@@ -10,45 +10,56 @@ import math
 import numpy as np
 import pytest
 from instahide_client import Audit, AuditEvent, AuditReport
-from instahide_client._audit_cli import format_summary
-from instahide_client._convert import to_tensor
 from instahide_client.audits import audit_name
-from instahide_client.instahide.v1 import audit_pb2, transform_pb2
+from instahide_client.cli.audit import format_summary
+from instahide_client.instahide.v1 import audit_pb2, instahide_pb2, reconstruction_pb2
+from instahide_client.tensors import to_tensor
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
+TITLES = {"ciphertext_only": "ciphertext-only", "photo_aware": "photo-aware", "pool_aware": "pool-aware",
+          "key_aware": "key-aware bound"}
 
 
-def attack_scores(seed: int, m: int = 4, p: int = 3, with_recovered: bool = True) -> audit_pb2.AttackScores:
+def attack_row(name: str, seed: int, m: int = 4, p: int = 3, with_recovered: bool = True) -> audit_pb2.AttackResult:
+    """A report row as the service writes one (a bound for "key_aware")."""
     rng = np.random.default_rng(seed)
-    msg = audit_pb2.AttackScores(
+    scores = reconstruction_pb2.ReconstructionScores(
         max_ssim=0.41, mean_ssim=0.2, min_l2=0.05, mean_l2=0.09,
         recovered_above_0_5=1 / 3, recovered_above_0_8=0.0,
         best_ssim=rng.uniform(-1, 1, p).tolist(), best_match=rng.integers(0, m, p).tolist(),
     )
-    msg.best_ssim_histogram.extend(audit_pb2.HistogramBucket(lower=lo / 10, upper=lo / 10 + 0.1, count=lo % 3)
-                                   for lo in range(-10, 10))
-    msg.stage_seconds.update({"similarity": 0.5, "recovery": 2.25})
+    scores.best_ssim_histogram.extend(reconstruction_pb2.HistogramBucket(lower=lo / 10, upper=lo / 10 + 0.1,
+                                                                         count=lo % 3) for lo in range(-10, 10))
     if with_recovered:
-        msg.recovered.CopyFrom(to_tensor(rng.uniform(-1, 1, (m, 8, 8, 3)).astype(np.float32)))
-    return msg
+        scores.recovered.CopyFrom(to_tensor(rng.uniform(-1, 1, (m, 8, 8, 3)).astype(np.float32)))
+    return audit_pb2.AttackResult(attack=name, title=TITLES[name], threat=f"what {name} holds",
+                                  bound=name == "key_aware", stage_seconds={"similarity": 0.5, "recovery": 2.25},
+                                  reconstruction=scores)
+
+
+def row_of(msg: audit_pb2.Audit, name: str) -> audit_pb2.AttackResult:
+    return next(row for row in msg.report.attacks if row.attack == name)
 
 
 def audit_proto(state=audit_pb2.AUDIT_STATE_SUCCEEDED, *, key_aware=True, with_recovered=True,
-                report=True) -> audit_pb2.Audit:
-    msg = audit_pb2.Audit(name="audits/a1b2", state=state, error="",
-                          spec=audit_pb2.AuditSpec(mode=transform_pb2.ENCODE_MODE_INSIDE, k=4,
-                                                   encodings_per_image=3, seed=1, display_name="nightly"),
+                report=True, extra: tuple[str, ...] = ()) -> audit_pb2.Audit:
+    config = instahide_pb2.InstaHideConfig(mode=instahide_pb2.MIXING_MODE_INSIDE, k=4, seed=1)
+    spec = audit_pb2.AuditSpec(display_name="nightly", attacks=["ciphertext_only", "key_aware"],
+                               reconstruction=reconstruction_pb2.ReconstructionSpec(instahide=config,
+                                                                                    encodings_per_image=3))
+    msg = audit_pb2.Audit(name="audits/a1b2", state=state, error="", spec=spec,
                           progress=audit_pb2.AuditProgress(stage="scoring", stage_fraction=1.0, fraction=1.0))
     msg.create_time.FromDatetime(dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
     msg.start_time.FromDatetime(dt.datetime(2025, 1, 2, 3, 4, 6, tzinfo=dt.UTC))
     if state in (audit_pb2.AUDIT_STATE_SUCCEEDED, audit_pb2.AUDIT_STATE_FAILED):
         msg.end_time.FromDatetime(dt.datetime(2025, 1, 2, 3, 5, 0, tzinfo=dt.UTC))
     if report:
+        names = ["ciphertext_only", *extra, *(["key_aware"] if key_aware else [])]
         msg.report.CopyFrom(audit_pb2.AuditReport(
-            ciphertext_only=attack_scores(1, with_recovered=with_recovered), device="cpu",
-            grid_png=PNG if with_recovered else b"", images=3, encodings=9, seconds=3.5))
-        if key_aware:
-            msg.report.key_aware.CopyFrom(attack_scores(2, with_recovered=with_recovered))
+            device="cpu", seconds=3.5,
+            attacks=[attack_row(name, i + 1, with_recovered=with_recovered) for i, name in enumerate(names)],
+            reconstruction=reconstruction_pb2.ReconstructionReport(
+                grid_png=PNG if with_recovered else b"", grid_attack="ciphertext_only", images=3, encodings=9)))
     return msg
 
 
@@ -59,7 +70,8 @@ class TestAudit:
         assert audit.create_time == dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
         assert audit.end_time.tzinfo is not None
         assert audit.spec.mode == "inside" and audit.spec.k == 4 and audit.spec.encodings_per_image == 3
-        assert audit.spec.seed == 1 and audit.spec.key_aware_bound is True and audit.spec.num_classes is None
+        assert audit.spec.seed == 1 and audit.spec.num_classes is None and audit.spec.kind == "reconstruction"
+        assert audit.spec.attacks == ("ciphertext_only", "key_aware") and audit.spec.display_name == "nightly"
         assert audit.progress.stage == "scoring" and audit.progress.fraction == 1.0
         report = audit.report
         assert report is not None and report.device == "cpu" and report.grid_png == PNG
@@ -71,16 +83,18 @@ class TestAudit:
         assert co.best_ssim.shape == co.best_match.shape == (3,)
         assert len(co.histogram) == 20 and co.histogram[0] == (-1.0, pytest.approx(-0.9), 2)
         assert co.stage_seconds == {"recovery": 2.25, "similarity": 0.5}
-        assert report.key_aware is not None and list(report.attacks()) == ["ciphertext_only", "key_aware"]
+        assert list(report.attacks()) == ["ciphertext_only", "key_aware"] and report.key_aware.max_ssim > 0
+        bound = report.results["key_aware"]
+        assert (bound.title, bound.threat, bound.bound) == ("key-aware bound", "what key_aware holds", True)
+        assert not report.results["ciphertext_only"].bound and report.grid_attack == "ciphertext_only"
         assert (report.pool_images, report.pool_fingerprint) == (0, "")  # as for precomputed encodings
         assert "pool:" not in format_summary(report)
         assert co.public_coverage is None and "public_coverage" not in co.to_dict()
         assert "found public images" not in format_summary(report)
 
     def test_the_share_of_encodings_in_which_public_images_were_found(self, tmp_path):
-        msg = audit_proto()
-        msg.report.photo_aware.CopyFrom(attack_scores(3))
-        msg.report.photo_aware.public_coverage = 0.2
+        msg = audit_proto(extra=("photo_aware",))
+        row_of(msg, "photo_aware").reconstruction.public_coverage = 0.2
         report = Audit.from_proto(msg).report
         assert report.photo_aware.public_coverage == pytest.approx(0.2)
         assert report.ciphertext_only.public_coverage is None
@@ -92,7 +106,7 @@ class TestAudit:
 
     def test_the_pool_mixed_in(self, tmp_path):
         msg = audit_proto()
-        msg.report.pool_images, msg.report.pool_fingerprint = 2048, "ab12" * 16
+        msg.report.reconstruction.pool_images, msg.report.reconstruction.pool_fingerprint = 2048, "ab12" * 16
         report = Audit.from_proto(msg).report
         assert (report.pool_images, report.pool_fingerprint) == (2048, "ab12" * 16)
         assert format_summary(report).endswith("pool: 2048 images (ab12ab12ab12)")
@@ -112,18 +126,15 @@ class TestAudit:
     ])
     def test_strongest_attack_without_keys(self, ciphertext_only, pool_aware, photo_aware, expected):
         # The key-aware bound (scored highest here) holds keys, so it is never the answer.
-        msg = audit_proto()
-        msg.report.ciphertext_only.max_ssim = ciphertext_only
-        msg.report.key_aware.max_ssim = 0.99
-        if pool_aware is not None:
-            msg.report.pool_aware.CopyFrom(attack_scores(3))
-            msg.report.pool_aware.max_ssim = pool_aware
-        if photo_aware is not None:
-            msg.report.photo_aware.CopyFrom(attack_scores(3))
-            msg.report.photo_aware.max_ssim = photo_aware
+        ran = {"photo_aware": photo_aware, "pool_aware": pool_aware}
+        msg = audit_proto(extra=tuple(name for name, value in ran.items() if value is not None))
+        row_of(msg, "ciphertext_only").reconstruction.max_ssim = ciphertext_only
+        row_of(msg, "key_aware").reconstruction.max_ssim = 0.99
+        for name, value in ran.items():
+            if value is not None:
+                row_of(msg, name).reconstruction.max_ssim = value
         report = Audit.from_proto(msg).report
-        ran = {"photo_aware": photo_aware is not None, "pool_aware": pool_aware is not None}
-        assert list(report.attacks()) == ["ciphertext_only", *(name for name, yes in ran.items() if yes), "key_aware"]
+        assert list(report.attacks()) == ["ciphertext_only", *(n for n, v in ran.items() if v is not None), "key_aware"]
         name, scores = report.strongest_attack_without_keys()
         assert name == expected and scores is report.attacks()[expected]
 
@@ -131,12 +142,15 @@ class TestAudit:
         audit = Audit.from_proto(audit_pb2.Audit(name="audits/x", state=audit_pb2.AUDIT_STATE_QUEUED))
         assert audit.state == "queued" and not audit.done
         assert (audit.start_time, audit.end_time, audit.create_time, audit.report) == (None, None, None, None)
-        assert (audit.spec.mode, audit.spec.k, audit.spec.encodings_per_image) == ("cross", 6, 50)
-        assert audit.spec.seed is None and audit.spec.key_aware_bound is True
+        # What the service did not resolve (it resolves every default of an audit it accepts) reads as unset.
+        assert (audit.spec.mode, audit.spec.k, audit.spec.encodings_per_image) == ("cross", None, None)
+        assert audit.spec.seed is None and audit.spec.attacks == () and audit.spec.kind == "reconstruction"
 
     def test_key_aware_unset_and_summary(self):
         audit = Audit.from_proto(audit_proto(key_aware=False, with_recovered=False))
-        assert audit.report.key_aware is None and list(audit.report.attacks()) == ["ciphertext_only"]
+        assert "key_aware" not in audit.report.results and list(audit.report.attacks()) == ["ciphertext_only"]
+        with pytest.raises(AttributeError, match=r"no attribute 'key_aware' \(attacks in this report: ciphertext_only"):
+            _ = audit.report.key_aware
         assert audit.report.ciphertext_only.recovered is None and audit.report.grid_png == b""
 
     def test_failed(self):
@@ -174,6 +188,8 @@ class TestReportWrite:
         assert report["audit"]["create_time"] == "2025-01-02T03:04:05+00:00"
         assert report["audit"]["spec"]["k"] == 4 and report["audit"]["spec"]["seed"] == 1
         assert (report["device"], report["images"], report["encodings"], report["seconds"]) == ("cpu", 3, 9, 3.5)
+        assert (report["kind"], report["grid_attack"]) == ("reconstruction", "ciphertext_only")
+        assert (report["key_aware"]["bound"], report["key_aware"]["title"]) == (True, "key-aware bound")
         for attack in ("ciphertext_only", "key_aware"):
             scores = report[attack]
             assert scores["max_ssim"] == pytest.approx(0.41) and scores["mean_l2"] == pytest.approx(0.09)
@@ -195,8 +211,8 @@ class TestReportWrite:
 
     def test_json_clean_numbers(self, tmp_path):
         msg = audit_proto(key_aware=False)
-        msg.report.ciphertext_only.max_ssim = math.nan  # e.g. precomputed encodings: pairs unknown
-        msg.report.ciphertext_only.min_l2 = math.inf
+        row_of(msg, "ciphertext_only").reconstruction.max_ssim = math.nan
+        row_of(msg, "ciphertext_only").reconstruction.min_l2 = math.inf
         audit = Audit.from_proto(msg)
         audit.write_report(tmp_path)
         text = (tmp_path / "report.json").read_text()

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from instahide_client.instahide.v1 import audit_pb2
 
     msg = audit_pb2.Audit(name="audits/x", state=audit_pb2.AUDIT_STATE_SUCCEEDED)
-    msg.report.ciphertext_only.best_ssim.extend([0.5])
+    msg.report.attacks.add(attack="ciphertext_only").reconstruction.best_ssim.extend([0.5])
     with tempfile.TemporaryDirectory() as folder:
         Audit.from_proto(msg).report.write(folder)
     assert main(["audit", "list", "--help"]) == 0

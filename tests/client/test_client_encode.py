@@ -241,7 +241,7 @@ class TestEncodeStream:
         with pytest.raises(InstaHideError) as info:
             list(client.encode_stream([(images[:4], labels[:4])], num_classes=NUM_CLASSES, k=40))
         assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
-        assert info.value.field == "config.k"
+        assert info.value.field == "config.instahide.k"
 
     def test_malformed_batch_mid_stream_is_value_error_after_earlier_results(self, client, data):
         images, labels = data

@@ -6,37 +6,39 @@ import numpy as np
 import pytest
 from instahide_client import EncodeBatch, encode_config
 from instahide_client._requests import batch_bounds, check_batch, make_request
-from instahide_client.instahide.v1 import tensor_pb2, transform_pb2
+from instahide_client.instahide.v1 import instahide_pb2, tensor_pb2
 
 
 class TestEncodeConfig:
     def test_defaults_leave_service_defaults(self):
-        config = encode_config(num_classes=10)
-        assert config.num_classes == 10
-        assert config.mode == transform_pb2.ENCODE_MODE_CROSS
+        outer = encode_config(num_classes=10)
+        config = outer.instahide  # the transform: InstaHide
+        assert outer.WhichOneof("transform") == "instahide" and config.num_classes == 10
+        assert config.mode == instahide_pb2.MIXING_MODE_CROSS
         assert config.k == 0 and config.private_per_mix == 0  # 0 = the service's default
         assert not config.HasField("max_coefficient")
         assert not config.HasField("min_private_mass")
         assert not config.HasField("seed")
         assert config.HasField("sign_flip") and config.sign_flip
-        assert config.output_dtype == tensor_pb2.DATA_TYPE_FLOAT32
+        assert outer.output_dtype == tensor_pb2.DATA_TYPE_FLOAT32
         assert not config.return_keys
 
     def test_every_option(self):
-        config = encode_config(num_classes=3, mode="inside", k=4, private_per_mix=2, max_coefficient=0.7,
-                               min_private_mass=0.25, sign_flip=False, output_dtype="float16",
-                               return_keys=True, seed=2**64 - 1)
-        assert config.mode == transform_pb2.ENCODE_MODE_INSIDE
+        outer = encode_config(num_classes=3, mode="inside", k=4, private_per_mix=2, max_coefficient=0.7,
+                              min_private_mass=0.25, sign_flip=False, output_dtype="float16",
+                              return_keys=True, seed=2**64 - 1)
+        config = outer.instahide
+        assert config.mode == instahide_pb2.MIXING_MODE_INSIDE
         assert (config.k, config.private_per_mix) == (4, 2)
         assert config.max_coefficient == pytest.approx(0.7)
         assert config.min_private_mass == pytest.approx(0.25)
         assert config.HasField("sign_flip") and not config.sign_flip
-        assert config.output_dtype == tensor_pb2.DATA_TYPE_FLOAT16
+        assert outer.output_dtype == tensor_pb2.DATA_TYPE_FLOAT16
         assert config.return_keys
         assert config.HasField("seed") and config.seed == 2**64 - 1
 
     def test_seed_zero_is_sent(self):
-        assert encode_config(num_classes=2, seed=0).HasField("seed")
+        assert encode_config(num_classes=2, seed=0).instahide.HasField("seed")
 
     def test_numpy_dtype_accepted(self):
         assert encode_config(num_classes=2, output_dtype=np.float16).output_dtype == (
@@ -105,7 +107,7 @@ class TestMakeRequest:
         assert list(request.labels) == [4, 3, 2, 1]
         assert request.images.dtype == tensor_pb2.DATA_TYPE_UINT8
         assert list(request.images.shape) == [4, 8, 8, 3]
-        assert request.HasField("config") and request.config.num_classes == 5
+        assert request.HasField("config") and request.config.instahide.num_classes == 5
 
     def test_batch_keeps_its_id_and_no_config(self):
         request = make_request(EncodeBatch(_images(), np.arange(4), request_id="cifar-3"), 0, None)

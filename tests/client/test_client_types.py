@@ -8,16 +8,16 @@ import grpc
 import numpy as np
 import pytest
 from instahide_client import EncodedBatch, EncodeOutput, KeyRecord
-from instahide_client._convert import to_tensor
 from instahide_client._types import concatenate_keys
-from instahide_client.instahide.v1 import transform_pb2
+from instahide_client.instahide.v1 import instahide_pb2, transform_pb2
+from instahide_client.tensors import to_tensor
 
 
 def _key_proto(n=3, k=4, ppm=2, hwc=(2, 2, 3), sign_flip=True, rng=None):
     rng = rng or np.random.default_rng(0)
     coefficients = rng.random((n, k)).astype(np.float32)
     indices = rng.integers(0, 10, size=(n, k)).astype(np.int64)
-    msg = transform_pb2.KeyRecord(mode=transform_pb2.ENCODE_MODE_CROSS, k=k, private_per_mix=ppm,
+    msg = instahide_pb2.InstaHideKeys(mode=instahide_pb2.MIXING_MODE_CROSS, k=k, private_per_mix=ppm,
                                   coefficients=to_tensor(coefficients), indices=to_tensor(indices),
                                   seeded=True, pool_fingerprint="ab" * 32)
     bits = None
@@ -51,7 +51,7 @@ class TestKeyRecord:
 
     def test_inside_mode_name(self):
         msg = _key_proto()[0]
-        msg.mode = transform_pb2.ENCODE_MODE_INSIDE
+        msg.mode = instahide_pb2.MIXING_MODE_INSIDE
         assert KeyRecord.from_proto(msg).mode == "inside"
 
     def test_signs_little_endian_bit_one_negative(self):
@@ -99,14 +99,14 @@ class TestEncodedBatch:
         encoded = np.full((2, 2, 2, 3), 0.5, np.float16)
         labels = np.array([[0.6, 0.1], [0.0, 0.7]], np.float32)
         msg = transform_pb2.EncodeResponse(request_id="9", encoded=to_tensor(encoded),
-                                           mixed_labels=to_tensor(labels), seeded=True)
+                                           labels=to_tensor(labels), seeded=True)
         batch = EncodedBatch.from_proto(msg)
         assert batch.request_id == "9" and batch.seeded and batch.error is None and batch.keys is None
         assert batch.encoded.dtype == np.float16
         np.testing.assert_array_equal(batch.mixed_labels, labels)
 
     def test_from_proto_error(self):
-        msg = transform_pb2.EncodeResponse(request_id="4", error=transform_pb2.EncodeError(
+        msg = transform_pb2.EncodeResponse(request_id="4", error=transform_pb2.ItemError(
             code=3, message="labels has 3 values for 4 images", field="labels"))
         batch = EncodedBatch.from_proto(msg)
         assert batch.encoded is None and batch.mixed_labels is None

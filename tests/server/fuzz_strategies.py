@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import strategies as st
-from instahide_client._convert import numpy_dtype, to_tensor
-from instahide_client.instahide.v1 import audit_pb2, tensor_pb2, transform_pb2
+from instahide_client.instahide.v1 import audit_pb2, instahide_pb2, reconstruction_pb2, tensor_pb2, transform_pb2
+from instahide_client.tensors import numpy_dtype, to_tensor
 
 UINT8, FLOAT16, FLOAT32, INT64 = (tensor_pb2.DATA_TYPE_UINT8, tensor_pb2.DATA_TYPE_FLOAT16,
                                   tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_INT64)
-CROSS, INSIDE = transform_pb2.ENCODE_MODE_CROSS, transform_pb2.ENCODE_MODE_INSIDE
+CROSS, INSIDE = instahide_pb2.MIXING_MODE_CROSS, instahide_pb2.MIXING_MODE_INSIDE
 INT32_MAX, INT64_MAX, UINT32_MAX, UINT64_MAX = 2**31 - 1, 2**63 - 1, 2**32 - 1, 2**64 - 1
 # Image sizes of well-formed requests: few, so the server builds few public pools.
 IMAGE_SIZES = ((4, 4), (8, 8), (5, 7), (32, 32))
@@ -62,11 +62,11 @@ def pixels(seed: int, shape: tuple[int, ...], dtype: int) -> np.ndarray:
 @st.composite
 def valid_configs(draw, *, num_classes: int) -> transform_pb2.EncodeConfig:
     """A config every well-formed batch of >= 2 images can be encoded with."""
-    mode = draw(st.sampled_from([transform_pb2.ENCODE_MODE_UNSPECIFIED, CROSS, INSIDE]))
+    mode = draw(st.sampled_from([instahide_pb2.MIXING_MODE_UNSPECIFIED, CROSS, INSIDE]))
     k = draw(st.one_of(st.just(0), st.integers(2, 16)))
-    config = transform_pb2.EncodeConfig(mode=mode, k=k, num_classes=num_classes,
-                                        output_dtype=draw(st.sampled_from([0, FLOAT32, FLOAT16])),
-                                        return_keys=draw(st.booleans()))
+    outer = transform_pb2.EncodeConfig(output_dtype=draw(st.sampled_from([0, FLOAT32, FLOAT16])))
+    config = outer.instahide
+    config.mode, config.k, config.num_classes, config.return_keys = mode, k, num_classes, draw(st.booleans())
     if mode != INSIDE:
         # Keep the acceptance of the coefficient bounds above 5%: enough private slots for the large k.
         resolved_k = k or 6
@@ -75,10 +75,11 @@ def valid_configs(draw, *, num_classes: int) -> transform_pb2.EncodeConfig:
         if lowest <= 2 <= resolved_k:
             private_per_mix = st.one_of(st.just(0), private_per_mix)  # 0 means 2
         config.private_per_mix = draw(private_per_mix)
-    return _with_optional_flip_and_seed(draw, config)
+    _with_optional_flip_and_seed(draw, config)
+    return outer
 
 
-def _with_optional_flip_and_seed(draw, config: transform_pb2.EncodeConfig) -> transform_pb2.EncodeConfig:
+def _with_optional_flip_and_seed(draw, config: instahide_pb2.InstaHideConfig) -> instahide_pb2.InstaHideConfig:
     """``config`` with sign_flip and seed each set or left unset (both are proto3 optional fields)."""
     if draw(st.booleans()):
         config.sign_flip = draw(st.booleans())
@@ -140,16 +141,19 @@ def wild_tensors(draw, *, dtypes=data_types) -> tensor_pb2.Tensor:
 
 @st.composite
 def wild_configs(draw) -> transform_pb2.EncodeConfig:
-    """Every field of EncodeConfig over its whole wire range."""
-    config = transform_pb2.EncodeConfig(
-        mode=draw(enum_values), k=draw(uint32s), private_per_mix=draw(uint32s),
-        output_dtype=draw(data_types), return_keys=draw(st.booleans()), num_classes=draw(uint32s),
-    )
+    """Every field of EncodeConfig (and of InstaHideConfig, or no transform at all) over its whole wire range."""
+    outer = transform_pb2.EncodeConfig(output_dtype=draw(data_types))
+    if draw(st.integers(0, 9)) == 0:
+        return outer  # no transform: InstaHide with every default (num_classes 0: refused)
+    config = outer.instahide
+    config.mode, config.k, config.private_per_mix = draw(enum_values), draw(uint32s), draw(uint32s)
+    config.return_keys, config.num_classes = draw(st.booleans()), draw(uint32s)
     for name in ("max_coefficient", "min_private_mass"):
         value = draw(optional_floats)
         if value is not None:
             setattr(config, name, value)
-    return _with_optional_flip_and_seed(draw, config)
+    _with_optional_flip_and_seed(draw, config)
+    return outer
 
 
 @st.composite
@@ -174,10 +178,13 @@ CONFIG_FIELDS = ("mode", "k", "private_per_mix", "max_coefficient", "min_private
 def perturbed_requests(draw) -> EncodeCase:
     """A well-formed request with one thing changed: reaches the checks deep in the encoder."""
     request = draw(valid_requests()).request
-    config, images = request.config, request.images
+    outer, images = request.config, request.images
+    config = outer.instahide
     what = draw(st.sampled_from([*CONFIG_FIELDS, "labels", "shape", "dtype", "content", "no config"]))
-    if what in ("mode", "output_dtype"):
-        setattr(config, what, draw(enum_values))
+    if what == "output_dtype":
+        outer.output_dtype = draw(enum_values)
+    elif what == "mode":
+        config.mode = draw(enum_values)
     elif what in ("k", "private_per_mix", "num_classes"):
         setattr(config, what, draw(st.one_of(st.integers(0, 20), uint32s)))
     elif what in ("max_coefficient", "min_private_mass"):
@@ -287,6 +294,25 @@ DATASET_NAMES = ("small.npz", "missing.npz", "empty.npz", "zip-magic.npz", "text
 dataset_names = st.one_of(st.sampled_from(DATASET_NAMES), text)
 
 
+ATTACK_NAMES = ("ciphertext_only", "pool_aware", "key_aware", "photo_aware", "nope", "")
+attack_lists = st.lists(st.one_of(st.sampled_from(ATTACK_NAMES), text), max_size=3)
+
+
+def reconstruction_spec(*, k: int = 0, mode: int = 0, num_classes: int = 0, seed: int | None = None,
+                        encodings_per_image: int = 0, precomputed: bool = False,
+                        **fields) -> audit_pb2.AuditSpec:
+    config = instahide_pb2.InstaHideConfig(k=k, mode=mode, num_classes=num_classes, seed=seed)
+    return audit_pb2.AuditSpec(reconstruction=reconstruction_pb2.ReconstructionSpec(
+        instahide=config, encodings_per_image=encodings_per_image, precomputed_encodings=precomputed), **fields)
+
+
+def chunk_request(**arrays) -> audit_pb2.StartAuditRequest:
+    """A StartAudit message carrying a reconstruction chunk of these tensors (and labels)."""
+    labels = arrays.pop("labels", [])
+    chunk = reconstruction_pb2.ReconstructionChunk(labels=labels, **{k: v for k, v in arrays.items() if v is not None})
+    return audit_pb2.StartAuditRequest(reconstruction=chunk)
+
+
 @st.composite
 def valid_uploads(draw) -> list[audit_pb2.StartAuditRequest]:
     """An audit a server accepts (or queues no more of): a few small private images, cheap settings."""
@@ -294,44 +320,46 @@ def valid_uploads(draw) -> list[audit_pb2.StartAuditRequest]:
     channels = draw(st.sampled_from([1, 3]))
     images = pixels(draw(seeds), (n, 8, 8, channels), UINT8)
     num_classes = draw(st.integers(1, 5))
-    spec = audit_pb2.AuditSpec(k=draw(st.integers(3, 6)), encodings_per_image=draw(st.integers(1, 3)),
-                               num_classes=draw(st.sampled_from([0, num_classes])), display_name=draw(text))
+    spec = reconstruction_spec(k=draw(st.integers(3, 6)), encodings_per_image=draw(st.integers(1, 3)),
+                               num_classes=draw(st.sampled_from([0, num_classes])), display_name=draw(text),
+                               seed=draw(st.one_of(st.none(), st.integers(0, UINT64_MAX))))
     if draw(st.booleans()):
-        spec.seed = draw(st.integers(0, UINT64_MAX))
-    if draw(st.booleans()):
-        spec.key_aware_bound = draw(st.booleans())
+        spec.skipped_attacks.append("key_aware")
     labels = draw(st.lists(st.integers(0, num_classes - 1), min_size=n, max_size=n))
     split = draw(st.integers(1, n))  # two chunks when split < n
-    messages = [audit_pb2.StartAuditRequest(spec=spec, images=to_tensor(images[:split]), labels=labels[:split])]
+    messages = [chunk_request(images=to_tensor(images[:split]), labels=labels[:split])]
+    messages[0].spec.CopyFrom(spec)
     if split < n:
-        messages.append(audit_pb2.StartAuditRequest(images=to_tensor(images[split:]), labels=labels[split:]))
+        messages.append(chunk_request(images=to_tensor(images[split:]), labels=labels[split:]))
     return messages
 
 
 @st.composite
 def wild_specs(draw) -> audit_pb2.AuditSpec:
-    spec = audit_pb2.AuditSpec(
+    spec = reconstruction_spec(
         mode=draw(st.one_of(st.sampled_from([0, CROSS]), enum_values)), k=draw(uint32s),
         encodings_per_image=draw(st.one_of(st.integers(0, 4), st.integers(0, 1200), uint32s)),
         num_classes=draw(uint32s), dataset=draw(st.one_of(st.just(""), dataset_names)),
-        precomputed_encodings=draw(st.booleans()), display_name=draw(text),
+        precomputed=draw(st.booleans()), display_name=draw(text),
+        seed=draw(st.one_of(st.none(), st.integers(0, UINT64_MAX))),
+        attacks=draw(attack_lists), extra_attacks=draw(attack_lists), skipped_attacks=draw(attack_lists),
     )
-    if draw(st.booleans()):
-        spec.seed = draw(st.integers(0, UINT64_MAX))
-    if draw(st.booleans()):
-        spec.key_aware_bound = draw(st.booleans())
+    if draw(st.integers(0, 9)) == 0:
+        spec.reconstruction.instahide.return_keys = True
+    if draw(st.integers(0, 9)) == 0:
+        spec.ClearField("reconstruction")  # no kind: a reconstruction audit of InstaHide's defaults
     return spec
 
 
 @st.composite
 def wild_audit_chunks(draw) -> audit_pb2.StartAuditRequest:
-    chunk = audit_pb2.StartAuditRequest(labels=draw(st.lists(st.one_of(st.integers(-1, 5), int64s), max_size=8)))
+    if draw(st.integers(0, 9)) == 0:
+        return audit_pb2.StartAuditRequest()  # no chunk at all
+    arrays = {}
     for name in ("images", "encodings", "encoding_labels"):
-        tensor = draw(st.one_of(st.none(), wild_tensors(dtypes=st.sampled_from([UINT8, FLOAT16, FLOAT32])),
-                                wild_tensors()))
-        if tensor is not None:
-            getattr(chunk, name).CopyFrom(tensor)
-    return chunk
+        arrays[name] = draw(st.one_of(st.none(), wild_tensors(dtypes=st.sampled_from([UINT8, FLOAT16, FLOAT32])),
+                                      wild_tensors()))
+    return chunk_request(labels=draw(st.lists(st.one_of(st.integers(-1, 5), int64s), max_size=8)), **arrays)
 
 
 @st.composite
@@ -344,10 +372,12 @@ def precomputed_uploads(draw) -> list[audit_pb2.StartAuditRequest]:
     labels = np.random.default_rng(draw(seeds)).dirichlet(np.ones(classes), size=e).astype(np.float32)
     if e and draw(st.booleans()):
         labels.reshape(-1)[draw(st.integers(0, labels.size - 1))] = draw(st.sampled_from(SPECIAL_FLOATS))
-    spec = audit_pb2.AuditSpec(precomputed_encodings=True, k=draw(st.integers(0, 7)),
+    spec = reconstruction_spec(precomputed=True, k=draw(st.integers(0, 7)),
                                encodings_per_image=draw(st.integers(0, 4)))
-    return [audit_pb2.StartAuditRequest(spec=spec, images=to_tensor(originals), encodings=to_tensor(encodings),
-                                        encoding_labels=to_tensor(labels.reshape(e, classes)))]
+    message = chunk_request(images=to_tensor(originals), encodings=to_tensor(encodings),
+                            encoding_labels=to_tensor(labels.reshape(e, classes)))
+    message.spec.CopyFrom(spec)
+    return [message]
 
 
 @st.composite
@@ -365,8 +395,8 @@ def wild_uploads(draw) -> list[audit_pb2.StartAuditRequest]:
 @st.composite
 def dataset_audits(draw) -> list[audit_pb2.StartAuditRequest]:
     """A spec naming a server-side dataset, and no data."""
-    spec = draw(st.one_of(wild_specs(), st.builds(audit_pb2.AuditSpec, k=st.integers(3, 6),
-                                                  encodings_per_image=st.integers(1, 3))))
+    spec = draw(st.one_of(wild_specs(), st.builds(lambda k, t: reconstruction_spec(k=k, encodings_per_image=t),
+                                                  st.integers(3, 6), st.integers(1, 3))))
     spec.dataset = draw(dataset_names)
     return [audit_pb2.StartAuditRequest(spec=spec)]
 

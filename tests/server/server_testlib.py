@@ -10,8 +10,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 import numpy as np
-from instahide_client._convert import to_numpy, to_tensor
-from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.instahide.v1 import instahide_pb2, tensor_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.tensors import to_numpy, to_tensor
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import run_server, start_server  # noqa: F401 - re-exported to the server tests
 
@@ -27,10 +27,11 @@ def images(n: int = 8, shape: Sequence[int] = (32, 32, 3), *, seed: int = 0) -> 
     return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
-def config(**fields) -> transform_pb2.EncodeConfig:
-    """An EncodeConfig with num_classes=NUM_CLASSES unless given."""
-    fields.setdefault("num_classes", NUM_CLASSES)
-    return transform_pb2.EncodeConfig(**fields)
+def config(*, output_dtype: int = 0, **instahide) -> transform_pb2.EncodeConfig:
+    """An InstaHide EncodeConfig of ``instahide`` (InstaHideConfig's fields) with num_classes=NUM_CLASSES unless
+    given."""
+    instahide.setdefault("num_classes", NUM_CLASSES)
+    return transform_pb2.EncodeConfig(output_dtype=output_dtype, instahide=instahide_pb2.InstaHideConfig(**instahide))
 
 
 def request(request_id: str, batch: np.ndarray | None = None, *, labels: Sequence[int] | None = None,

@@ -50,7 +50,7 @@ def test_audits_live_when_the_server_is_killed_show_interrupted_by_restart(tmp_p
     with start_server(tmp_path / "one", *_args(tmp_path, small_pool_path)) as server, \
             audits(server.target) as stub:
         done = run_to_end(stub, start_small(stub))
-        assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED and done.report.grid_png
+        assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED and done.report.reconstruction.grid_png
         running = start_long(stub)
         wait_running(stub, running.name)
         queued = start_small(stub)

@@ -12,12 +12,11 @@ from collections.abc import Iterable, Iterator
 import grpc
 import numpy as np
 import pytest
-from instahide_client._convert import to_numpy, to_tensor
-from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, transform_pb2
+from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, instahide_pb2, reconstruction_pb2
+from instahide_client.tensors import to_numpy, to_tensor
 from server_testlib import channel, start_server
 
-from instahide_ops.audits.reconstruction.audit import audit_deployment, audit_encodings
-from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
+from instahide_ops.audits.reconstruction import AttackSettings, Deployment, audit_deployment, audit_encodings
 from instahide_ops.transforms.instahide.challenge import build_challenge, challenge_public_pool
 from instahide_ops.transforms.instahide.pool import PublicPool, adapt_pool, load_pool
 
@@ -42,14 +41,38 @@ def upload(spec: audit_pb2.AuditSpec, images: np.ndarray | None = None, labels: 
     if images is not None:
         labels = list(labels)
         for i in range(0, len(images), chunk):
-            yield audit_pb2.StartAuditRequest(images=to_tensor(images[i:i + chunk]), labels=labels[i:i + chunk])
+            yield chunk_of(images=images[i:i + chunk], labels=labels[i:i + chunk])
+
+
+def chunk_of(*, spec: audit_pb2.AuditSpec | None = None, images=None, labels=(), encodings=None,
+             encoding_labels=None) -> audit_pb2.StartAuditRequest:
+    """One StartAudit message with a reconstruction chunk of these arrays (and the spec, when given)."""
+    chunk = reconstruction_pb2.ReconstructionChunk(labels=list(labels))
+    for name, array in (("images", images), ("encodings", encodings), ("encoding_labels", encoding_labels)):
+        if array is not None:
+            getattr(chunk, name).CopyFrom(to_tensor(array))
+    return audit_pb2.StartAuditRequest(spec=spec, reconstruction=chunk)
+
+
+def spec_of(*, k: int = 0, mode: int = 0, num_classes: int = 0, seed: int | None = None, encodings_per_image: int = 0,
+            precomputed_encodings: bool = False, **fields) -> audit_pb2.AuditSpec:
+    """A reconstruction spec: InstaHide's parameters, T, and the spec's own fields (dataset, attacks, ...)."""
+    config = instahide_pb2.InstaHideConfig(k=k, mode=mode, num_classes=num_classes, seed=seed)
+    return audit_pb2.AuditSpec(reconstruction=reconstruction_pb2.ReconstructionSpec(
+        instahide=config, encodings_per_image=encodings_per_image, precomputed_encodings=precomputed_encodings),
+        **fields)
 
 
 def small_spec(**fields) -> audit_pb2.AuditSpec:
     fields.setdefault("k", 6)
     fields.setdefault("encodings_per_image", 4)
     fields.setdefault("seed", 1)
-    return audit_pb2.AuditSpec(**fields)
+    return spec_of(**fields)
+
+
+def rows(report: audit_pb2.AuditReport) -> dict[str, audit_pb2.AttackResult]:
+    """The report's rows by attack name, in order."""
+    return {row.attack: row for row in report.attacks}
 
 
 @contextlib.contextmanager
@@ -181,16 +204,21 @@ def test_report_equals_the_library_and_events_come_in_order(stub, challenge_pool
     done = get(stub, audit.name)
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED and done.error == ""
     assert done.start_time.ToNanoseconds() <= done.end_time.ToNanoseconds()
-    report = done.report
-    expected = audit_deployment(images, labels, k=6, encodings_per_image=4, pool=library_pool(challenge_pool_path),
-                                seed=1, device="cpu", key_aware=True)
-    assert (report.images, report.encodings, report.device) == (12, 48, "cpu")
-    assert (report.pool_images, report.pool_fingerprint) == (expected.pool_images, expected.pool_fingerprint)
-    assert report.pool_fingerprint == library_pool(challenge_pool_path).fingerprint
-    assert report.grid_png.startswith(b"\x89PNG")
-    assert report.HasField("pool_aware")  # the server's pool is the attacker's too
-    for scores, want in ((report.ciphertext_only, expected.ciphertext_only), (report.pool_aware, expected.pool_aware),
-                         (report.key_aware, expected.key_aware)):
+    report, rec = done.report, done.report.reconstruction
+    expected = audit_deployment(images, labels, Deployment(encodings_per_image=4, seed=1),
+                                pool=library_pool(challenge_pool_path), device="cpu")
+    assert (rec.images, rec.encodings, report.device) == (12, 48, "cpu")
+    assert (rec.pool_images, rec.pool_fingerprint) == (expected.pool_images, expected.pool_fingerprint)
+    assert rec.pool_fingerprint == library_pool(challenge_pool_path).fingerprint
+    assert rec.grid_png.startswith(b"\x89PNG") and rec.grid_attack == expected.grid_attack
+    # The server's pool is the attacker's too; the spec names what ran, the rows say who holds the keys.
+    assert list(rows(report)) == ["ciphertext_only", "pool_aware", "key_aware"] == list(done.spec.attacks)
+    assert [(row.title, row.bound) for row in report.attacks] == [
+        ("ciphertext-only", False), ("pool-aware", False), ("key-aware bound", True)]
+    assert done.spec.reconstruction.instahide.k == 6 and done.spec.reconstruction.instahide.mode == 1
+    for name, want in expected.attacks.items():
+        row = rows(report)[name]
+        scores = row.reconstruction
         for metric in ("max_ssim", "mean_ssim", "min_l2", "mean_l2"):
             assert getattr(scores, metric) == pytest.approx(getattr(want.scores, metric), abs=1e-6), metric
         assert scores.recovered_above_0_5 == pytest.approx(want.recovery.fractions[0.5], abs=1e-9)
@@ -201,12 +229,13 @@ def test_report_equals_the_library_and_events_come_in_order(stub, challenge_pool
         assert scores.best_ssim_histogram[0].lower == pytest.approx(-1.0)
         assert scores.best_ssim_histogram[-1].upper == pytest.approx(1.0)
         np.testing.assert_allclose(to_numpy(scores.recovered), want.recovered.numpy(), atol=1e-6)
-        assert set(scores.stage_seconds) == set(want.stage_seconds)
+        assert set(row.stage_seconds) == set(want.stage_seconds)
 
     summary = get(stub, audit.name, summary_only=True)
-    assert summary.report.ciphertext_only.max_ssim == report.ciphertext_only.max_ssim
-    assert not summary.report.grid_png and not summary.report.ciphertext_only.HasField("recovered")
-    assert not summary.report.key_aware.HasField("recovered") and not summary.report.pool_aware.HasField("recovered")
+    assert [row.reconstruction.max_ssim for row in summary.report.attacks] == [
+        row.reconstruction.max_ssim for row in report.attacks]
+    assert not summary.report.reconstruction.grid_png
+    assert not any(row.reconstruction.HasField("recovered") for row in summary.report.attacks)
 
     # Watching an ended audit: one event with the final state, then the stream ends.
     (last,) = watch(stub, audit.name)
@@ -223,9 +252,10 @@ def test_the_pool_memory_setting_reaches_the_attacks(tmp_path, challenge_pool_pa
         done = run_to_end(stub, start(stub, upload(small_spec(), images, labels)))
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
     assert "pool memory 1 MiB" in server.log() and "Traceback" not in server.log()
-    expected = audit_deployment(images, labels, k=6, encodings_per_image=4, pool=library_pool(challenge_pool_path),
-                                seed=1, device="cpu", pool_memory_bytes=1 << 20)
-    for scores, want in ((done.report.pool_aware, expected.pool_aware), (done.report.key_aware, expected.key_aware)):
+    expected = audit_deployment(images, labels, Deployment(encodings_per_image=4, seed=1),
+                                pool=library_pool(challenge_pool_path), settings=AttackSettings(working_bytes=1 << 20))
+    for name in ("pool_aware", "key_aware"):
+        scores, want = rows(done.report)[name].reconstruction, expected.attacks[name]
         assert scores.max_ssim == pytest.approx(want.scores.max_ssim, abs=1e-6)
         np.testing.assert_allclose(to_numpy(scores.recovered), want.recovered.numpy(), atol=1e-6)
 
@@ -235,51 +265,59 @@ def test_the_refinement_setting_reaches_the_ciphertext_only_attack(tmp_path, cha
     flags = ("--audit-refine-sets", "1", "--audit-refine-steps", "10")
     with start_server(tmp_path, "--pool", str(challenge_pool_path), "--state-dir", str(tmp_path / "state"),
                       *flags) as server, audits(server.target) as stub:
-        spec = small_spec(key_aware_bound=False, pool_aware_attack=False)  # only the attack the setting changes
+        spec = small_spec(attacks=["ciphertext_only"])  # only the attack the setting changes
         done = run_to_end(stub, start(stub, upload(spec, images, labels)))
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
     assert "self-refinement 1 sets × 10 steps" in server.log() and "Traceback" not in server.log()
-    assert "self_refinement" in done.report.ciphertext_only.stage_seconds
-    expected = audit_deployment(images, labels, k=6, encodings_per_image=4, pool=library_pool(challenge_pool_path),
-                                seed=1, device="cpu", key_aware=False, pool_aware=False,
-                                refinement=RefinementConfig(sets=1, steps=10))
-    assert done.report.ciphertext_only.max_ssim == pytest.approx(expected.ciphertext_only.scores.max_ssim, abs=1e-6)
-    np.testing.assert_allclose(to_numpy(done.report.ciphertext_only.recovered),
-                               expected.ciphertext_only.recovered.numpy(), atol=1e-6)
+    row = rows(done.report)["ciphertext_only"]
+    assert "self_refinement" in row.stage_seconds
+    expected = audit_deployment(images, labels, Deployment(encodings_per_image=4, seed=1),
+                                pool=library_pool(challenge_pool_path), attacks=["ciphertext_only"],
+                                settings=AttackSettings(refine_sets=1, refine_steps=10)).attacks["ciphertext_only"]
+    assert row.reconstruction.max_ssim == pytest.approx(expected.scores.max_ssim, abs=1e-6)
+    np.testing.assert_allclose(to_numpy(row.reconstruction.recovered), expected.recovered.numpy(), atol=1e-6)
 
 
 def test_precomputed_encodings(stub, challenge_pool_path):
     images, labels = private_images(12, seed=3)
     challenge, _ = build_challenge(images, labels, encodings_per_image=4, k=6, pool=library_pool(challenge_pool_path),
                                    num_classes=10, seed=4)
-    spec = audit_pb2.AuditSpec(k=6, precomputed_encodings=True)  # T = 48 / 12 = 4
+    spec = spec_of(k=6, precomputed_encodings=True)  # T = 48 / 12 = 4
 
     def requests():
-        yield audit_pb2.StartAuditRequest(spec=spec, images=to_tensor(images))
+        yield chunk_of(spec=spec, images=images)
         for i in range(0, 48, 20):
-            yield audit_pb2.StartAuditRequest(encodings=to_tensor(challenge.encryption[i:i + 20].astype(np.float32)),
-                                              encoding_labels=to_tensor(challenge.labels[i:i + 20].astype(np.float32)))
+            yield chunk_of(encodings=challenge.encryption[i:i + 20].astype(np.float32),
+                           encoding_labels=challenge.labels[i:i + 20].astype(np.float32))
 
     done = run_to_end(stub, start(stub, requests()))
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
-    assert (done.report.images, done.report.encodings) == (12, 48)
-    assert not done.report.HasField("key_aware") and not done.report.HasField("pool_aware")
-    assert (done.report.pool_images, done.report.pool_fingerprint) == (0, "")  # made elsewhere, with an unknown pool
+    rec = done.report.reconstruction
+    assert (rec.images, rec.encodings) == (12, 48)
+    assert list(rows(done.report)) == ["ciphertext_only"]  # no keys, and no knowing their pool
+    assert (rec.pool_images, rec.pool_fingerprint) == (0, "")  # made elsewhere, with an unknown pool
     expected = audit_encodings(challenge.encryption, challenge.labels, images, k=6, encodings_per_image=4)
-    assert done.report.ciphertext_only.max_ssim == pytest.approx(expected.ciphertext_only.scores.max_ssim, abs=1e-6)
+    assert rows(done.report)["ciphertext_only"].reconstruction.max_ssim == pytest.approx(
+        expected.attacks["ciphertext_only"].scores.max_ssim, abs=1e-6)
 
 
-def test_pool_aware_attack_can_be_turned_off(stub):
-    done = run_to_end(stub, start_small(stub, 8, encodings_per_image=3, pool_aware_attack=False, key_aware_bound=False))
+def test_default_attacks_can_be_left_out(stub):
+    done = run_to_end(stub, start_small(stub, 8, encodings_per_image=3, skipped_attacks=["pool_aware", "key_aware"]))
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
-    assert done.spec.HasField("pool_aware_attack") and not done.spec.pool_aware_attack
-    assert done.report.HasField("ciphertext_only") and not done.report.HasField("pool_aware")
+    assert list(done.spec.attacks) == ["ciphertext_only"] and not done.spec.skipped_attacks  # as resolved
+    assert list(rows(done.report)) == ["ciphertext_only"]
+
+
+def test_attacks_named_bring_what_they_start_from(stub):
+    done = run_to_end(stub, start_small(stub, 8, encodings_per_image=3, attacks=["pool_aware"]))
+    assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
+    assert list(rows(done.report)) == ["ciphertext_only", "pool_aware"] == list(done.spec.attacks)
 
 
 def test_server_side_dataset(stub):
     done = run_to_end(stub, start(stub, [audit_pb2.StartAuditRequest(spec=small_spec(dataset="sets/good.npz"))]))
     assert done.state == audit_pb2.AUDIT_STATE_SUCCEEDED, done.error
-    assert done.report.images == 12 and done.spec.dataset == "sets/good.npz"
+    assert done.report.reconstruction.images == 12 and done.spec.dataset == "sets/good.npz"
 
 
 # Cancellation and deletion.
@@ -325,7 +363,7 @@ def test_names(stub):
 # Listing.
 
 def test_list_pages_newest_first_and_filters_by_state(stub):
-    mine = [start_small(stub, 8, seed=i, encodings_per_image=3, key_aware_bound=False).name for i in range(3)]
+    mine = [start_small(stub, 8, seed=i, encodings_per_image=3, skipped_attacks=["key_aware"]).name for i in range(3)]
     for name in mine:
         watch(stub, name)
     cancelled = start_long(stub)
@@ -346,8 +384,9 @@ def test_list_pages_newest_first_and_filters_by_state(stub):
     assert names[0] == cancelled.name
     creates = [a.create_time.ToNanoseconds() for a in listed]
     assert creates == sorted(creates, reverse=True)
-    assert all(not a.report.grid_png and not a.report.ciphertext_only.HasField("recovered") for a in listed)
-    assert all(a.report.ciphertext_only.max_ssim > 0 for a in listed if a.name in mine)
+    assert all(not a.report.reconstruction.grid_png and not any(r.reconstruction.HasField("recovered")
+                                                                   for r in a.report.attacks) for a in listed)
+    assert all(rows(a.report)["ciphertext_only"].reconstruction.max_ssim > 0 for a in listed if a.name in mine)
 
     only = stub.ListAudits(audit_pb2.ListAuditsRequest(state=audit_pb2.AUDIT_STATE_CANCELLED), timeout=30).audits
     assert cancelled.name in [a.name for a in only]
@@ -372,55 +411,68 @@ def test_list_pages_newest_first_and_filters_by_state(stub):
 def _bad_requests(data_root: pathlib.Path) -> list[tuple[str, list, grpc.StatusCode, str]]:
     images, labels = private_images(12)
     spec = small_spec()
-    chunk = audit_pb2.StartAuditRequest(images=to_tensor(images), labels=labels.tolist())
+    chunk = chunk_of(images=images, labels=labels.tolist())
     floats = (images.astype(np.float32) / 64.0)  # outside [-1, 1]
     enc = np.zeros((6, 32, 32, 3), np.float32)
+    precomputed = spec_of(precomputed_encodings=True)
+    config = "spec.reconstruction.instahide"
     return [
         ("empty stream", [], C.INVALID_ARGUMENT, "spec"),
         ("no spec first", [chunk], C.INVALID_ARGUMENT, "spec"),
         ("spec twice", [audit_pb2.StartAuditRequest(spec=spec), chunk, audit_pb2.StartAuditRequest(spec=spec)],
          C.INVALID_ARGUMENT, "spec"),
-        ("k too small", list(upload(small_spec(k=1), images, labels)), C.INVALID_ARGUMENT, "spec.k"),
-        ("k without a public image", list(upload(small_spec(k=2), images, labels)), C.INVALID_ARGUMENT, "spec.k"),
+        ("k too small", list(upload(small_spec(k=1), images, labels)), C.INVALID_ARGUMENT, f"{config}.k"),
+        ("k without a public image", list(upload(small_spec(k=2), images, labels)), C.INVALID_ARGUMENT,
+         f"{config}.k"),
         ("images under the SSIM window", list(upload(spec, *private_images(4, shape=(6, 32, 3)))),
          C.INVALID_ARGUMENT, "images.shape"),
-        ("encodings under the SSIM window", [audit_pb2.StartAuditRequest(
-            spec=audit_pb2.AuditSpec(precomputed_encodings=True), encodings=to_tensor(enc[:, :, :1]))],
+        ("encodings under the SSIM window", [chunk_of(spec=precomputed, encodings=enc[:, :, :1])],
          C.INVALID_ARGUMENT, "encodings.shape"),
-        ("k too large", list(upload(small_spec(k=17), images, labels)), C.INVALID_ARGUMENT, "spec.k"),
+        ("k too large", list(upload(small_spec(k=17), images, labels)), C.INVALID_ARGUMENT, f"{config}.k"),
         ("T too large", list(upload(small_spec(encodings_per_image=1001), images, labels)), C.INVALID_ARGUMENT,
-         "spec.encodings_per_image"),
-        ("inside mode", list(upload(small_spec(mode=transform_pb2.ENCODE_MODE_INSIDE), images, labels)),
-         C.INVALID_ARGUMENT, "spec.mode"),
+         "spec.reconstruction.encodings_per_image"),
+        ("inside mode", list(upload(small_spec(mode=instahide_pb2.MIXING_MODE_INSIDE), images, labels)),
+         C.INVALID_ARGUMENT, f"{config}.mode"),
+        ("keys asked of an audit", [audit_pb2.StartAuditRequest(spec=audit_pb2.AuditSpec(
+            reconstruction=reconstruction_pb2.ReconstructionSpec(
+                instahide=instahide_pb2.InstaHideConfig(return_keys=True))))], C.INVALID_ARGUMENT,
+         f"{config}.return_keys"),
         ("one image", list(upload(spec, images[:1], labels[:1])), C.INVALID_ARGUMENT, "images"),
         ("no images", list(upload(spec)), C.INVALID_ARGUMENT, "images"),
         ("labels short", list(upload(spec, images, labels[:-1])), C.INVALID_ARGUMENT, "labels"),
         ("label out of range", list(upload(small_spec(num_classes=5), images, labels)), C.INVALID_ARGUMENT,
          "labels"),
         ("shapes differ", [audit_pb2.StartAuditRequest(spec=spec), chunk,
-                           audit_pb2.StartAuditRequest(images=to_tensor(private_images(2, shape=(16, 16, 3))[0]),
-                                                       labels=[0, 1])], C.INVALID_ARGUMENT, "images.shape"),
+                           chunk_of(images=private_images(2, shape=(16, 16, 3))[0], labels=[0, 1])],
+         C.INVALID_ARGUMENT, "images.shape"),
         ("float out of range", list(upload(spec, floats, labels)), C.INVALID_ARGUMENT, "images"),
         ("four channels", list(upload(spec, *private_images(4, shape=(32, 32, 4)))), C.INVALID_ARGUMENT,
          "images.shape"),
         ("too many images", list(upload(spec, *private_images(MAX_IMAGES + 1), chunk=40)),
          C.RESOURCE_EXHAUSTED, "images"),
-        ("encodings without precomputed", [audit_pb2.StartAuditRequest(spec=spec, encodings=to_tensor(enc))],
-         C.INVALID_ARGUMENT, "encodings"),
-        ("encoding labels mismatch", [audit_pb2.StartAuditRequest(
-            spec=audit_pb2.AuditSpec(precomputed_encodings=True), images=to_tensor(images),
-            encodings=to_tensor(enc), encoding_labels=to_tensor(np.zeros((5, 10), np.float32)))],
+        ("encodings without precomputed", [chunk_of(spec=spec, encodings=enc)], C.INVALID_ARGUMENT, "encodings"),
+        ("encoding labels mismatch", [chunk_of(spec=precomputed, images=images, encodings=enc,
+                                               encoding_labels=np.zeros((5, 10), np.float32))],
          C.INVALID_ARGUMENT, "encoding_labels"),
-        *((f"encoding labels {value}", [audit_pb2.StartAuditRequest(
-            spec=audit_pb2.AuditSpec(precomputed_encodings=True), images=to_tensor(images),
-            encodings=to_tensor(enc), encoding_labels=to_tensor(np.full((6, 10), value, np.float32)))],
+        *((f"encoding labels {value}", [chunk_of(spec=precomputed, images=images, encodings=enc,
+                                                 encoding_labels=np.full((6, 10), value, np.float32))],
            C.INVALID_ARGUMENT, "encoding_labels") for value in (np.nan, np.inf, -0.1, 0.2)),  # 0.2: rows sum to 2
-        ("photo-aware for precomputed encodings", [audit_pb2.StartAuditRequest(
-            spec=audit_pb2.AuditSpec(precomputed_encodings=True, photo_aware_attack=True), images=to_tensor(images),
-            encodings=to_tensor(enc), encoding_labels=to_tensor(np.full((6, 10), 0.05, np.float32)))],
-         C.INVALID_ARGUMENT, "spec.photo_aware_attack"),
-        ("photo-aware with a pool given as images", list(upload(small_spec(photo_aware_attack=True), images, labels)),
-         C.FAILED_PRECONDITION, "spec.photo_aware_attack"),
+        ("an unknown attack", list(upload(small_spec(attacks=["ciphertext_only", "nope"]), images, labels)),
+         C.INVALID_ARGUMENT, "spec.attacks: unknown attack 'nope'; expected one of ['ciphertext_only'"),
+        ("attacks named and changed at once", list(upload(small_spec(attacks=["ciphertext_only"],
+                                                                     skipped_attacks=["key_aware"]), images, labels)),
+         C.INVALID_ARGUMENT, "spec.attacks"),
+        ("a pool-aware attack on precomputed encodings", [chunk_of(
+            spec=spec_of(precomputed_encodings=True, attacks=["pool_aware"]), images=images, encodings=enc,
+            encoding_labels=np.full((6, 10), 0.05, np.float32))],
+         C.INVALID_ARGUMENT, "spec.attacks: pool_aware holds the pool, which this audit does not have"),
+        ("photo-aware for precomputed encodings", [chunk_of(
+            spec=spec_of(precomputed_encodings=True, extra_attacks=["photo_aware"]), images=images, encodings=enc,
+            encoding_labels=np.full((6, 10), 0.05, np.float32))],
+         C.INVALID_ARGUMENT, "spec.attacks: photo_aware holds the photos"),
+        ("photo-aware with a pool given as images", list(upload(small_spec(extra_attacks=["photo_aware"]), images,
+                                                                labels)),
+         C.FAILED_PRECONDITION, "spec.attacks: photo_aware holds the photos the pool was cut from, but this server's"),
         ("unknown dataset", [audit_pb2.StartAuditRequest(spec=small_spec(dataset="sets/missing.npz"))],
          C.NOT_FOUND, "spec.dataset"),
         ("dataset lacks labels", [audit_pb2.StartAuditRequest(spec=small_spec(dataset="unlabelled.npz"))],
@@ -459,7 +511,7 @@ def test_queue_full_time_limit_and_no_data_root(tmp_path, challenge_pool_path):
     with start_server(tmp_path, *args) as server, audits(server.target) as stub:
         long_audit = start_long(stub, MAX_IMAGES)
         wait_running(stub, long_audit.name)
-        queued = start_small(stub, pool_aware_attack=False)  # lean enough for the limit on a loaded box
+        queued = start_small(stub, skipped_attacks=["pool_aware"])  # lean enough for the limit on a loaded box
         assert get(stub, queued.name).state == audit_pb2.AUDIT_STATE_QUEUED
         code, details = code_of(start_small, stub)
         assert code == C.RESOURCE_EXHAUSTED and "queue" in details

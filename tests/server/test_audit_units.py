@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import base64
 import pathlib
+import sqlite3
 import time
 
 import pytest
-from instahide_client.instahide.v1 import audit_pb2
+from instahide_client.instahide.v1 import audit_pb2, instahide_pb2, reconstruction_pb2
 from instahide_server.__main__ import build_parser
+from instahide_server.audit import legacy
+from instahide_server.audit.jobs import _make_token, _parse_token, parse_name
+from instahide_server.audit.store import (
+    SCHEMA_VERSION,
+    AuditStore,
+    AuditStoreError,
+    DisabledAuditStore,
+    open_audit_store,
+    summary_of,
+)
 from instahide_server.config import ConfigError, ServerConfig, default_state_dir
 from instahide_server.errors import InvalidArgument, Unavailable
-from instahide_server.jobs import _make_token, _parse_token, parse_name
-from instahide_server.store import AuditStore, AuditStoreError, DisabledAuditStore, open_audit_store, summary_of
 
 
 def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
@@ -22,10 +31,11 @@ def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
 class TestSettings:
     def test_defaults(self, monkeypatch):
         config = _config([], {"XDG_STATE_HOME": "/var/state"})
-        assert config.state_dir == pathlib.Path("/var/state/instahide") and config.data_root is None
-        assert (config.audit_workers, config.audit_queue_size, config.audit_timeout_seconds,
-                config.audit_max_images, config.audit_retention_days) == (None, 16, 3600.0, 10000, 30.0)
-        assert config.audit_db_max_bytes == 0
+        audits = config.audits
+        assert config.state_dir == pathlib.Path("/var/state/instahide") and audits.data_root is None
+        assert (audits.workers, audits.queue_size, audits.timeout_seconds, audits.max_images,
+                audits.retention_days) == (None, 16, 3600.0, 10000, 30.0)
+        assert audits.db_max_bytes == 0
         assert default_state_dir({}) == pathlib.Path.home() / ".local/state/instahide"
         assert default_state_dir({"XDG_STATE_HOME": "relative"}) == pathlib.Path.home() / ".local/state/instahide"
 
@@ -34,19 +44,20 @@ class TestSettings:
                "INSTAHIDE_AUDIT_RETENTION_DAYS": "0", "INSTAHIDE_AUDIT_DB_MAX_BYTES": "1048576"}
         config = _config(["--audit-workers", "2", "--audit-timeout-seconds", "1.5", "--audit-max-images", "9",
                           "--state-dir", "/flag"], env)
-        assert config.state_dir == pathlib.Path("/flag") and config.data_root == pathlib.Path("/d")
-        assert (config.audit_workers, config.audit_queue_size, config.audit_timeout_seconds,
-                config.audit_max_images, config.audit_retention_days) == (2, 3, 1.5, 9, 0.0)
-        assert config.audit_db_max_bytes == 1048576
-        assert _config(["--audit-db-max-bytes", "4096"], env).audit_db_max_bytes == 4096
+        audits = config.audits
+        assert config.state_dir == pathlib.Path("/flag") and audits.data_root == pathlib.Path("/d")
+        assert (audits.workers, audits.queue_size, audits.timeout_seconds, audits.max_images,
+                audits.retention_days) == (2, 3, 1.5, 9, 0.0)
+        assert audits.db_max_bytes == 1048576
+        assert _config(["--audit-db-max-bytes", "4096"], env).audits.db_max_bytes == 4096
 
     @pytest.mark.parametrize(("argv", "needle"), [
-        (["--audit-workers", "0"], "audit_workers"),
-        (["--audit-queue-size", "0"], "audit_queue_size"),
-        (["--audit-timeout-seconds", "0"], "audit_timeout_seconds"),
-        (["--audit-max-images", "1"], "audit_max_images"),
-        (["--audit-retention-days", "-1"], "audit_retention_days"),
-        (["--audit-db-max-bytes", "-1"], "audit_db_max_bytes"),
+        (["--audit-workers", "0"], "--audit-workers: must be at least 1, got 0"),
+        (["--audit-queue-size", "0"], "--audit-queue-size: must be at least 1"),
+        (["--audit-timeout-seconds", "0"], "--audit-timeout-seconds: must be positive"),
+        (["--audit-max-images", "1"], "--audit-max-images: must be at least 2"),
+        (["--audit-retention-days", "-1"], "--audit-retention-days: must be at least 0"),
+        (["--audit-db-max-bytes", "-1"], "--audit-db-max-bytes: must be at least 0"),
     ])
     def test_bad_settings(self, argv, needle):
         with pytest.raises(ConfigError, match=needle):
@@ -54,7 +65,9 @@ class TestSettings:
 
 
 def _audit(audit_id: str, state: int) -> audit_pb2.Audit:
-    audit = audit_pb2.Audit(name=f"audits/{audit_id}", state=state, spec=audit_pb2.AuditSpec(k=6))
+    spec = audit_pb2.AuditSpec(reconstruction=reconstruction_pb2.ReconstructionSpec(
+        instahide=instahide_pb2.InstaHideConfig(k=6)))
+    audit = audit_pb2.Audit(name=f"audits/{audit_id}", state=state, spec=spec)
     audit.create_time.GetCurrentTime()
     return audit
 
@@ -67,15 +80,19 @@ class TestStore:
             store.insert(_audit(audit_id, audit_pb2.AUDIT_STATE_QUEUED if i < 3 else audit_pb2.AUDIT_STATE_RUNNING))
         done = _audit(ids[0], audit_pb2.AUDIT_STATE_SUCCEEDED)
         done.end_time.FromNanoseconds(time.time_ns() - 10 * 86400 * 10**9)  # ended ten days ago
-        done.report.grid_png = b"png"
-        done.report.ciphertext_only.max_ssim = 0.5
-        done.report.ciphertext_only.recovered.shape.extend([1, 2, 2, 3])
+        done.report.reconstruction.grid_png = b"png"
+        done.report.reconstruction.images = 5
+        row = done.report.attacks.add(attack="ciphertext_only", stage_seconds={"recovery": 1.0})
+        row.reconstruction.max_ssim = 0.5
+        row.reconstruction.recovered.shape.extend([1, 2, 2, 3])
         store.save(done)
         assert store.get(ids[0]).report == done.report
-        assert store.get(ids[0], summary_only=True).report == summary_of(done.report)
-        assert not summary_of(done.report).grid_png and summary_of(done.report).ciphertext_only.max_ssim == 0.5
-        # Only the attacks that ran: a summary must not gain empty ones (a client reads presence as "ran").
-        assert [f.name for f, _ in summary_of(done.report).ListFields()] == ["ciphertext_only"]
+        summary = summary_of(done.report)
+        assert store.get(ids[0], summary_only=True).report == summary
+        # Pictures and tensors go, wherever they sit; every number stays, and nothing is added.
+        assert not summary.reconstruction.grid_png and not summary.attacks[0].reconstruction.HasField("recovered")
+        assert summary.attacks[0].reconstruction.max_ssim == 0.5 and summary.reconstruction.images == 5
+        assert summary.attacks[0].stage_seconds == {"recovery": 1.0} and len(summary.attacks) == 1
 
         assert store.mark_interrupted("interrupted by restart") == 4
         assert {store.get(i).error for i in ids[1:]} == {"interrupted by restart"}
@@ -96,7 +113,44 @@ class TestStore:
         store = AuditStore.open(tmp_path)
         store.insert(_audit("a" * 32, audit_pb2.AUDIT_STATE_QUEUED))
         store.close()
-        assert AuditStore.open(tmp_path).get("a" * 32).spec.k == 6
+        assert AuditStore.open(tmp_path).get("a" * 32).spec.reconstruction.instahide.k == 6
+
+    def test_audits_written_before_audit_kinds_are_read_in_todays_layout(self, tmp_path):
+        # A database of the layout before audit kinds (user_version 0): a spec with a field per parameter and a
+        # boolean per attack, a report with a field per attack. Opening it rewrites every row, once.
+        old_spec = legacy._CLASSES["AuditSpec"](k=4, encodings_per_image=20, seed=7, key_aware_bound=False,
+                                                photo_aware_attack=True, display_name="old")
+        old_report = legacy._CLASSES["AuditReport"](device="cpu", grid_png=b"png", images=3, encodings=60, seconds=9.5,
+                                                    pool_images=64, pool_fingerprint="ab")
+        old_report.ciphertext_only.max_ssim = 0.4
+        old_report.ciphertext_only.stage_seconds.add(key="recovery", value=2.0)
+        old_report.ciphertext_only.recovered.shape.extend([1, 2, 2, 3])
+        old_report.photo_aware.max_ssim = 0.7
+        old_report.photo_aware.public_coverage = 0.5
+        store = AuditStore.open(tmp_path)
+        store.insert(_audit("a" * 32, audit_pb2.AUDIT_STATE_QUEUED))
+        store.close()
+        with sqlite3.connect(tmp_path / "instahide.db") as db:  # as the previous release left it
+            db.execute("UPDATE audits SET state = ?, spec = ?, report = ?, summary = ?",
+                       (audit_pb2.AUDIT_STATE_SUCCEEDED, old_spec.SerializeToString(), old_report.SerializeToString(),
+                        old_report.SerializeToString()))
+            db.execute("PRAGMA user_version = 0")
+        audit = AuditStore.open(tmp_path).get("a" * 32)
+        spec, report = audit.spec, audit.report
+        assert (spec.reconstruction.instahide.k, spec.reconstruction.instahide.seed) == (4, 7)
+        assert spec.reconstruction.encodings_per_image == 20 and spec.display_name == "old"
+        assert list(spec.skipped_attacks) == ["key_aware"] and list(spec.extra_attacks) == ["photo_aware"]
+        assert [(row.attack, row.bound) for row in report.attacks] == [("ciphertext_only", False),
+                                                                      ("photo_aware", False)]
+        first = report.attacks[0]
+        assert first.reconstruction.max_ssim == 0.4 and dict(first.stage_seconds) == {"recovery": 2.0}
+        assert list(first.reconstruction.recovered.shape) == [1, 2, 2, 3] and first.title == "ciphertext-only"
+        assert report.attacks[1].reconstruction.public_coverage == 0.5
+        assert (report.device, report.seconds, report.reconstruction.grid_png, report.reconstruction.grid_attack,
+                report.reconstruction.pool_images) == ("cpu", 9.5, b"png", "photo_aware", 64)
+        with sqlite3.connect(tmp_path / "instahide.db") as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert AuditStore.open(tmp_path).get("a" * 32).report == report  # rewritten once, not again
 
     def test_unusable_folder(self, tmp_path):
         (tmp_path / "file").write_text("")
@@ -124,7 +178,7 @@ class TestStore:
                 store.insert(_audit(f"{i:032x}", audit_pb2.AUDIT_STATE_QUEUED))
         assert str(tmp_path / "instahide.db") in str(caught.value) and i > 1
         big = _audit(kept.name.removeprefix("audits/"), audit_pb2.AUDIT_STATE_SUCCEEDED)
-        big.report.grid_png = bytes(64 * 1024)
+        big.report.reconstruction.grid_png = bytes(64 * 1024)
         with pytest.raises(AuditStoreError, match="full"):
             store.save(big)
         got = store.get(kept.name.removeprefix("audits/"))  # the failed save left the row as it was

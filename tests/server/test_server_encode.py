@@ -7,12 +7,12 @@ import threading
 
 import numpy as np
 import pytest
-from instahide_client._convert import to_numpy
-from instahide_client.instahide.v1 import tensor_pb2, transform_pb2
+from instahide_client.instahide.v1 import instahide_pb2, tensor_pb2, transform_pb2
+from instahide_client.tensors import to_numpy
 from server_testlib import NUM_CLASSES, config, encode_all, encoded, images, ok, request
 
 
-def reference_encoding(batch: np.ndarray, pool: np.ndarray | None, keys: transform_pb2.KeyRecord) -> np.ndarray:
+def reference_encoding(batch: np.ndarray, pool: np.ndarray | None, keys: instahide_pb2.InstaHideKeys) -> np.ndarray:
     """Recompute an encoding from its key record with numpy: e = σ ⊙ Σ λ_s x_s."""
     n = batch.shape[0]
     private = batch.reshape(n, -1).astype(np.float32) / np.float32(127.5) - np.float32(1)
@@ -43,10 +43,10 @@ def test_responses_come_back_in_order_with_their_ids(server):
         ok(response)
         assert response.encoded.dtype == tensor_pb2.DATA_TYPE_FLOAT32
         assert list(response.encoded.shape) == [n, 32, 32, 3]
-        assert response.mixed_labels.dtype == tensor_pb2.DATA_TYPE_FLOAT32
-        assert list(response.mixed_labels.shape) == [n, NUM_CLASSES]
+        assert response.labels.dtype == tensor_pb2.DATA_TYPE_FLOAT32
+        assert list(response.labels.shape) == [n, NUM_CLASSES]
         assert np.abs(encoded(response)).max() <= 1.0
-        assert not response.HasField("keys") and not response.seeded
+        assert not response.HasField("instahide_keys") and not response.seeded
 
 
 def test_float16_output(server):
@@ -68,8 +68,8 @@ def test_keys_only_when_asked_and_they_recompute_the_encoding(server, pool):
     without, with_keys = encode_all(server.target, [request("a", batch, cfg=config()),
                                                     request("b", batch, cfg=config(return_keys=True))])
     assert not ok(without).HasField("keys")
-    keys = ok(with_keys).keys
-    assert (keys.mode, keys.k, keys.private_per_mix) == (transform_pb2.ENCODE_MODE_CROSS, 6, 2)
+    keys = ok(with_keys).instahide_keys
+    assert (keys.mode, keys.k, keys.private_per_mix) == (instahide_pb2.MIXING_MODE_CROSS, 6, 2)
     coefficients, indices = to_numpy(keys.coefficients), to_numpy(keys.indices)
     assert coefficients.shape == (12, 6) and coefficients.dtype == np.float32
     np.testing.assert_allclose(coefficients.sum(axis=1), 1.0, rtol=1e-5)
@@ -85,8 +85,8 @@ def test_keys_only_when_asked_and_they_recompute_the_encoding(server, pool):
 def test_mixed_labels_hold_the_private_coefficients(server):
     batch, labels = images(10, seed=4), [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
     (response,) = encode_all(server.target, [request("m", batch, labels=labels, cfg=config(return_keys=True))])
-    mixed = to_numpy(ok(response).mixed_labels)
-    coefficients, indices = to_numpy(response.keys.coefficients), to_numpy(response.keys.indices)
+    mixed = to_numpy(ok(response).labels)
+    coefficients, indices = to_numpy(response.instahide_keys.coefficients), to_numpy(response.instahide_keys.indices)
     expected = np.zeros((10, NUM_CLASSES), np.float32)
     for row in range(10):
         for slot in range(2):
@@ -96,11 +96,11 @@ def test_mixed_labels_hold_the_private_coefficients(server):
 
 def test_inside_mode_and_no_sign_flip(server):
     batch = images(8, seed=5)
-    cfg = config(mode=transform_pb2.ENCODE_MODE_INSIDE, sign_flip=False, return_keys=True)
+    cfg = config(mode=instahide_pb2.MIXING_MODE_INSIDE, sign_flip=False, return_keys=True)
     (response,) = encode_all(server.target, [request("i", batch, cfg=cfg)])
-    keys = ok(response).keys
+    keys = ok(response).instahide_keys
     assert (keys.mode, keys.k, keys.private_per_mix, keys.pool_fingerprint) == (
-        transform_pb2.ENCODE_MODE_INSIDE, 4, 4, "")
+        instahide_pb2.MIXING_MODE_INSIDE, 4, 4, "")
     assert not keys.HasField("mask_bits")
     np.testing.assert_allclose(encoded(response), reference_encoding(batch, None, keys), atol=1e-5)
 
@@ -116,10 +116,10 @@ def test_seeded_only_with_a_seed_and_the_seed_reproduces(server):
     ])
     plain_1, plain_2, seed_1, seed_2, seed_3 = (ok(r) for r in responses)
     assert not plain_1.seeded and not plain_2.seeded
-    assert seed_1.seeded and seed_2.seeded and seed_3.seeded and seed_1.keys.seeded
+    assert seed_1.seeded and seed_2.seeded and seed_3.seeded and seed_1.instahide_keys.seeded
     assert plain_1.encoded.content != plain_2.encoded.content
     assert seed_1.encoded.content == seed_2.encoded.content
-    assert seed_1.mixed_labels.content == seed_2.mixed_labels.content
+    assert seed_1.labels.content == seed_2.labels.content
     assert seed_1.encoded.content != seed_3.encoded.content
 
 

@@ -6,8 +6,8 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from instahide_client._convert import to_tensor
-from instahide_client.instahide.v1 import tensor_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.instahide.v1 import instahide_pb2, tensor_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.tensors import to_tensor
 from server_testlib import (
     FAILED_PRECONDITION,
     INVALID_ARGUMENT,
@@ -54,17 +54,17 @@ BAD_REQUESTS = {
                             INVALID_ARGUMENT, "labels"),
     "negative label": (request("bad", images(4), labels=[0, -1, 2, 3], cfg=config()), INVALID_ARGUMENT, "labels"),
     "num_classes 0": (request("bad", images(4), cfg=config(num_classes=0)), INVALID_ARGUMENT,
-                      "config.num_classes"),
-    "k too large": (request("bad", images(4), cfg=config(k=17)), INVALID_ARGUMENT, "config.k"),
-    "k too small": (request("bad", images(4), cfg=config(mode=transform_pb2.ENCODE_MODE_INSIDE, k=1)),
-                    INVALID_ARGUMENT, "config.k"),
+                      "config.instahide.num_classes"),
+    "k too large": (request("bad", images(4), cfg=config(k=17)), INVALID_ARGUMENT, "config.instahide.k"),
+    "k too small": (request("bad", images(4), cfg=config(mode=instahide_pb2.MIXING_MODE_INSIDE, k=1)),
+                    INVALID_ARGUMENT, "config.instahide.k"),
     "private_per_mix above k": (request("bad", images(4), cfg=config(k=3, private_per_mix=4)),
-                                INVALID_ARGUMENT, "config.private_per_mix"),
+                                INVALID_ARGUMENT, "config.instahide.private_per_mix"),
     "max_coefficient 0": (request("bad", images(4), cfg=config(max_coefficient=0.0)), INVALID_ARGUMENT,
-                          "config.max_coefficient"),
+                          "config.instahide.max_coefficient"),
     "min_private_mass above 1": (request("bad", images(4), cfg=config(min_private_mass=1.5)), INVALID_ARGUMENT,
-                                 "config.min_private_mass"),
-    "unknown mode": (request("bad", images(4), cfg=config(mode=7)), INVALID_ARGUMENT, "config.mode"),
+                                 "config.instahide.min_private_mass"),
+    "unknown mode": (request("bad", images(4), cfg=config(mode=7)), INVALID_ARGUMENT, "config.instahide.mode"),
     "uint8 output": (request("bad", images(4), cfg=config(output_dtype=tensor_pb2.DATA_TYPE_UINT8)),
                      INVALID_ARGUMENT, "config.output_dtype"),
     "NaN pixel": (request("bad", _float_images(np.nan), cfg=config()), INVALID_ARGUMENT, "images.content"),
@@ -87,7 +87,7 @@ def test_bad_request_is_answered_and_the_stream_goes_on(server, name):
     assert error_response.error.code == code
     assert error_response.error.field == field
     assert error_response.error.message.startswith(field + ":"), error_response.error.message
-    assert not error_response.HasField("encoded") and not error_response.HasField("mixed_labels")
+    assert not error_response.HasField("encoded") and not error_response.HasField("labels")
     assert good_response.request_id == "good" and encoded(good_response).shape == (5, 32, 32, 3)
 
 
@@ -99,7 +99,7 @@ def test_a_bad_request_without_config_reuses_the_streams_config(server):
     ])
     assert [r.HasField("error") for r in responses] == [False, True, False]
     assert responses[1].error.field == "labels"
-    assert list(responses[2].mixed_labels.shape) == [4, 3]
+    assert list(responses[2].labels.shape) == [4, 3]
 
 
 def test_limits_from_the_environment(tmp_path, small_pool_path):
@@ -124,7 +124,7 @@ def test_photos_that_cannot_fill_the_pool(tmp_path):
     with start_server(tmp_path, "--pool-photos", str(photos), "--pool-size", "4") as server:
         cross, inside, again = encode_all(server.target, [
             request("cross", images(4), cfg=config()),
-            request("inside", images(4), cfg=config(mode=transform_pb2.ENCODE_MODE_INSIDE)),
+            request("inside", images(4), cfg=config(mode=instahide_pb2.MIXING_MODE_INSIDE)),
             request("again", images(4), cfg=config())])
         assert cross.error.code == FAILED_PRECONDITION and cross.error.field == ""
         assert "cannot cut a public pool of 4 images of 32x32" in cross.error.message

@@ -31,9 +31,11 @@ from fuzz_strategies import (
     INSIDE,
     EncodeCase,
     audit_names,
+    chunk_request,
     encode_cases,
     list_requests,
     raw_messages,
+    reconstruction_spec,
     start_audit_streams,
     text,
     wild_audit_chunks,
@@ -41,8 +43,8 @@ from fuzz_strategies import (
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from instahide_client._convert import to_numpy, to_tensor
-from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, transform_pb2, transform_pb2_grpc
+from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, instahide_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.tensors import to_numpy, to_tensor
 from serverproc import ServerProcess, start_server
 
 MIN_REQUESTS = 10_000  # issue 6: requests per CI run
@@ -182,7 +184,7 @@ def ledger(audits: audit_pb2_grpc.AuditServiceStub) -> AuditLedger:
 def _check_encoded(case: EncodeCase, response: transform_pb2.EncodeResponse) -> None:
     """Invariants of every successful response; for well-formed cases also what their config asked."""
     request = case.request
-    encoded, mixed = to_numpy(response.encoded), to_numpy(response.mixed_labels)
+    encoded, mixed = to_numpy(response.encoded), to_numpy(response.labels)
     images_shape = list(request.images.shape)
     assert list(encoded.shape) == images_shape
     assert response.encoded.dtype in (FLOAT32, FLOAT16)
@@ -191,10 +193,10 @@ def _check_encoded(case: EncodeCase, response: transform_pb2.EncodeResponse) -> 
     assert np.isfinite(mixed).all() and mixed.min() >= 0 and (mixed.sum(axis=1) <= 1 + 1e-5).all()
     if case.expect != "ok":
         return
-    config = request.config
-    assert response.encoded.dtype == (FLOAT16 if config.output_dtype == FLOAT16 else FLOAT32)
+    outer, config = request.config, request.config.instahide
+    assert response.encoded.dtype == (FLOAT16 if outer.output_dtype == FLOAT16 else FLOAT32)
     assert mixed.shape[1] == config.num_classes
-    assert response.HasField("keys") == config.return_keys
+    assert response.HasField("instahide_keys") == config.return_keys
     assert response.seeded == config.HasField("seed")
     if config.mode == INSIDE:
         np.testing.assert_allclose(mixed.sum(axis=1), 1, atol=1e-5)
@@ -457,25 +459,28 @@ def test_fuzzing_sent_enough_and_left_a_working_server(fuzz_server, transform, a
     # audit, watched to its end, shows the attack path still works after all that. Lean (no pool-aware
     # attack), so that it fits the 5 s limit on a slow box too: with it, it took over 5 s on a 2-core CI run.
     images = np.random.default_rng(2).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
-    spec = audit_pb2.AuditSpec(k=4, encodings_per_image=2, seed=1, pool_aware_attack=False)
-    upload = audit_pb2.StartAuditRequest(spec=spec, images=to_tensor(images), labels=[0, 1, 0, 1])
+    spec = reconstruction_spec(k=4, encodings_per_image=2, seed=1, skipped_attacks=["pool_aware"])
+    upload = chunk_request(images=to_tensor(images), labels=[0, 1, 0, 1])
+    upload.spec.CopyFrom(spec)
     name = audits.StartAudit(iter([upload]), timeout=CALL_TIMEOUT).audit.name
     for _ in audits.WatchAudit(audit_pb2.WatchAuditRequest(name=name), timeout=CALL_TIMEOUT):
         pass
     final = audits.GetAudit(audit_pb2.GetAuditRequest(name=name, summary_only=True), timeout=CALL_TIMEOUT).audit
     assert final.state == audit_pb2.AUDIT_STATE_SUCCEEDED, final
-    assert final.HasField("report") and -1 <= final.report.ciphertext_only.max_ssim <= 1, final
+    assert final.HasField("report") and -1 <= final.report.attacks[0].reconstruction.max_ssim <= 1, final
 
     rng = np.random.default_rng(1)
     batch = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
     request = transform_pb2.EncodeRequest(request_id="after", images=to_tensor(batch), labels=[0, 1, 2, 3, 4, 5],
-                                          config=transform_pb2.EncodeConfig(num_classes=6, output_dtype=FLOAT16))
+                                          config=transform_pb2.EncodeConfig(
+                                              output_dtype=FLOAT16,
+                                              instahide=instahide_pb2.InstaHideConfig(num_classes=6)))
     (response,) = transform.Encode(iter([request]), timeout=CALL_TIMEOUT)
     assert not response.HasField("error"), response.error
     encoded = to_numpy(response.encoded)
     assert encoded.shape == batch.shape and encoded.dtype == np.float16 and np.abs(encoded).max() <= 1
     assert encoded.std() > 0.1  # mixed pixels, not zeros
-    mixed = to_numpy(response.mixed_labels)
+    mixed = to_numpy(response.labels)
     assert mixed.shape == (6, 6) and (mixed[np.arange(6), np.arange(6)] > 0).all()  # each image's own class
     assert ((mixed.sum(axis=1) >= 0.3 - 1e-5) & (mixed.sum(axis=1) <= 1 + 1e-5)).all()  # public mass dropped
 

@@ -75,7 +75,7 @@ def test_bundled_default_pool(tmp_path):
         (response,) = encode_all(server.target, [request("d", images(16), cfg=config(return_keys=True))],
                                  timeout=180)
         assert encoded(response).shape == (16, 32, 32, 3)
-        assert re.fullmatch(r"[0-9a-f]{64}", response.keys.pool_fingerprint)
+        assert re.fullmatch(r"[0-9a-f]{64}", response.instahide_keys.pool_fingerprint)
     assert list(cache.glob("*.npy")), "the default pool was not cached"
 
 

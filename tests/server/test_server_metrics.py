@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from instahide_client._convert import to_tensor
-from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc
+from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, instahide_pb2, reconstruction_pb2
+from instahide_client.tensors import to_tensor
 from instahide_server.interceptors.metrics import (
     BIDI_STREAM,
     CLIENT_STREAM,
@@ -86,12 +86,15 @@ def run(tmp_path_factory, small_pool_path):
             health = health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=10)
             stub = audit_pb2_grpc.AuditServiceStub(chan)
             pixels = np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
-            spec = audit_pb2.AuditSpec(k=4, encodings_per_image=3, seed=1, key_aware_bound=False)
+            spec = audit_pb2.AuditSpec(skipped_attacks=["key_aware"],
+                                       reconstruction=reconstruction_pb2.ReconstructionSpec(
+                                           instahide=instahide_pb2.InstaHideConfig(k=4, seed=1),
+                                           encodings_per_image=3))
+            chunks = [reconstruction_pb2.ReconstructionChunk(images=to_tensor(pixels[:5]), labels=[0, 1, 2, 3, 4]),
+                      reconstruction_pb2.ReconstructionChunk(images=to_tensor(pixels[5:]), labels=[5, 6, 7])]
             audit = stub.StartAudit(iter([audit_pb2.StartAuditRequest(spec=spec),
-                                          audit_pb2.StartAuditRequest(images=to_tensor(pixels[:5]),
-                                                                      labels=[0, 1, 2, 3, 4]),
-                                          audit_pb2.StartAuditRequest(images=to_tensor(pixels[5:]),
-                                                                      labels=[5, 6, 7])]), timeout=60).audit
+                                          *(audit_pb2.StartAuditRequest(reconstruction=c) for c in chunks)]),
+                                    timeout=60).audit
             events = list(stub.WatchAudit(audit_pb2.WatchAuditRequest(name=audit.name), timeout=60))
             report = stub.GetAudit(audit_pb2.GetAuditRequest(name=audit.name, summary_only=True),
                                    timeout=10).audit.report
@@ -125,7 +128,7 @@ def test_the_exposition_parses_and_carries_the_families(run):
 def test_nothing_counted_before_the_first_call(run):
     before = run["before"]
     assert before.grpc("grpc_server_started_total", ENCODE) == 0
-    assert before.value("instahide_images_encoded_total", mode="cross") == 0
+    assert before.value("instahide_images_encoded_total", family="instahide", mode="cross") == 0
     assert before.value("instahide_encode_streams_in_flight") == 0
 
 
@@ -135,7 +138,7 @@ def test_encode_stream_counts(run):
     assert responses[1].error.code == INVALID_ARGUMENT
     images_sent = sum(ok(r).encoded.shape[0] for i, r in enumerate(responses) if i != 1)
     assert images_sent == sum(BATCH_SIZES)
-    assert after.value("instahide_images_encoded_total", mode="cross") == images_sent
+    assert after.value("instahide_images_encoded_total", family="instahide", mode="cross") == images_sent
     assert after.grpc("grpc_server_started_total", ENCODE) == 1
     assert after.grpc("grpc_server_handled_total", ENCODE, grpc_code="OK") == 1  # a per-item error is no failure
     assert sum(v for (name, labels), v in after.samples.items() if name == "grpc_server_handled_total"
@@ -174,12 +177,12 @@ def test_audit_counts(run):
     assert after.value("instahide_audits_total", state="succeeded") == 1
     assert after.value("instahide_audit_seconds_count") == 1
     # One observation per attack that ran (the spec leaves the key-aware bound out), of its reported Max_SSIM.
-    report = run["report"]
-    assert report.HasField("pool_aware") and not report.HasField("key_aware")
-    for attack in ("ciphertext_only", "pool_aware"):
-        assert after.value("instahide_audit_max_ssim_count", attack=attack) == 1, attack
-        assert after.value("instahide_audit_max_ssim_sum", attack=attack) == pytest.approx(
-            getattr(report, attack).max_ssim), attack
+    rows = {row.attack: row for row in run["report"].attacks}
+    assert list(rows) == ["ciphertext_only", "pool_aware"]
+    for attack, row in rows.items():
+        assert after.value("instahide_audit_max_ssim_count", attack=attack, bound="false") == 1, attack
+        assert after.value("instahide_audit_max_ssim_sum", attack=attack, bound="false") == pytest.approx(
+            row.reconstruction.max_ssim), attack
     assert not any(name.startswith("instahide_audit_max_ssim") and ("attack", "key_aware") in labels
                    for name, labels in after.samples)
     assert after.value("instahide_audit_queue_depth") == 0

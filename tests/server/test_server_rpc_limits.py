@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from instahide_client._convert import to_numpy
-from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
+from instahide_client.instahide.v1 import instahide_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.tensors import to_numpy
 from server_testlib import config, encoded, images, request, start_server
 
 MAX_RPCS = 2
@@ -35,7 +35,7 @@ class HeldStream:
             yield item
 
     def send(self, batch: np.ndarray) -> transform_pb2.EncodeResponse:
-        cfg = (config(mode=transform_pb2.ENCODE_MODE_INSIDE, sign_flip=False, return_keys=True)
+        cfg = (config(mode=instahide_pb2.MIXING_MODE_INSIDE, sign_flip=False, return_keys=True)
                if self._sent == 0 else None)  # the config carries over to later requests
         self._sent += 1
         self._requests.put(request(f"{self._name}-{self._sent}", batch, cfg=cfg))
@@ -58,7 +58,7 @@ def own_connection(target: str) -> grpc.Channel:
 
 def check_encoding(batch: np.ndarray, response: transform_pb2.EncodeResponse) -> None:
     """Inside mode, no sign flip: each encoding is the key's mix of images of its own batch."""
-    keys = response.keys
+    keys = response.instahide_keys
     x = batch.astype(np.float64) / 127.5 - 1
     expected = np.einsum("nk,nkhwc->nhwc", to_numpy(keys.coefficients), x[to_numpy(keys.indices)])
     np.testing.assert_allclose(encoded(response), expected, atol=1e-5)

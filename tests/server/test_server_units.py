@@ -12,16 +12,16 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from instahide_client._convert import to_tensor
-from instahide_client.instahide.v1 import transform_pb2
-from instahide_server import pools, wire
+from instahide_client.instahide.v1 import instahide_pb2, transform_pb2
+from instahide_client.tensors import to_tensor
 from instahide_server.__main__ import build_parser
 from instahide_server.config import ConfigError, ServerConfig
 from instahide_server.errors import FailedPrecondition, InvalidArgument, Status
 from instahide_server.interceptors.errors import ErrorInterceptor
-from instahide_server.pools import PoolRegistry
+from instahide_server.transform import pools, wire
+from instahide_server.transform.pools import PoolRegistry
 
-from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
+from instahide_ops.audits.reconstruction import AttackSettings
 from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.photos import BUNDLED_SOURCE_NAMES, bundled_sources
@@ -35,61 +35,66 @@ def _config(argv: list[str], env: dict[str, str]) -> ServerConfig:
 class TestConfig:
     def test_defaults(self):
         config = _config([], {})
-        assert (config.host, config.port, config.device, config.pool, config.token) == (
+        transport = config.transport
+        assert (transport.host, transport.port, config.device, config.transforms.pool, transport.token) == (
             "127.0.0.1", 50051, "auto", None, None)
-        assert config.max_message_bytes == 64 << 20 and config.max_in_flight_per_stream == 4
-        assert config.stream_window_bytes == 4 << 20
+        assert transport.max_message_bytes == 64 << 20 and config.transforms.max_in_flight_per_stream == 4
+        assert transport.stream_window_bytes == 4 << 20
 
     def test_flag_wins_over_env_and_env_over_default(self):
         env = {"INSTAHIDE_PORT": "6000", "INSTAHIDE_MAX_IMAGES_PER_REQUEST": "7", "INSTAHIDE_HOST": "0.0.0.0",
                "INSTAHIDE_GRACE_SECONDS": "2.5", "INSTAHIDE_LOG_LEVEL": "debug"}
         config = _config(["--port", "7000"], env)
-        assert config.port == 7000 and config.max_images_per_request == 7 and config.host == "0.0.0.0"
+        assert config.transport.port == 7000 and config.transforms.max_images_per_request == 7
+        assert config.transport.host == "0.0.0.0"
         assert config.grace_seconds == 2.5 and config.log_level == "DEBUG"
-        assert _config([], {"INSTAHIDE_STREAM_WINDOW_BYTES": "0"}).stream_window_bytes == 0  # gRPC's own window
+        # gRPC's own window
+        assert _config([], {"INSTAHIDE_STREAM_WINDOW_BYTES": "0"}).transport.stream_window_bytes == 0
 
     def test_token_sources(self, tmp_path):
         token_file = tmp_path / "token"
         token_file.write_text("from-file\n")
-        assert _config([], {"INSTAHIDE_TOKEN": "from-env"}).token == "from-env"
-        assert _config(["--token-file", str(token_file)], {"INSTAHIDE_TOKEN": "from-env"}).token == "from-file"
-        assert _config([], {"INSTAHIDE_TOKEN_FILE": str(token_file)}).token == "from-file"
+        assert _config([], {"INSTAHIDE_TOKEN": "from-env"}).transport.token == "from-env"
+        from_file = _config(["--token-file", str(token_file)], {"INSTAHIDE_TOKEN": "from-env"})
+        assert from_file.transport.token == "from-file"
+        assert _config([], {"INSTAHIDE_TOKEN_FILE": str(token_file)}).transport.token == "from-file"
         assert "from-file" not in repr(_config(["--token-file", str(token_file)], {}))
 
     def test_pool_size(self):
-        assert _config([], {}).pool_size is None
-        assert _config(["--pool-photos", "photos"], {"INSTAHIDE_POOL_SIZE": "64"}).pool_size == 64
+        assert _config([], {}).transforms.pool_size is None
+        assert _config(["--pool-photos", "photos"], {"INSTAHIDE_POOL_SIZE": "64"}).transforms.pool_size == 64
 
     def test_audit_refinement_is_off_unless_asked_for(self):
-        assert (_config([], {}).audit_refine_sets, _config([], {}).audit_refine_steps) == (0, RefinementConfig.steps)
-        config = _config(["--audit-refine-sets", "2"], {"INSTAHIDE_AUDIT_REFINE_STEPS": "300"})
-        assert (config.audit_refine_sets, config.audit_refine_steps) == (2, 300)
+        audits = _config([], {}).audits
+        assert (audits.refine_sets, audits.refine_steps) == (0, RefinementConfig.steps)  # the library's default
+        audits = _config(["--audit-refine-sets", "2"], {"INSTAHIDE_AUDIT_REFINE_STEPS": "300"}).audits
+        assert (audits.refine_sets, audits.refine_steps) == (2, 300)
 
     def test_audit_pool_memory(self):
-        assert _config([], {}).audit_pool_memory_bytes == WORKING_BYTES  # the library's default
-        assert _config([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "256"}).audit_pool_memory_bytes == 256 << 20
-        assert _config(["--audit-pool-memory-mib", "64"], {}).audit_pool_memory_mib == 64
+        assert _config([], {}).audits.pool_memory_bytes == AttackSettings.working_bytes  # the library's default
+        assert _config([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "256"}).audits.pool_memory_bytes == 256 << 20
+        assert _config(["--audit-pool-memory-mib", "64"], {}).audits.pool_memory_mib == 64
 
     def test_warm_shapes(self):
-        assert _config([], {}).warm_shapes == ((32, 32, 3),)
-        assert _config(["--warm-shapes", "24x40x3, 16x16x1"], {}).warm_shapes == ((24, 40, 3), (16, 16, 1))
-        assert _config([], {"INSTAHIDE_WARM_SHAPES": "none"}).warm_shapes == ()
+        assert _config([], {}).transforms.warm_shapes == ((32, 32, 3),)
+        assert _config(["--warm-shapes", "24x40x3, 16x16x1"], {}).transforms.warm_shapes == ((24, 40, 3), (16, 16, 1))
+        assert _config([], {"INSTAHIDE_WARM_SHAPES": "none"}).transforms.warm_shapes == ()
 
     @pytest.mark.parametrize(("argv", "env", "needle"), [
         (["--warm-shapes", "32x32"], {}, "--warm-shapes"),
         ([], {"INSTAHIDE_PORT": "http"}, "INSTAHIDE_PORT"),
-        (["--port", "70000"], {}, "port"),
-        (["--device", "tpu"], {}, "device"),
-        (["--max-in-flight-per-stream", "0"], {}, "max_in_flight_per_stream"),
-        (["--stream-window-bytes", "1024"], {}, "stream_window_bytes"),
+        (["--port", "70000"], {}, r"--port: must be in \[0, 65535\], got 70000"),
+        (["--device", "tpu"], {}, "--device: cannot use 'tpu': expected auto, cpu, cuda or cuda:N"),
+        (["--max-in-flight-per-stream", "0"], {}, "--max-in-flight-per-stream: must be at least 1"),
+        (["--stream-window-bytes", "1024"], {}, r"--stream-window-bytes: must be 0 or in \[65535, 2\*\*31\)"),
         (["--token-file", "/nonexistent/token"], {}, "token file"),
         ([], {"INSTAHIDE_LOG_LEVEL": "loud"}, "INSTAHIDE_LOG_LEVEL"),
         (["--pool", "pool.npy"], {"INSTAHIDE_POOL_PHOTOS": "photos"}, "--pool and --pool-photos"),
         (["--pool", "pool.npy", "--pool-size", "64"], {}, "--pool-size sizes a pool the server cuts"),
-        ([], {"INSTAHIDE_POOL_SIZE": "0"}, "pool_size must be at least 1"),
-        (["--audit-pool-memory-mib", "0"], {}, "audit_pool_memory_mib must be at least 1"),
-        (["--audit-refine-sets", "-1"], {}, "audit_refine_sets must not be negative"),
-        ([], {"INSTAHIDE_AUDIT_REFINE_STEPS": "0"}, "audit_refine_steps must be at least 1"),
+        ([], {"INSTAHIDE_POOL_SIZE": "0"}, "INSTAHIDE_POOL_SIZE: must be at least 1"),
+        (["--audit-pool-memory-mib", "0"], {}, "--audit-pool-memory-mib: must be at least 1"),
+        (["--audit-refine-sets", "-1"], {}, "--audit-refine-sets: must be at least 0"),
+        ([], {"INSTAHIDE_AUDIT_REFINE_STEPS": "0"}, "INSTAHIDE_AUDIT_REFINE_STEPS: must be at least 1"),
         ([], {"INSTAHIDE_AUDIT_POOL_MEMORY_MIB": "1.5"}, "INSTAHIDE_AUDIT_POOL_MEMORY_MIB"),
     ])
     def test_bad_settings_name_their_source(self, argv, env, needle):
@@ -101,7 +106,7 @@ class TestWire:
     @pytest.mark.parametrize("dtype", [np.float32, np.float16])
     def test_hand_written_response_parses_like_protobuf(self, dtype):
         array = np.random.default_rng(0).standard_normal((3, 4, 5, 2)).astype(dtype)
-        rest = transform_pb2.EncodeResponse(mixed_labels=to_tensor(np.eye(3, dtype=np.float32)), seeded=True)
+        rest = transform_pb2.EncodeResponse(labels=to_tensor(np.eye(3, dtype=np.float32)), seeded=True)
         expected = transform_pb2.EncodeResponse()
         expected.CopyFrom(rest)
         expected.request_id = "id-é"
@@ -259,20 +264,22 @@ def test_error_interceptor_maps_domain_errors_and_hides_the_unexpected(caplog):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batch_encoder_on_cuda_matches_the_keys():
-    from instahide_server.encoder import BatchEncoder
-    from instahide_server.validation import Limits
+    from instahide_server.transform.encoder import BatchEncoder
+    from instahide_server.transform.instahide import InstaHideFamily
+    from instahide_server.transform.validation import Limits
 
     source = np.random.default_rng(2).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
     device = torch.device("cuda")
-    encoder = BatchEncoder(device=device, pools=PoolRegistry(device=device, source=source),
+    encoder = BatchEncoder(device=device, families=[InstaHideFamily(PoolRegistry(device=device, source=source))],
                            limits=Limits(max_images_per_request=1024, max_message_bytes=64 << 20))
     batch = np.random.default_rng(3).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
     request = transform_pb2.EncodeRequest(request_id="gpu", images=to_tensor(batch), labels=[i % 10 for i in range(64)])
-    cfg = transform_pb2.EncodeConfig(num_classes=10, return_keys=True, sign_flip=False)
+    cfg = transform_pb2.EncodeConfig(instahide=instahide_pb2.InstaHideConfig(num_classes=10, return_keys=True,
+                                                                             sign_flip=False))
     response = transform_pb2.EncodeResponse.FromString(encoder.run(request, cfg).payload)
     assert not response.HasField("error"), response.error
-    coefficients = np.frombuffer(response.keys.coefficients.content, np.float32).reshape(64, 6)
-    indices = np.frombuffer(response.keys.indices.content, np.int64).reshape(64, 6)
+    coefficients = np.frombuffer(response.instahide_keys.coefficients.content, np.float32).reshape(64, 6)
+    indices = np.frombuffer(response.instahide_keys.indices.content, np.int64).reshape(64, 6)
     private = batch.reshape(64, -1).astype(np.float32) / np.float32(127.5) - 1
     public = source.reshape(32, -1).astype(np.float32) / np.float32(127.5) - 1
     expected = sum(coefficients[:, s : s + 1] * (private if s < 2 else public)[indices[:, s]] for s in range(6))

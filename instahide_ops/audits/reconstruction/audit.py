@@ -1,32 +1,34 @@
-"""A leakage audit as one function: simulate the deployment, attack it, score what leaks.
+"""A reconstruction audit as one function: simulate the deployment, run the attacks, score what leaks.
 
-``audit_deployment`` encodes the private images T times with the configuration under audit (the
-same encoder the service's Encode stream uses, fresh keys unless seeded), runs the ciphertext-only
-attack and, optionally, the photo-aware attack (the same attacker holding the photos the pool was cut
-from), the pool-aware attack (holding the public pool itself) and the key-aware bound, and scores each
-the way the InstaHide Challenge does.
-``audit_encodings`` audits encodings made elsewhere against their originals. ``bench/attack.py`` and
-the audit service both call these, so their numbers agree for the same data and seed.
+``audit_deployment`` encodes the private images T times with the configuration under audit (the same encoder
+the service's Encode stream uses, fresh keys unless seeded), hands each chosen attack the view its attacker
+holds (``attack.AttackerView``), and scores each the way the InstaHide Challenge does. ``audit_encodings``
+audits encodings made elsewhere against their originals. ``bench/attack.py`` and the audit service both call
+these, so their numbers agree for the same data and seed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from instahide_ops.audits.progress import CancelToken
-from instahide_ops.audits.reconstruction import create_attack
-from instahide_ops.audits.reconstruction.attack import AttackResult
-from instahide_ops.audits.reconstruction.instahide.ciphertext_only import attack_stages
-from instahide_ops.audits.reconstruction.instahide.photo_aware import STAGES as PHOTO_POOL_STAGES
-from instahide_ops.audits.reconstruction.instahide.pool_aware import BOUND_PUBLIC_MIX_STEPS, DEFAULT_PUBLIC_MIX_STEPS
-from instahide_ops.audits.reconstruction.instahide.pool_aware import STAGES as POOL_AWARE_STAGES
-from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
-from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
+from instahide_ops.audits.reconstruction.attack import (
+    KEYS,
+    PHOTOS,
+    POOL,
+    Attack,
+    AttackerView,
+    AttackResult,
+    AttackSettings,
+    KeyMapping,
+    choose_attacks,
+)
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import check_public_parameters
 from instahide_ops.audits.reconstruction.scores import (
     ChallengeScores,
     RecoveryScores,
@@ -38,19 +40,46 @@ from instahide_ops.errors import InvalidInputError
 from instahide_ops.grid import encode_png, image_grid
 from instahide_ops.images import unit_range_array
 from instahide_ops.transforms.instahide.challenge import build_challenge, challenge_public_pool
+from instahide_ops.transforms.instahide.encode import EncodeParams
 from instahide_ops.transforms.instahide.pool import PublicPool
 
 AuditProgressCallback = Callable[[str, float, float], None]
 """Called with (stage, fraction of the stage, fraction of the whole audit)."""
 
-# Rough seconds of each attack stage on two CPU cores at 100 × 50, over 250, for the overall fraction (measured
-# through the service on 2026-11-24; training, which runs on CUDA only, keeps its older rough share). An attack
-# run inside the audit as one stage (photo_aware, pool_aware, key_aware) weighs what its own stages weigh.
-STAGE_WEIGHTS = {"encoding": 0.03, "training": 0.30, "similarity": 0.01, "clustering": 0.03, "assignment": 0.01,
-                 "recovery": 0.45, "orientation": 0.01, "scoring": 0.02, "photo_pool": 1.60, "public_mix": 0.35,
-                 "reclustering": 0.04, "refinement": 0.36, "reassignment": 1.20, "restarts": 0.35,
-                 "shared_publics": 0.18, "self_refinement": 1.25}
+DEFAULT_ENCODINGS_PER_IMAGE = 50
+MAX_ENCODINGS_PER_IMAGE = 1000
+# The audit's own stages' shares of the time, in the attacks' unit (attack.Attack.stages).
+ENCODING_WEIGHT, SCORING_WEIGHT = 0.03, 0.02
 GRID_PAIRS = 20
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The InstaHide configuration under audit.
+
+    Attributes:
+        params: the encoding's parameters, as Encode takes them (cross mode; two private images a mix).
+        encodings_per_image: T, encodings made of each private image.
+        num_classes: label width; None means max(label) + 1.
+        seed: reproducible keys; None draws them from the CSPRNG, as in production.
+    """
+
+    params: EncodeParams = field(default_factory=EncodeParams)
+    encodings_per_image: int = DEFAULT_ENCODINGS_PER_IMAGE
+    num_classes: int | None = None
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """Raise InvalidInputError for a configuration the encoder or the attacks cannot take; ``field`` names it."""
+        self.params.validate()
+        check_public_parameters(k=self.params.resolved_k, encodings_per_image=self.encodings_per_image,
+                                mode=self.params.mode)
+        if self.params.private_per_mix != 2:
+            raise InvalidInputError(f"the attacks handle 2 private images a mix, got {self.params.private_per_mix}",
+                                    field="private_per_mix")
+        if self.encodings_per_image > MAX_ENCODINGS_PER_IMAGE:
+            raise InvalidInputError(f"must be in [1, {MAX_ENCODINGS_PER_IMAGE}], got {self.encodings_per_image}",
+                                    field="encodings_per_image")
 
 
 @dataclass(frozen=True)
@@ -58,15 +87,17 @@ class AttackReport:
     """How one attack did.
 
     Attributes:
-        scores: the challenge's four metrics (None for precomputed encodings, whose pairs are unknown).
+        attack: the registered attack (its name, title, threat, and whether it is a bound).
+        scores: the challenge's four metrics (against each encoding's best-matching originals for
+            precomputed encodings, whose pairs are unknown).
         recovery: each private image's best recovery and the fractions above SSIM 0.5 / 0.8.
         recovered: (M, H, W, C) float32 recovered images.
         stage_seconds: seconds per attack stage.
-        public_coverage: the attack's ``AttackResult.public_coverage`` (None for attacks that find no
-            public image).
+        public_coverage: the attack's ``AttackResult.public_coverage`` (None for attacks that find no public image).
     """
 
-    scores: ChallengeScores | None
+    attack: Attack
+    scores: ChallengeScores
     recovery: RecoveryScores
     recovered: torch.Tensor
     stage_seconds: dict[str, float]
@@ -75,38 +106,38 @@ class AttackReport:
 
 @dataclass(frozen=True)
 class LeakageReport:
-    """An audit's result: the attacks that ran, the device, a picture and the sizes."""
+    """An audit's result: every attack that ran (in the order it ran), the device, a picture and the sizes.
 
-    ciphertext_only: AttackReport
-    key_aware: AttackReport | None
-    pool_aware: AttackReport | None
+    Attributes:
+        attacks: attack name -> its report.
+        grid_png: originals over their best recoveries by ``grid_attack``, the strongest attack without keys.
+        pool_images, pool_fingerprint: the public pool the encodings mixed in; 0 and "" when none is known.
+    """
+
+    attacks: dict[str, AttackReport]
     device: str
     images: int
     encodings: int
     grid_png: bytes
+    grid_attack: str
     seconds: float
-    photo_aware: AttackReport | None = None
-    pool_images: int = 0  # the public pool the encodings mixed in; 0 and "" when none is known
+    pool_images: int = 0
     pool_fingerprint: str = ""
+
+    def strongest_without_keys(self) -> AttackReport:
+        """The attack without keys that recovered most (highest Max_SSIM; the earlier one on a tie)."""
+        return strongest_without_keys(self.attacks.values())
 
     def summary(self) -> dict:
         """The headline numbers, JSON-ready."""
         out: dict = {"device": self.device, "images": self.images, "encodings": self.encodings,
                      "seconds": self.seconds, "pool_images": self.pool_images,
                      "pool_fingerprint": self.pool_fingerprint}
-        for name, report in self.attacks().items():
-            out[name] = {**(report.scores.to_dict() if report.scores else {}),
-                         **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
+        for name, report in self.attacks.items():
+            out[name] = {**report.scores.to_dict(), **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
             if report.public_coverage is not None:
                 out[name]["public_coverage"] = report.public_coverage
         return out
-
-    def attacks(self) -> dict[str, AttackReport]:
-        """The attacks that ran, by name: "ciphertext_only", then "photo_aware", "pool_aware" and "key_aware"
-        when run."""
-        reports = {"ciphertext_only": self.ciphertext_only, "photo_aware": self.photo_aware,
-                   "pool_aware": self.pool_aware, "key_aware": self.key_aware}
-        return {name: report for name, report in reports.items() if report is not None}
 
 
 class _Progress:
@@ -125,7 +156,7 @@ class _Progress:
             self._callback(stage, fraction, min(1.0, overall))
 
     def renamed(self, name: str, parts: dict[str, float]) -> Callable[[str, float], None]:
-        """A callback reporting a sub-attack's stages (``parts``: each with its weight, in order) as consecutive
+        """A callback reporting an attack's stages (``parts``: each with its weight, in order) as consecutive
         parts of the one stage ``name``."""
         before, total = _summed_before(parts), sum(parts.values())
         return lambda stage, fraction: self(name, (before[stage] + parts[stage] * fraction) / total)
@@ -141,11 +172,6 @@ def _summed_before(weights: dict[str, float]) -> dict[str, float]:
     return before
 
 
-def _weights(stages: Sequence[str], *, slower: Sequence[str] = (), by: float = 1.0) -> dict[str, float]:
-    """``STAGE_WEIGHTS`` of ``stages``, those in ``slower`` multiplied by ``by``."""
-    return {stage: STAGE_WEIGHTS[stage] * (by if stage in slower else 1.0) for stage in stages}
-
-
 def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
@@ -153,146 +179,161 @@ def device_name(device: torch.device | str) -> str:
     return str(device)
 
 
-def audit_deployment(privates: np.ndarray, labels: np.ndarray, *, k: int = 6, encodings_per_image: int = 50,
-                     mode: str = "cross", num_classes: int | None = None, pool: PublicPool | None = None,
-                     seed: int | None = None, device: torch.device | str = "cpu", key_aware: bool = True,
-                     pool_aware: bool = True, progress: AuditProgressCallback | None = None,
-                     cancel: CancelToken | None = None, similarity: str = "auto",
-                     photos: Sequence[np.ndarray] | None = None,
-                     pool_memory_bytes: int = WORKING_BYTES,
-                     refinement: RefinementConfig | None = None) -> LeakageReport:
-    """Simulate shipping ``privates`` encoded with (mode, k), T encodings each, and measure what leaks.
+def audit_deployment(privates: np.ndarray, labels: np.ndarray, deployment: Deployment | None = None, *,
+                     pool: PublicPool | None = None, photos: Sequence[np.ndarray] | None = None,
+                     attacks: Sequence[str] = (), settings: AttackSettings | None = None,
+                     device: torch.device | str = "cpu", progress: AuditProgressCallback | None = None,
+                     cancel: CancelToken | None = None) -> LeakageReport:
+    """Simulate shipping ``privates`` encoded as ``deployment`` says, T encodings each, and measure what leaks.
 
     Args:
         privates: (N, H, W, C) uint8 images (or float in [-1, 1]).
         labels: (N,) integer classes.
-        k, encodings_per_image, mode: the configuration under audit.
-        num_classes: label width; None means max(label) + 1.
-        pool: the public pool the deployment mixes in (cross mode); None builds the bundled challenge pool.
-        seed: reproducible keys; None draws them from the CSPRNG, as in production.
+        deployment: the configuration under audit (None: ``Deployment()``, InstaHide's defaults).
+        pool: the public pool the deployment mixes in (cross mode); None builds the bundled challenge pool. The
+            attackers that hold the pool hold this one.
+        photos: (H, W, C) uint8 photos the pool was cut from, for the attackers that hold them; None: no such
+            attacker runs.
+        attacks: the attacks to run by name (with what they start from); empty: the defaults that what this
+            audit holds allows (``attack.choose_attacks``).
+        settings: the attacks' operator settings (None: ``AttackSettings()``).
         device: where to encode and attack.
-        key_aware: also run the key-aware bound (continued by the pool-aware attack when that runs, so it
-            bounds the strongest attacker the audit plays).
-        pool_aware: also run the pool-aware attack (cross mode: the ciphertext-only attacker holding ``pool``).
         progress: (stage, stage fraction, overall fraction) callback.
         cancel: stops the audit (AttackCancelled) at its next progress report.
-        similarity: the attack's similarity stage ("auto": learned on CUDA, else the high-pass statistic).
-        photos: also run the photo-aware attack (cross mode): the ciphertext-only attacker holding these
-            (H, W, C) uint8 photos, which the pool was cut from, but not the pool.
-        pool_memory_bytes: memory each pool-aware (and photo-aware) attack's pursuits over a pool may hold: the
-            pool's Gram matrix is stored only when it fits, and batches shrink to fit (``pursuit.PoolGram``). The
-            key-aware bound solves as many reused publics as its normal matrix fits in it
-            (``joint_recovery.unknowns_that_fit``).
-        refinement: how the ciphertext-only attack trains a refiner of its recoveries on sets of its own
-            (``attacks.self_refine``); None skips it. The attacks that continue from its result start from the
-            refined recoveries.
+
+    Raises:
+        InvalidInputError: bad images or labels, a configuration the attacks cannot take, an unknown attack or
+            one that holds what this audit does not have.
     """
     start = time.perf_counter()
-    cancel = cancel or CancelToken()
+    deployment = deployment or Deployment()
+    settings = settings or AttackSettings()
+    deployment.validate()
     labels = np.asarray(labels, dtype=np.int64)
     if len(privates) < 2 or len(labels) != len(privates):
         raise InvalidInputError(f"need at least 2 images with one label each, got {len(privates)} images and "
                                 f"{len(labels)} labels", field="images")
-    pool_aware = pool_aware and mode == "cross"
-    photo_aware = photos is not None and mode == "cross"
-    shared_publics = ("shared_publics",) if mode == "cross" and k > 2 else ()  # the bound holds the key's mapping
-    parts = {"photo_aware": _weights((*PHOTO_POOL_STAGES, *POOL_AWARE_STAGES)) if photo_aware else {},
-             "pool_aware": _weights(POOL_AWARE_STAGES) if pool_aware else {},
-             # The bound holding the pool runs the public-mix EM (and its restarts) for more steps.
-             "key_aware": _weights(("recovery", "orientation", *shared_publics,
-                                    *(("public_mix", "restarts") if pool_aware else ())),
-                                   slower=("public_mix", "restarts"),
-                                   by=BOUND_PUBLIC_MIX_STEPS / DEFAULT_PUBLIC_MIX_STEPS) if key_aware else {}}
-    stages = attack_stages(similarity, device, refine=refinement is not None)
-    report = _Progress(progress, {**_weights(["encoding", *stages]),
-                                  **{name: sum(weights.values()) for name, weights in parts.items() if weights},
-                                  **_weights(["scoring"])})
-    report("encoding", 0.0)
-    cancel.raise_if_cancelled()
-    if mode == "cross" and pool is None:  # the pool build_challenge would build, which the attacker holds
+    params = deployment.params
+    if pool is None:  # the pool build_challenge would build, which the attackers that hold the pool hold
         pool = challenge_public_pool(*np.shape(privates)[1:3], device=device)
-    challenge, truth = build_challenge(privates, labels, encodings_per_image=encodings_per_image, k=k, mode=mode,
-                                       pool=pool, num_classes=num_classes or int(labels.max()) + 1, seed=seed,
-                                       device=device)
-    report("encoding", 1.0)
-    attack = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=k,
-                                              encodings_per_image=encodings_per_image, mode=mode, device=device,
-                                              progress=report, cancel=cancel, similarity=similarity,
-                                              refinement=refinement)
-    from_photos = None
-    if photo_aware:
-        from_photos = create_attack("photo_aware")(
-            challenge.encryption, challenge.labels, photos=photos, start=attack,
-            encodings_per_image=encodings_per_image, k=k, device=device, cancel=cancel,
-            progress=report.renamed("photo_aware", parts["photo_aware"]), working_bytes=pool_memory_bytes)
-    demixed = None
-    if pool_aware:
-        demixed = create_attack("pool_aware")(
-            challenge.encryption, challenge.labels, pool=pool, start=attack, encodings_per_image=encodings_per_image,
-            k=k, device=device, cancel=cancel, progress=report.renamed("pool_aware", parts["pool_aware"]),
-            working_bytes=pool_memory_bytes)
-    bound = None
-    if key_aware:
-        progress = report.renamed("key_aware", parts["key_aware"])
-        bound = create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
-                                           coefficients=truth.coefficients, public_indices=truth.public_indices,
-                                           num_images=len(privates), k=k, device=device, cancel=cancel,
-                                           progress=progress, working_bytes=pool_memory_bytes)
-        if pool_aware:  # a bound on the strongest attacker the audit plays: it holds the pool as well
-            demixed_bound = create_attack("pool_aware")(
-                challenge.encryption, challenge.labels, pool=pool, start=bound, encodings_per_image=encodings_per_image,
-                k=k, recluster=False, steps=BOUND_PUBLIC_MIX_STEPS, device=device, cancel=cancel, progress=progress,
-                working_bytes=pool_memory_bytes)
-            bound = replace(demixed_bound, stage_seconds={**bound.stage_seconds, **demixed_bound.stage_seconds})
-    report("scoring", 0.0)
+    evidence = {KEYS, POOL} | ({PHOTOS} if photos is not None else set())
+    chosen = choose_attacks(attacks, evidence=evidence)
+    for attack in chosen:
+        attack.check(tuple(np.shape(privates)[1:]))
+    report = _Progress(progress, {"encoding": ENCODING_WEIGHT})  # until the views exist
+    report("encoding", 0.0)
+    (cancel or CancelToken()).raise_if_cancelled()
+    challenge, truth = build_challenge(privates, labels, encodings_per_image=deployment.encodings_per_image,
+                                       k=params.resolved_k, params=params, pool=pool,
+                                       num_classes=deployment.num_classes or int(labels.max()) + 1,
+                                       seed=deployment.seed, device=device)
+    device = torch.device(device)
+    keys = KeyMapping(pair_indices=torch.from_numpy(truth.pair_indices).to(device),
+                      coefficients=torch.from_numpy(truth.coefficients).to(device),
+                      public_indices=None if truth.public_indices is None else
+                      torch.from_numpy(truth.public_indices).to(device), num_images=len(privates))
+    view = AttackerView(torch.from_numpy(challenge.encryption).to(device),
+                        torch.from_numpy(challenge.labels).to(device), challenge.k, deployment.encodings_per_image,
+                        params.mode, pool=pool.to(device), photos=photos, keys=keys)
+    results, report = _run_attacks(chosen, view, settings=settings, progress=progress, cancel=cancel)
     originals = torch.from_numpy(truth.privates)
     pairs = torch.from_numpy(truth.pair_indices)
-    scored = [_score(result, originals, pairs) if result is not None else None
-              for result in (attack, bound, demixed, from_photos)]
+    scored = {attack.name: _score(attack, results[attack.name], originals, pairs) for attack in chosen}
     report("scoring", 1.0)
-    return _leakage_report(*scored, originals=originals, device=device, encodings=len(challenge.encryption),
-                           start=start, pool=pool if mode == "cross" else None)
+    return _leakage_report(scored, originals=originals, device=device, encodings=len(challenge.encryption),
+                           start=start, pool=pool)
 
 
 def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.ndarray, *, k: int,
-                    encodings_per_image: int, mode: str = "cross", device: torch.device | str = "cpu",
-                    progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None,
-                    similarity: str = "auto", refinement: RefinementConfig | None = None) -> LeakageReport:
+                    encodings_per_image: int, mode: str = "cross", attacks: Sequence[str] = (),
+                    settings: AttackSettings | None = None, device: torch.device | str = "cpu",
+                    progress: AuditProgressCallback | None = None, cancel: CancelToken | None = None) -> LeakageReport:
     """Attack encodings made elsewhere and match each recovery to its best original.
 
-    The pairs behind each encoding are unknown here, so the challenge's per-encoding metrics are
-    taken against the encoding's best-matching original(s) instead: Max_SSIM is the decryption's
-    best SSIM over all originals. No key-aware bound (no keys).
+    The keys and the pool behind each encoding are unknown here, so only attacks that hold neither run, and
+    the challenge's per-encoding metrics are taken against the encoding's best-matching original(s): Max_SSIM
+    is the decryption's best SSIM over all originals.
     """
     start = time.perf_counter()
-    report = _Progress(progress, _weights([*attack_stages(similarity, device, refine=refinement is not None),
-                                           "scoring"]))
-    attack = create_attack("ciphertext_only")(encryption, labels, k=k, encodings_per_image=encodings_per_image,
-                                              mode=mode, device=device, progress=report, cancel=cancel,
-                                              similarity=similarity, refinement=refinement)
-    report("scoring", 0.0)
+    settings = settings or AttackSettings()
+    check_public_parameters(k=k, encodings_per_image=encodings_per_image, mode=mode)
+    chosen = choose_attacks(attacks, evidence=())
+    device = torch.device(device)
+    view = AttackerView(torch.as_tensor(np.asarray(encryption), dtype=torch.float32).to(device),
+                        torch.as_tensor(np.asarray(labels), dtype=torch.float32).to(device), k, encodings_per_image,
+                        mode)
+    results, report = _run_attacks(chosen, view, settings=settings, progress=progress, cancel=cancel,
+                                   encoding=False)
     originals_t = torch.from_numpy(unit_range_array(originals))
-    best_two = pairwise_ssim(attack.decryption, originals_t).topk(min(2, len(originals_t)), dim=1).indices
-    pairs = best_two if best_two.shape[1] == 2 else best_two.repeat(1, 2)
-    scored = _score(attack, originals_t, pairs)
+    scored = {}
+    for attack in chosen:
+        result = results[attack.name]
+        best_two = pairwise_ssim(result.decryption, originals_t).topk(min(2, len(originals_t)), dim=1).indices
+        pairs = best_two if best_two.shape[1] == 2 else best_two.repeat(1, 2)
+        scored[attack.name] = _score(attack, result, originals_t, pairs)
     report("scoring", 1.0)
-    return _leakage_report(scored, None, None, None, originals=originals_t, device=device, encodings=len(encryption),
-                           start=start, pool=None)
+    return _leakage_report(scored, originals=originals_t, device=device, encodings=len(encryption), start=start,
+                           pool=None)
 
 
-def _score(result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:
-    return AttackReport(challenge_scores(result.decryption, originals, pairs),
+def _views(chosen: Sequence[Attack], view: AttackerView) -> dict[str, AttackerView]:
+    """What each attacker sees: what it holds; a bound also holds what every attack without keys holds, so it
+    bounds the strongest of them."""
+    keyless = frozenset().union(*(attack.holds for attack in chosen if not attack.bound))
+    return {attack.name: view.holding(attack.holds | (keyless if attack.bound else frozenset())) for attack in chosen}
+
+
+def _weights(chosen: Sequence[Attack], views: dict[str, AttackerView], settings: AttackSettings, *,
+             encoding: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The audit's stages with their weights (the first attack's own stages, each later attack as one stage),
+    and each attack's own stages."""
+    parts = {attack.name: attack.stages(views[attack.name], settings) for attack in chosen}
+    weights = {"encoding": ENCODING_WEIGHT} if encoding else {}
+    for i, attack in enumerate(chosen):
+        weights |= parts[attack.name] if i == 0 else {attack.name: sum(parts[attack.name].values())}
+    return weights | {"scoring": SCORING_WEIGHT}, parts
+
+
+def _run_attacks(chosen: Sequence[Attack], view: AttackerView, *, settings: AttackSettings,
+                 progress: AuditProgressCallback | None, cancel: CancelToken | None,
+                 encoding: bool = True) -> tuple[dict[str, AttackResult], _Progress]:
+    """Run each attack on its view, in order, each starting from its ``starts_from``'s result; returns the
+    results and the audit's progress reporter (at the start of "scoring")."""
+    views = _views(chosen, view)
+    weights, parts = _weights(chosen, views, settings, encoding=encoding)
+    report = _Progress(progress, weights)
+    if encoding:
+        report("encoding", 1.0)
+    results: dict[str, AttackResult] = {}
+    for i, attack in enumerate(chosen):
+        callback = report if i == 0 else report.renamed(attack.name, parts[attack.name])
+        start = results[attack.starts_from] if attack.starts_from is not None else None
+        results[attack.name] = attack.run(views[attack.name], start=start, settings=settings, progress=callback,
+                                          cancel=cancel)
+    report("scoring", 0.0)
+    return results, report
+
+
+def _score(attack: Attack, result: AttackResult, originals: torch.Tensor, pairs: torch.Tensor) -> AttackReport:
+    return AttackReport(attack, challenge_scores(result.decryption, originals, pairs),
                         recovered_fractions(result.recovered, originals), result.recovered, result.stage_seconds,
                         result.public_coverage)
 
 
-def _leakage_report(attack: AttackReport, bound: AttackReport | None, demixed: AttackReport | None,
-                    from_photos: AttackReport | None, *, originals: torch.Tensor, device: torch.device | str,
-                    encodings: int, start: float, pool: PublicPool | None) -> LeakageReport:
-    shown = min(GRID_PAIRS, len(originals))
-    strongest = demixed or from_photos or attack  # the picture shows the worst case without keys
-    grid = image_grid(originals[:shown], strongest.recovered[strongest.recovery.best_match[:shown]])
-    return LeakageReport(attack, bound, demixed, device_name(device), len(originals), encodings, encode_png(grid),
-                         time.perf_counter() - start, from_photos, pool_images=0 if pool is None else len(pool),
-                         pool_fingerprint="" if pool is None else pool.fingerprint)
+def strongest_without_keys(reports: Sequence[AttackReport] | object) -> AttackReport:
+    """Of attack reports, the one without keys with the highest Max_SSIM (the earlier on a tie; NaN never wins)."""
+    keyless = [report for report in reports if not report.attack.bound]  # type: ignore[union-attr]
+    if not keyless:
+        raise InvalidInputError("no attack without keys ran", field="attacks")
+    return max(keyless, key=lambda r: r.scores.max_ssim if np.isfinite(r.scores.max_ssim) else -np.inf)
 
+
+def _leakage_report(scored: dict[str, AttackReport], *, originals: torch.Tensor, device: torch.device, encodings: int,
+                    start: float, pool: PublicPool | None) -> LeakageReport:
+    shown = min(GRID_PAIRS, len(originals))
+    strongest = strongest_without_keys(scored.values())  # the picture shows the worst case without keys
+    grid = image_grid(originals[:shown], strongest.recovered[strongest.recovery.best_match[:shown]])
+    return LeakageReport(scored, device_name(device), len(originals), encodings, encode_png(grid),
+                         strongest.attack.name, time.perf_counter() - start,
+                         pool_images=0 if pool is None else len(pool),
+                         pool_fingerprint="" if pool is None else pool.fingerprint)

@@ -21,6 +21,7 @@ from instahide_ops.errors import InvalidInputError
 K1 = 0.01
 K2 = 0.03
 DEFAULT_THRESHOLDS = (0.5, 0.8)
+WINDOW = 7  # the challenge's SSIM window (skimage's default): images smaller than it cannot be scored
 # Elements (pairs x H x W x C) per block: bounds memory; small blocks stay in cache on CPU, large ones fill a GPU.
 _CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
 
@@ -97,7 +98,7 @@ def _ssim_from_windows(mx: Tensor, my: Tensor, mxx: Tensor, myy: Tensor, mxy: Te
     return (num / den).mean(dim=(-3, -2, -1))
 
 
-def ssim(x: Tensor, y: Tensor, *, data_range: float = 2.0, win_size: int = 7,
+def ssim(x: Tensor, y: Tensor, *, data_range: float = 2.0, win_size: int = WINDOW,
          dtype: torch.dtype | None = torch.float64) -> Tensor:
     """Structural similarity of image pairs, as ``skimage.metrics.structural_similarity`` computes it.
 
@@ -140,7 +141,7 @@ def ssim(x: Tensor, y: Tensor, *, data_range: float = 2.0, win_size: int = 7,
 
 
 def pairwise_ssim(recovered: Tensor, originals: Tensor, *, chunk: int | None = None, data_range: float = 2.0,
-                  win_size: int = 7, dtype: torch.dtype | None = torch.float64) -> Tensor:
+                  win_size: int = WINDOW, dtype: torch.dtype | None = torch.float64) -> Tensor:
     """SSIM of every recovered image against every original.
 
     Args:

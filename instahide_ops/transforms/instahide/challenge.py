@@ -161,7 +161,8 @@ def challenge_public_pool(height: int = 32, width: int = 32, *, count: int = DEF
 
 
 def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_image: int = 50, k: int = 6,
-                    mode: str = "cross", pool: PublicPool | None = None, num_classes: int = NUM_PSEUDO_CLASSES,
+                    mode: str = "cross", params: EncodeParams | None = None, pool: PublicPool | None = None,
+                    num_classes: int = NUM_PSEUDO_CLASSES,
                     seed: int | None = None, device: torch.device | str = "cpu", with_sum_signs: bool = False,
                     ) -> tuple[ChallengeSet, GroundTruth]:
     """Encode every private image T times with fresh keys, the way the challenge was made.
@@ -175,6 +176,7 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         labels: (N,) integer classes in [0, num_classes).
         encodings_per_image: T.
         k, mode: the encoding's public parameters (2 private images per mix in cross mode).
+        params: every parameter of the encoding instead of ``k`` and ``mode`` (coefficient bounds, sign flip).
         pool: public pool (cross mode); None builds ``challenge_public_pool`` for the images' size.
         seed: reproducible keys (seeded with (seed, round)); None draws them from the CSPRNG.
         with_sum_signs: also record the sign of every unmasked sum in the ground truth (for the
@@ -187,9 +189,9 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
         raise InvalidInputError(f"must be at least 1, got {encodings_per_image}", field="encodings_per_image")
     images = torch.as_tensor(np.ascontiguousarray(privates), device=device)
     classes = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
-    params = EncodeParams(mode=mode, k=k)
+    params = EncodeParams(mode=mode, k=k) if params is None else params
     params.validate()
-    if mode == "cross" and params.resolved_k > params.private_slots and pool is None:
+    if params.mode == "cross" and params.resolved_k > params.private_slots and pool is None:
         _, height, width, _ = images.shape
         pool = challenge_public_pool(height, width, device=device)
     rounds = [encode(images, classes, num_classes=num_classes, params=params, pool=pool,
@@ -202,7 +204,7 @@ def build_challenge(privates: np.ndarray, labels: np.ndarray, *, encodings_per_i
     challenge = ChallengeSet(
         encryption=torch.cat([r.encoded for r in rounds]).cpu().numpy()[order],
         labels=torch.cat([r.mixed_labels for r in rounds]).cpu().numpy()[order],
-        k=params.resolved_k, encodings_per_image=encodings_per_image, mode=mode,
+        k=params.resolved_k, encodings_per_image=encodings_per_image, mode=params.mode,
     )
     truth = GroundTruth(
         privates=unit_range_array(privates),

@@ -9,8 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from instahide_client.instahide.v1 import tensor_pb2 as _tensor_pb2
-from instahide_client.instahide.v1 import transform_pb2 as _transform_pb2
+from instahide_client.instahide.v1 import reconstruction_pb2 as _reconstruction_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -60,146 +59,98 @@ Global___AuditState: _TypeAlias = AuditState  # noqa: Y015
 
 @_typing.final
 class AuditSpec(_message.Message):
-    """What to audit and how."""
+    """What to audit and how: the kind of audit, its parameters, and the attacks
+    to run.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MODE_FIELD_NUMBER: _builtins.int
-    K_FIELD_NUMBER: _builtins.int
-    ENCODINGS_PER_IMAGE_FIELD_NUMBER: _builtins.int
-    NUM_CLASSES_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
-    PRECOMPUTED_ENCODINGS_FIELD_NUMBER: _builtins.int
-    SEED_FIELD_NUMBER: _builtins.int
-    KEY_AWARE_BOUND_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
-    POOL_AWARE_ATTACK_FIELD_NUMBER: _builtins.int
-    PHOTO_AWARE_ATTACK_FIELD_NUMBER: _builtins.int
-    mode: _transform_pb2.EncodeMode.ValueType
-    """Mixing mode of the configuration under audit (cross by default)."""
-    k: _builtins.int
-    """Images per mix; 0 means 6."""
-    encodings_per_image: _builtins.int
-    """Encodings made of each private image (T); 0 means 50."""
-    num_classes: _builtins.int
-    """Width of the label vectors; 0 means max(label) + 1 over the uploaded labels."""
+    ATTACKS_FIELD_NUMBER: _builtins.int
+    EXTRA_ATTACKS_FIELD_NUMBER: _builtins.int
+    SKIPPED_ATTACKS_FIELD_NUMBER: _builtins.int
+    RECONSTRUCTION_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
-    """A server-side dataset (a .npz with `images` and `labels`) named relative
-    to the server's data root; empty when the images are uploaded.
+    """A server-side dataset (a .npz) named relative to the server's data root;
+    empty when the inputs are uploaded. A reconstruction audit's dataset holds
+    `images` and `labels`.
     """
-    precomputed_encodings: _builtins.bool
-    """True when the upload carries encodings made elsewhere (with their mixed
-    labels and the originals) instead of private images to encode.
-    """
-    seed: _builtins.int
-    """Seed of the simulated deployment's keys, for a reproducible audit. Absent:
-    fresh keys from the CSPRNG, as in production.
-    """
-    key_aware_bound: _builtins.bool
-    """Also run the key-aware bound (the attacker who holds the keys). Absent means true."""
     display_name: _builtins.str
     """A name for people; not interpreted."""
-    pool_aware_attack: _builtins.bool
-    """Also run the pool-aware attack: the ciphertext-only attacker who also holds
-    the public pool the deployment mixes in. InstaHide's public images are
-    public by design, and the server's default pool is rebuilt by anyone who
-    installs this package. Not run for precomputed encodings (their pool is
-    unknown). Absent means true.
-    """
-    photo_aware_attack: _builtins.bool
-    """Also run the photo-aware attack: the ciphertext-only attacker who holds
-    the photos the server's public pool was cut from (the bundled photos, or
-    the operator's --pool-photos, cut at a secret seed) but not the pool. It
-    answers whether keeping the pool secret protects when its photos are
-    public, as ImageNet was in the InstaHide Challenge. Needs 3-channel
-    images; FAILED_PRECONDITION when the server's pool came from --pool (it
-    holds no photos); not for precomputed encodings. Absent means false: it
-    searches every crop of the photos and takes several times the
-    ciphertext-only attack's time.
-    """
+    @_builtins.property
+    def attacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The attacks to run, by registry name (e.g. "ciphertext_only"); empty
+        means the kind's defaults. An attack that continues another brings it
+        along (the pool-aware attack starts from the ciphertext-only one).
+        Unknown names are refused with the known ones listed.
+        """
+
+    @_builtins.property
+    def extra_attacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Attacks to run beside the defaults, e.g. "photo_aware" (only with
+        `attacks` empty).
+        """
+
+    @_builtins.property
+    def skipped_attacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Default attacks to leave out, e.g. "key_aware" (only with `attacks`
+        empty).
+        """
+
+    @_builtins.property
+    def reconstruction(self) -> _reconstruction_pb2.ReconstructionSpec:
+        """What an attacker recovers of the images from their disguised versions."""
+
     def __init__(
         self,
         *,
-        mode: _transform_pb2.EncodeMode.ValueType = ...,
-        k: _builtins.int = ...,
-        encodings_per_image: _builtins.int = ...,
-        num_classes: _builtins.int = ...,
         dataset: _builtins.str = ...,
-        precomputed_encodings: _builtins.bool = ...,
-        seed: _builtins.int | None = ...,
-        key_aware_bound: _builtins.bool | None = ...,
         display_name: _builtins.str = ...,
-        pool_aware_attack: _builtins.bool | None = ...,
-        photo_aware_attack: _builtins.bool | None = ...,
+        attacks: _abc.Iterable[_builtins.str] | None = ...,
+        extra_attacks: _abc.Iterable[_builtins.str] | None = ...,
+        skipped_attacks: _abc.Iterable[_builtins.str] | None = ...,
+        reconstruction: _reconstruction_pb2.ReconstructionSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_photo_aware_attack", b"_photo_aware_attack", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "key_aware_bound", b"key_aware_bound", "photo_aware_attack", b"photo_aware_attack", "pool_aware_attack", b"pool_aware_attack", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reconstruction", b"reconstruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound", "_photo_aware_attack", b"_photo_aware_attack", "_pool_aware_attack", b"_pool_aware_attack", "_seed", b"_seed", "dataset", b"dataset", "display_name", b"display_name", "encodings_per_image", b"encodings_per_image", "k", b"k", "key_aware_bound", b"key_aware_bound", "mode", b"mode", "num_classes", b"num_classes", "photo_aware_attack", b"photo_aware_attack", "pool_aware_attack", b"pool_aware_attack", "precomputed_encodings", b"precomputed_encodings", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "dataset", b"dataset", "display_name", b"display_name", "extra_attacks", b"extra_attacks", "kind", b"kind", "reconstruction", b"reconstruction", "skipped_attacks", b"skipped_attacks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__key_aware_bound: _TypeAlias = _typing.Literal["key_aware_bound"]  # noqa: Y015
-    _WhichOneofArgType__key_aware_bound: _TypeAlias = _typing.Literal["_key_aware_bound", b"_key_aware_bound"]  # noqa: Y015
-    _WhichOneofReturnType__photo_aware_attack: _TypeAlias = _typing.Literal["photo_aware_attack"]  # noqa: Y015
-    _WhichOneofArgType__photo_aware_attack: _TypeAlias = _typing.Literal["_photo_aware_attack", b"_photo_aware_attack"]  # noqa: Y015
-    _WhichOneofReturnType__pool_aware_attack: _TypeAlias = _typing.Literal["pool_aware_attack"]  # noqa: Y015
-    _WhichOneofArgType__pool_aware_attack: _TypeAlias = _typing.Literal["_pool_aware_attack", b"_pool_aware_attack"]  # noqa: Y015
-    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
-    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__key_aware_bound) -> _WhichOneofReturnType__key_aware_bound | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__photo_aware_attack) -> _WhichOneofReturnType__photo_aware_attack | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__pool_aware_attack) -> _WhichOneofReturnType__pool_aware_attack | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___AuditSpec: _TypeAlias = AuditSpec  # noqa: Y015
 
 @_typing.final
 class StartAuditRequest(_message.Message):
-    """One message of the StartAudit stream: the spec first, then data chunks."""
+    """One message of the StartAudit stream: the spec first, then input chunks."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
-    IMAGES_FIELD_NUMBER: _builtins.int
-    LABELS_FIELD_NUMBER: _builtins.int
-    ENCODINGS_FIELD_NUMBER: _builtins.int
-    ENCODING_LABELS_FIELD_NUMBER: _builtins.int
+    RECONSTRUCTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> Global___AuditSpec:
         """The spec (first message only)."""
 
     @_builtins.property
-    def images(self) -> _tensor_pb2.Tensor:
-        """Private images, uint8 (n, H, W, C) or float in [-1, 1]; chunks are concatenated."""
-
-    @_builtins.property
-    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """One class label per image of `images`."""
-
-    @_builtins.property
-    def encodings(self) -> _tensor_pb2.Tensor:
-        """Precomputed encodings (E, H, W, C) float, concatenated across chunks."""
-
-    @_builtins.property
-    def encoding_labels(self) -> _tensor_pb2.Tensor:
-        """Their mixed labels (E, classes) float32, concatenated across chunks."""
+    def reconstruction(self) -> _reconstruction_pb2.ReconstructionChunk:
+        """Images (and precomputed encodings) of a reconstruction audit."""
 
     def __init__(
         self,
         *,
         spec: Global___AuditSpec | None = ...,
-        images: _tensor_pb2.Tensor | None = ...,
-        labels: _abc.Iterable[_builtins.int] | None = ...,
-        encodings: _tensor_pb2.Tensor | None = ...,
-        encoding_labels: _tensor_pb2.Tensor | None = ...,
+        reconstruction: _reconstruction_pb2.ReconstructionChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["encoding_labels", b"encoding_labels", "encodings", b"encodings", "images", b"images", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "reconstruction", b"reconstruction", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding_labels", b"encoding_labels", "encodings", b"encodings", "images", b"images", "labels", b"labels", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "reconstruction", b"reconstruction", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_chunk: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofArgType_chunk: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_chunk) -> _WhichOneofReturnType_chunk | None: ...
 
 Global___StartAuditRequest: _TypeAlias = StartAuditRequest  # noqa: Y015
 
@@ -213,10 +164,9 @@ class AuditProgress(_message.Message):
     STAGE_FRACTION_FIELD_NUMBER: _builtins.int
     FRACTION_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
-    """Current stage: "encoding", "training" (on CUDA: the attacker's similarity
-    network), "similarity", "clustering", "assignment", "recovery",
-    "orientation", "self_refinement" (when the server's --audit-refine-sets
-    is set), "photo_aware", "pool_aware", "key_aware", "scoring".
+    """Current stage: "encoding", then the attacks' stages (the first attack's
+    own, e.g. "similarity", "clustering", "recovery"; each later attack as
+    one stage named after it, e.g. "pool_aware"), then "scoring".
     """
     stage_fraction: _builtins.float
     """Fraction of the current stage done, in [0, 1]."""
@@ -238,38 +188,8 @@ class AuditProgress(_message.Message):
 Global___AuditProgress: _TypeAlias = AuditProgress  # noqa: Y015
 
 @_typing.final
-class HistogramBucket(_message.Message):
-    """One bucket of a histogram."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LOWER_FIELD_NUMBER: _builtins.int
-    UPPER_FIELD_NUMBER: _builtins.int
-    COUNT_FIELD_NUMBER: _builtins.int
-    lower: _builtins.float
-    """Lower edge (inclusive)."""
-    upper: _builtins.float
-    """Upper edge (exclusive, inclusive for the last bucket)."""
-    count: _builtins.int
-    """Values in the bucket."""
-    def __init__(
-        self,
-        *,
-        lower: _builtins.float = ...,
-        upper: _builtins.float = ...,
-        count: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "lower", b"lower", "upper", b"upper"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___HistogramBucket: _TypeAlias = HistogramBucket  # noqa: Y015
-
-@_typing.final
-class AttackScores(_message.Message):
-    """How one attack did, scored the way the InstaHide Challenge scores."""
+class AttackResult(_message.Message):
+    """How one attack did."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -293,80 +213,50 @@ class AttackScores(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    MAX_SSIM_FIELD_NUMBER: _builtins.int
-    MEAN_SSIM_FIELD_NUMBER: _builtins.int
-    MIN_L2_FIELD_NUMBER: _builtins.int
-    MEAN_L2_FIELD_NUMBER: _builtins.int
-    RECOVERED_ABOVE_0_5_FIELD_NUMBER: _builtins.int
-    RECOVERED_ABOVE_0_8_FIELD_NUMBER: _builtins.int
-    BEST_SSIM_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    ATTACK_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    THREAT_FIELD_NUMBER: _builtins.int
+    BOUND_FIELD_NUMBER: _builtins.int
     STAGE_SECONDS_FIELD_NUMBER: _builtins.int
-    BEST_SSIM_FIELD_NUMBER: _builtins.int
-    BEST_MATCH_FIELD_NUMBER: _builtins.int
-    RECOVERED_FIELD_NUMBER: _builtins.int
-    PUBLIC_COVERAGE_FIELD_NUMBER: _builtins.int
-    max_ssim: _builtins.float
-    """Mean over encodings of the best SSIM against the encoding's private images."""
-    mean_ssim: _builtins.float
-    """Mean over encodings of the mean SSIM against its private images."""
-    min_l2: _builtins.float
-    """Mean over encodings of the smaller per-pixel MSE (on [-1, 1])."""
-    mean_l2: _builtins.float
-    """Mean over encodings of the mean per-pixel MSE."""
-    recovered_above_0_5: _builtins.float
-    """Fraction of private images whose best recovery has SSIM above 0.5."""
-    recovered_above_0_8: _builtins.float
-    """Fraction of private images whose best recovery has SSIM above 0.8."""
-    public_coverage: _builtins.float
-    """Share of the encodings in which the attack found a public image among
-    what it holds (the photo-aware attack: crops of the photos); unset for
-    the attacks that look for none.
+    RECONSTRUCTION_FIELD_NUMBER: _builtins.int
+    attack: _builtins.str
+    """The attack's registry name, e.g. "ciphertext_only"."""
+    title: _builtins.str
+    """Its name for people, e.g. "ciphertext-only" or "key-aware bound"."""
+    threat: _builtins.str
+    """What this attacker holds, in a sentence."""
+    bound: _builtins.bool
+    """True for a bound rather than an attack: the attacker holds the keys, so
+    it measures a leaked key store, not what the disguised data gives away.
+    Headlines and the leakage alert leave bounds out.
     """
-    @_builtins.property
-    def best_ssim_histogram(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistogramBucket]:
-        """Distribution of each private image's best SSIM over [-1, 1]."""
-
     @_builtins.property
     def stage_seconds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Seconds per attack stage."""
 
     @_builtins.property
-    def best_ssim(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Each private image's best SSIM over all recoveries."""
-
-    @_builtins.property
-    def best_match(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Index (into `recovered`) of each private image's best recovery."""
-
-    @_builtins.property
-    def recovered(self) -> _tensor_pb2.Tensor:
-        """The recovered images, FLOAT32 (M, H, W, C) in [-1, 1]."""
+    def reconstruction(self) -> _reconstruction_pb2.ReconstructionScores:
+        """How much of the private images the attack recovered."""
 
     def __init__(
         self,
         *,
-        max_ssim: _builtins.float = ...,
-        mean_ssim: _builtins.float = ...,
-        min_l2: _builtins.float = ...,
-        mean_l2: _builtins.float = ...,
-        recovered_above_0_5: _builtins.float = ...,
-        recovered_above_0_8: _builtins.float = ...,
-        best_ssim_histogram: _abc.Iterable[Global___HistogramBucket] | None = ...,
+        attack: _builtins.str = ...,
+        title: _builtins.str = ...,
+        threat: _builtins.str = ...,
+        bound: _builtins.bool = ...,
         stage_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
-        best_ssim: _abc.Iterable[_builtins.float] | None = ...,
-        best_match: _abc.Iterable[_builtins.int] | None = ...,
-        recovered: _tensor_pb2.Tensor | None = ...,
-        public_coverage: _builtins.float | None = ...,
+        reconstruction: _reconstruction_pb2.ReconstructionScores | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage", "public_coverage", b"public_coverage", "recovered", b"recovered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reconstruction", b"reconstruction", "scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage", "best_match", b"best_match", "best_ssim", b"best_ssim", "best_ssim_histogram", b"best_ssim_histogram", "max_ssim", b"max_ssim", "mean_l2", b"mean_l2", "mean_ssim", b"mean_ssim", "min_l2", b"min_l2", "public_coverage", b"public_coverage", "recovered", b"recovered", "recovered_above_0_5", b"recovered_above_0_5", "recovered_above_0_8", b"recovered_above_0_8", "stage_seconds", b"stage_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attack", b"attack", "bound", b"bound", "reconstruction", b"reconstruction", "scores", b"scores", "stage_seconds", b"stage_seconds", "threat", b"threat", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__public_coverage: _TypeAlias = _typing.Literal["public_coverage"]  # noqa: Y015
-    _WhichOneofArgType__public_coverage: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__public_coverage) -> _WhichOneofReturnType__public_coverage | None: ...
+    _WhichOneofReturnType_scores: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofArgType_scores: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_scores) -> _WhichOneofReturnType_scores | None: ...
 
-Global___AttackScores: _TypeAlias = AttackScores  # noqa: Y015
+Global___AttackResult: _TypeAlias = AttackResult  # noqa: Y015
 
 @_typing.final
 class AuditReport(_message.Message):
@@ -374,85 +264,37 @@ class AuditReport(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    CIPHERTEXT_ONLY_FIELD_NUMBER: _builtins.int
-    KEY_AWARE_FIELD_NUMBER: _builtins.int
-    POOL_AWARE_FIELD_NUMBER: _builtins.int
-    PHOTO_AWARE_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
-    GRID_PNG_FIELD_NUMBER: _builtins.int
-    IMAGES_FIELD_NUMBER: _builtins.int
-    ENCODINGS_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
-    POOL_IMAGES_FIELD_NUMBER: _builtins.int
-    POOL_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ATTACKS_FIELD_NUMBER: _builtins.int
+    RECONSTRUCTION_FIELD_NUMBER: _builtins.int
     device: _builtins.str
-    """Where the attack ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu"."""
-    grid_png: _builtins.bytes
-    """PNG: private images (top rows) over their best recoveries by the strongest
-    attack without keys that ran (pool-aware when run, else photo-aware when
-    run, else ciphertext-only).
-    """
-    images: _builtins.int
-    """Private images and encodings audited."""
-    encodings: _builtins.int
-    """Encodings attacked."""
+    """Where the attacks ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu"."""
     seconds: _builtins.float
     """Seconds the whole audit took, queue excluded."""
-    pool_images: _builtins.int
-    """Images in the public pool the audited encodings mixed in, which is the
-    pool the server encodes images of this shape with. 0 for precomputed
-    encodings, whose pool the server does not know.
-    """
-    pool_fingerprint: _builtins.str
-    """That pool's fingerprint (SHA-256, hex): the Keys.pool_fingerprint of the
-    server's Encode responses. "" when pool_images is 0.
-    """
     @_builtins.property
-    def ciphertext_only(self) -> Global___AttackScores:
-        """The ciphertext-only attack: what anyone who sees the encodings can do."""
+    def attacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttackResult]:
+        """Every attack that ran, in the order it ran."""
 
     @_builtins.property
-    def key_aware(self) -> Global___AttackScores:
-        """The key-aware bound: what an attacker holding the keys can do (unset when
-        not run). When the pool-aware attack runs, this attacker holds the pool
-        too, so the bound still bounds it.
-        """
-
-    @_builtins.property
-    def pool_aware(self) -> Global___AttackScores:
-        """The pool-aware attack: what anyone who sees the encodings and holds the
-        public pool can do (unset when not run).
-        """
-
-    @_builtins.property
-    def photo_aware(self) -> Global___AttackScores:
-        """The photo-aware attack: what anyone who sees the encodings and holds the
-        photos the pool was cut from can do (unset when not run). When the crops
-        it finds explain under half the encodings (its public_coverage; a small
-        audit reuses few public images), it reports the ciphertext-only attack's
-        result.
-        """
+    def reconstruction(self) -> _reconstruction_pb2.ReconstructionReport:
+        """A reconstruction audit's picture, sizes and pool."""
 
     def __init__(
         self,
         *,
-        ciphertext_only: Global___AttackScores | None = ...,
-        key_aware: Global___AttackScores | None = ...,
-        pool_aware: Global___AttackScores | None = ...,
-        photo_aware: Global___AttackScores | None = ...,
         device: _builtins.str = ...,
-        grid_png: _builtins.bytes = ...,
-        images: _builtins.int = ...,
-        encodings: _builtins.int = ...,
         seconds: _builtins.float = ...,
-        pool_images: _builtins.int = ...,
-        pool_fingerprint: _builtins.str = ...,
+        attacks: _abc.Iterable[Global___AttackResult] | None = ...,
+        reconstruction: _reconstruction_pb2.ReconstructionReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "key_aware", b"key_aware", "photo_aware", b"photo_aware", "pool_aware", b"pool_aware"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reconstruction", b"reconstruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_only", b"ciphertext_only", "device", b"device", "encodings", b"encodings", "grid_png", b"grid_png", "images", b"images", "key_aware", b"key_aware", "photo_aware", b"photo_aware", "pool_aware", b"pool_aware", "pool_fingerprint", b"pool_fingerprint", "pool_images", b"pool_images", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "device", b"device", "kind", b"kind", "reconstruction", b"reconstruction", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___AuditReport: _TypeAlias = AuditReport  # noqa: Y015
 

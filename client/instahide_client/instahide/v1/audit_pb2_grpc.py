@@ -26,10 +26,11 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """Leakage audits: the service plays the strongest attacker it has against the
+    """Leakage audits: the service plays the strongest attackers it has against the
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
-    listed, cancelled and deleted.
+    listed, cancelled and deleted. Its spec and report carry its kind
+    (reconstruction today); its attacks are named by registry names.
     """
 
     def __init__(self, channel):
@@ -71,17 +72,19 @@ class AuditServiceStub:
 
 
 class AuditServiceServicer:
-    """Leakage audits: the service plays the strongest attacker it has against the
+    """Leakage audits: the service plays the strongest attackers it has against the
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
-    listed, cancelled and deleted.
+    listed, cancelled and deleted. Its spec and report carry its kind
+    (reconstruction today); its attacks are named by registry names.
     """
 
     def StartAudit(self, request_iterator, context):
         """Starts an audit. The first message carries the spec; the following ones
-        carry the private images (or, for encodings made elsewhere, the encodings,
-        their labels and the originals). A spec that names a server-side dataset
-        needs no further messages. Returns the queued audit.
+        carry the inputs, in chunks of the spec's kind (a reconstruction audit's
+        private images, or encodings made elsewhere with their labels and the
+        originals). A spec that names a server-side dataset needs no further
+        messages. Returns the queued audit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,10 +168,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """Leakage audits: the service plays the strongest attacker it has against the
+    """Leakage audits: the service plays the strongest attackers it has against the
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
-    listed, cancelled and deleted.
+    listed, cancelled and deleted. Its spec and report carry its kind
+    (reconstruction today); its attacks are named by registry names.
     """
 
     @staticmethod

@@ -27,10 +27,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AuditServiceStub:
-    """Leakage audits: the service plays the strongest attacker it has against the
+    """Leakage audits: the service plays the strongest attackers it has against the
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
-    listed, cancelled and deleted.
+    listed, cancelled and deleted. Its spec and report carry its kind
+    (reconstruction today); its attacks are named by registry names.
     """
 
     @_typing.overload
@@ -39,9 +40,10 @@ class AuditServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     StartAudit: _grpc.StreamUnaryMultiCallable[_audit_pb2.StartAuditRequest, _audit_pb2.StartAuditResponse]
     """Starts an audit. The first message carries the spec; the following ones
-    carry the private images (or, for encodings made elsewhere, the encodings,
-    their labels and the originals). A spec that names a server-side dataset
-    needs no further messages. Returns the queued audit.
+    carry the inputs, in chunks of the spec's kind (a reconstruction audit's
+    private images, or encodings made elsewhere with their labels and the
+    originals). A spec that names a server-side dataset needs no further
+    messages. Returns the queued audit.
     """
     WatchAudit: _grpc.UnaryStreamMultiCallable[_audit_pb2.WatchAuditRequest, _audit_pb2.WatchAuditResponse]
     """Streams the audit's progress from now on; the stream ends when the audit
@@ -58,18 +60,20 @@ class AuditServiceStub:
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
-    """Leakage audits: the service plays the strongest attacker it has against the
+    """Leakage audits: the service plays the strongest attackers it has against the
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
-    listed, cancelled and deleted.
+    listed, cancelled and deleted. Its spec and report carry its kind
+    (reconstruction today); its attacks are named by registry names.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartAudit: _aio.StreamUnaryMultiCallable[_audit_pb2.StartAuditRequest, _audit_pb2.StartAuditResponse]  # type: ignore[assignment]
     """Starts an audit. The first message carries the spec; the following ones
-    carry the private images (or, for encodings made elsewhere, the encodings,
-    their labels and the originals). A spec that names a server-side dataset
-    needs no further messages. Returns the queued audit.
+    carry the inputs, in chunks of the spec's kind (a reconstruction audit's
+    private images, or encodings made elsewhere with their labels and the
+    originals). A spec that names a server-side dataset needs no further
+    messages. Returns the queued audit.
     """
     WatchAudit: _aio.UnaryStreamMultiCallable[_audit_pb2.WatchAuditRequest, _audit_pb2.WatchAuditResponse]  # type: ignore[assignment]
     """Streams the audit's progress from now on; the stream ends when the audit
@@ -85,10 +89,11 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Deletes a finished audit and its report."""
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Leakage audits: the service plays the strongest attacker it has against the
+    """Leakage audits: the service plays the strongest attackers it has against the
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
-    listed, cancelled and deleted.
+    listed, cancelled and deleted. Its spec and report carry its kind
+    (reconstruction today); its attacks are named by registry names.
     """
 
     @_abc_1.abstractmethod
@@ -98,9 +103,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.StartAuditResponse, _abc.Awaitable[_audit_pb2.StartAuditResponse]]:
         """Starts an audit. The first message carries the spec; the following ones
-        carry the private images (or, for encodings made elsewhere, the encodings,
-        their labels and the originals). A spec that names a server-side dataset
-        needs no further messages. Returns the queued audit.
+        carry the inputs, in chunks of the spec's kind (a reconstruction audit's
+        private images, or encodings made elsewhere with their labels and the
+        originals). A spec that names a server-side dataset needs no further
+        messages. Returns the queued audit.
         """
 
     @_abc_1.abstractmethod

@@ -7,7 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from instahide_client.instahide.v1 import instahide_pb2 as _instahide_pb2
 from instahide_client.instahide.v1 import tensor_pb2 as _tensor_pb2
 import builtins as _builtins
 import sys
@@ -20,111 +20,35 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class _EncodeMode:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _EncodeModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EncodeMode.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ENCODE_MODE_UNSPECIFIED: _EncodeMode.ValueType  # 0
-    """Not set; means ENCODE_MODE_CROSS."""
-    ENCODE_MODE_CROSS: _EncodeMode.ValueType  # 1
-    """Cross-dataset: private images from the batch plus images from the public pool."""
-    ENCODE_MODE_INSIDE: _EncodeMode.ValueType  # 2
-    """Inside-dataset: every mixed image comes from the batch."""
-
-class EncodeMode(_EncodeMode, metaclass=_EncodeModeEnumTypeWrapper):
-    """How images are mixed."""
-
-ENCODE_MODE_UNSPECIFIED: EncodeMode.ValueType  # 0
-"""Not set; means ENCODE_MODE_CROSS."""
-ENCODE_MODE_CROSS: EncodeMode.ValueType  # 1
-"""Cross-dataset: private images from the batch plus images from the public pool."""
-ENCODE_MODE_INSIDE: EncodeMode.ValueType  # 2
-"""Inside-dataset: every mixed image comes from the batch."""
-Global___EncodeMode: _TypeAlias = EncodeMode  # noqa: Y015
-
 @_typing.final
 class EncodeConfig(_message.Message):
-    """Parameters of an encoding. Every field has a default, so an empty config is valid."""
+    """How to encode: the transform, its parameters and the output's element type.
+    An empty config is InstaHide with its defaults.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MODE_FIELD_NUMBER: _builtins.int
-    K_FIELD_NUMBER: _builtins.int
-    PRIVATE_PER_MIX_FIELD_NUMBER: _builtins.int
-    MAX_COEFFICIENT_FIELD_NUMBER: _builtins.int
-    MIN_PRIVATE_MASS_FIELD_NUMBER: _builtins.int
-    SIGN_FLIP_FIELD_NUMBER: _builtins.int
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
-    RETURN_KEYS_FIELD_NUMBER: _builtins.int
-    SEED_FIELD_NUMBER: _builtins.int
-    NUM_CLASSES_FIELD_NUMBER: _builtins.int
-    mode: Global___EncodeMode.ValueType
-    """Cross-dataset (default) or inside-dataset mixing."""
-    k: _builtins.int
-    """Images mixed into each encoding. 0 means the default: 6 in cross mode, 4 in inside mode."""
-    private_per_mix: _builtins.int
-    """Private images in each cross-mode mix (the image itself and its private
-    partners); the rest of the k come from the public pool. 0 means 2.
-    Inside mode mixes k private images and ignores this field.
-    """
-    max_coefficient: _builtins.float
-    """Upper bound on any single coefficient; rows are redrawn while one exceeds it.
-    Absent means 0.65.
-    """
-    min_private_mass: _builtins.float
-    """Cross mode: lower bound on the private coefficients' sum; rows are redrawn
-    while it is not reached. Absent means 0.3.
-    """
-    sign_flip: _builtins.bool
-    """Multiply each element by an independent random sign. Absent means true."""
+    INSTAHIDE_FIELD_NUMBER: _builtins.int
     output_dtype: _tensor_pb2.DataType.ValueType
     """Element type of the encoded batch: DATA_TYPE_FLOAT32 (default) or DATA_TYPE_FLOAT16."""
-    return_keys: _builtins.bool
-    """Return the key record (coefficients, partners, mask) with each response."""
-    seed: _builtins.int
-    """Explicit seed for reproducible keys. Absent (the default) draws every key
-    from the operating system's CSPRNG. A seeded response is flagged `seeded`.
-    On a stream, the i-th request under this config (0 for the request that
-    carries it) gets keys derived from (seed, i), so batches never share keys.
-    """
-    num_classes: _builtins.int
-    """Width of the one-hot label vectors that are mixed. Required: labels must lie in [0, num_classes)."""
+    @_builtins.property
+    def instahide(self) -> _instahide_pb2.InstaHideConfig:
+        """InstaHide: mixing with one-time keys."""
+
     def __init__(
         self,
         *,
-        mode: Global___EncodeMode.ValueType = ...,
-        k: _builtins.int = ...,
-        private_per_mix: _builtins.int = ...,
-        max_coefficient: _builtins.float | None = ...,
-        min_private_mass: _builtins.float | None = ...,
-        sign_flip: _builtins.bool | None = ...,
         output_dtype: _tensor_pb2.DataType.ValueType = ...,
-        return_keys: _builtins.bool = ...,
-        seed: _builtins.int | None = ...,
-        num_classes: _builtins.int = ...,
+        instahide: _instahide_pb2.InstaHideConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_coefficient", b"_max_coefficient", "_min_private_mass", b"_min_private_mass", "_seed", b"_seed", "_sign_flip", b"_sign_flip", "max_coefficient", b"max_coefficient", "min_private_mass", b"min_private_mass", "seed", b"seed", "sign_flip", b"sign_flip"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instahide", b"instahide", "transform", b"transform"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_coefficient", b"_max_coefficient", "_min_private_mass", b"_min_private_mass", "_seed", b"_seed", "_sign_flip", b"_sign_flip", "k", b"k", "max_coefficient", b"max_coefficient", "min_private_mass", b"min_private_mass", "mode", b"mode", "num_classes", b"num_classes", "output_dtype", b"output_dtype", "private_per_mix", b"private_per_mix", "return_keys", b"return_keys", "seed", b"seed", "sign_flip", b"sign_flip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instahide", b"instahide", "output_dtype", b"output_dtype", "transform", b"transform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__max_coefficient: _TypeAlias = _typing.Literal["max_coefficient"]  # noqa: Y015
-    _WhichOneofArgType__max_coefficient: _TypeAlias = _typing.Literal["_max_coefficient", b"_max_coefficient"]  # noqa: Y015
-    _WhichOneofReturnType__min_private_mass: _TypeAlias = _typing.Literal["min_private_mass"]  # noqa: Y015
-    _WhichOneofArgType__min_private_mass: _TypeAlias = _typing.Literal["_min_private_mass", b"_min_private_mass"]  # noqa: Y015
-    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
-    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
-    _WhichOneofReturnType__sign_flip: _TypeAlias = _typing.Literal["sign_flip"]  # noqa: Y015
-    _WhichOneofArgType__sign_flip: _TypeAlias = _typing.Literal["_sign_flip", b"_sign_flip"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_coefficient) -> _WhichOneofReturnType__max_coefficient | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_private_mass) -> _WhichOneofReturnType__min_private_mass | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__sign_flip) -> _WhichOneofReturnType__sign_flip | None: ...
+    _WhichOneofReturnType_transform: _TypeAlias = _typing.Literal["instahide"]  # noqa: Y015
+    _WhichOneofArgType_transform: _TypeAlias = _typing.Literal["transform", b"transform"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_transform) -> _WhichOneofReturnType_transform | None: ...
 
 Global___EncodeConfig: _TypeAlias = EncodeConfig  # noqa: Y015
 
@@ -148,7 +72,7 @@ class EncodeRequest(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """One integer class label per image, in [0, config.num_classes)."""
+        """One integer class label per image (InstaHide: in [0, num_classes))."""
 
     @_builtins.property
     def config(self) -> Global___EncodeConfig:
@@ -173,69 +97,7 @@ class EncodeRequest(_message.Message):
 Global___EncodeRequest: _TypeAlias = EncodeRequest  # noqa: Y015
 
 @_typing.final
-class KeyRecord(_message.Message):
-    """The keys of one encoded batch: everything needed to recompute it from the
-    private images and the public pool. Keys are never stored by the service.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MODE_FIELD_NUMBER: _builtins.int
-    K_FIELD_NUMBER: _builtins.int
-    PRIVATE_PER_MIX_FIELD_NUMBER: _builtins.int
-    COEFFICIENTS_FIELD_NUMBER: _builtins.int
-    INDICES_FIELD_NUMBER: _builtins.int
-    MASK_BITS_FIELD_NUMBER: _builtins.int
-    SEEDED_FIELD_NUMBER: _builtins.int
-    POOL_FINGERPRINT_FIELD_NUMBER: _builtins.int
-    mode: Global___EncodeMode.ValueType
-    """Mixing mode used."""
-    k: _builtins.int
-    """Images mixed into each encoding."""
-    private_per_mix: _builtins.int
-    """Private images in each mix (slots [0, private_per_mix) index the batch)."""
-    seeded: _builtins.bool
-    """True when the keys came from an explicit seed rather than the CSPRNG."""
-    pool_fingerprint: _builtins.str
-    """SHA-256 of the public pool the public slots index (hex)."""
-    @_builtins.property
-    def coefficients(self) -> _tensor_pb2.Tensor:
-        """Coefficients, FLOAT32 (N, k); slot 0 is the image itself."""
-
-    @_builtins.property
-    def indices(self) -> _tensor_pb2.Tensor:
-        """Mixed image indices, INT64 (N, k): private slots index the batch, public
-        slots index the public pool.
-        """
-
-    @_builtins.property
-    def mask_bits(self) -> _tensor_pb2.Tensor:
-        """Sign mask bits, UINT8 (N, ceil(H*W*C / 8)), little-endian bit order within
-        a byte; bit 1 means the element's sign is flipped. Empty without sign flip.
-        """
-
-    def __init__(
-        self,
-        *,
-        mode: Global___EncodeMode.ValueType = ...,
-        k: _builtins.int = ...,
-        private_per_mix: _builtins.int = ...,
-        coefficients: _tensor_pb2.Tensor | None = ...,
-        indices: _tensor_pb2.Tensor | None = ...,
-        mask_bits: _tensor_pb2.Tensor | None = ...,
-        seeded: _builtins.bool = ...,
-        pool_fingerprint: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["coefficients", b"coefficients", "indices", b"indices", "mask_bits", b"mask_bits"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coefficients", b"coefficients", "indices", b"indices", "k", b"k", "mask_bits", b"mask_bits", "mode", b"mode", "pool_fingerprint", b"pool_fingerprint", "private_per_mix", b"private_per_mix", "seeded", b"seeded"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___KeyRecord: _TypeAlias = KeyRecord  # noqa: Y015
-
-@_typing.final
-class EncodeError(_message.Message):
+class ItemError(_message.Message):
     """A per-request failure that did not end the stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -262,7 +124,7 @@ class EncodeError(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EncodeError: _TypeAlias = EncodeError  # noqa: Y015
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
 
 @_typing.final
 class EncodeResponse(_message.Message):
@@ -272,10 +134,10 @@ class EncodeResponse(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENCODED_FIELD_NUMBER: _builtins.int
-    MIXED_LABELS_FIELD_NUMBER: _builtins.int
-    KEYS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     SEEDED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    INSTAHIDE_KEYS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's `request_id`."""
     seeded: _builtins.bool
@@ -285,31 +147,35 @@ class EncodeResponse(_message.Message):
         """Encoded images, same shape as the request's images, FLOAT32 or FLOAT16."""
 
     @_builtins.property
-    def mixed_labels(self) -> _tensor_pb2.Tensor:
-        """Mixed labels, FLOAT32 (N, num_classes): private coefficients at their images' classes."""
+    def labels(self) -> _tensor_pb2.Tensor:
+        """The labels that go with the encodings, FLOAT32 (N, classes): InstaHide's
+        mixed labels (private coefficients at their images' classes).
+        """
 
     @_builtins.property
-    def keys(self) -> Global___KeyRecord:
-        """Keys, only when the config asked for them."""
-
-    @_builtins.property
-    def error(self) -> Global___EncodeError:
+    def error(self) -> Global___ItemError:
         """Set when this request failed; the other fields are then empty."""
+
+    @_builtins.property
+    def instahide_keys(self) -> _instahide_pb2.InstaHideKeys:
+        """InstaHide's one-time keys."""
 
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         encoded: _tensor_pb2.Tensor | None = ...,
-        mixed_labels: _tensor_pb2.Tensor | None = ...,
-        keys: Global___KeyRecord | None = ...,
+        labels: _tensor_pb2.Tensor | None = ...,
         seeded: _builtins.bool = ...,
-        error: Global___EncodeError | None = ...,
+        error: Global___ItemError | None = ...,
+        instahide_keys: _instahide_pb2.InstaHideKeys | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["encoded", b"encoded", "error", b"error", "keys", b"keys", "mixed_labels", b"mixed_labels"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["encoded", b"encoded", "error", b"error", "instahide_keys", b"instahide_keys", "keys", b"keys", "labels", b"labels"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoded", b"encoded", "error", b"error", "keys", b"keys", "mixed_labels", b"mixed_labels", "request_id", b"request_id", "seeded", b"seeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoded", b"encoded", "error", b"error", "instahide_keys", b"instahide_keys", "keys", b"keys", "labels", b"labels", "request_id", b"request_id", "seeded", b"seeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_keys: _TypeAlias = _typing.Literal["instahide_keys"]  # noqa: Y015
+    _WhichOneofArgType_keys: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_keys) -> _WhichOneofReturnType_keys | None: ...
 
 Global___EncodeResponse: _TypeAlias = EncodeResponse  # noqa: Y015

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class TransformServiceStub:
-    """Hides image batches with InstaHide (Huang et al., ICML 2020).
+    """Disguises image batches on their way to an untrusted training cluster, with
+    the transform a request's config names (InstaHide today).
     """
 
     def __init__(self, channel):
@@ -43,7 +44,8 @@ class TransformServiceStub:
 
 
 class TransformServiceServicer:
-    """Hides image batches with InstaHide (Huang et al., ICML 2020).
+    """Disguises image batches on their way to an untrusted training cluster, with
+    the transform a request's config names (InstaHide today).
     """
 
     def Encode(self, request_iterator, context):
@@ -73,7 +75,8 @@ def add_TransformServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TransformService:
-    """Hides image batches with InstaHide (Huang et al., ICML 2020).
+    """Disguises image batches on their way to an untrusted training cluster, with
+    the transform a request's config names (InstaHide today).
     """
 
     @staticmethod

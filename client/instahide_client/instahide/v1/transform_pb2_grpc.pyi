@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TransformServiceStub:
-    """Hides image batches with InstaHide (Huang et al., ICML 2020)."""
+    """Disguises image batches on their way to an untrusted training cluster, with
+    the transform a request's config names (InstaHide today).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -42,7 +44,9 @@ class TransformServiceStub:
 
 @_typing.type_check_only
 class TransformServiceAsyncStub(TransformServiceStub):
-    """Hides image batches with InstaHide (Huang et al., ICML 2020)."""
+    """Disguises image batches on their way to an untrusted training cluster, with
+    the transform a request's config names (InstaHide today).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Encode: _aio.StreamStreamMultiCallable[_transform_pb2.EncodeRequest, _transform_pb2.EncodeResponse]  # type: ignore[assignment]
@@ -53,7 +57,9 @@ class TransformServiceAsyncStub(TransformServiceStub):
     """
 
 class TransformServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Hides image batches with InstaHide (Huang et al., ICML 2020)."""
+    """Disguises image batches on their way to an untrusted training cluster, with
+    the transform a request's config names (InstaHide today).
+    """
 
     @_abc_1.abstractmethod
     def Encode(

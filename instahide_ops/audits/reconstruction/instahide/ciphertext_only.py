@@ -1,4 +1,4 @@
-"""The ciphertext-only attack (after Carlini et al. 2020): what every audit runs.
+"""The ciphertext-only attack (after Carlini et al. 2020): what every audit runs first.
 
 Input: the challenge-format arrays (encodings and mixed labels) and the public parameters; never
 keys, masks, partners or public images. Stages: training a similarity network on synthetic encodings
@@ -13,8 +13,12 @@ import numpy as np
 import torch
 
 from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTracker
-from instahide_ops.audits.reconstruction import register_attack
-from instahide_ops.audits.reconstruction.attack import AttackResult
+from instahide_ops.audits.reconstruction.attack import (
+    AttackerView,
+    AttackResult,
+    AttackSettings,
+    register_attack,
+)
 from instahide_ops.audits.reconstruction.instahide.clustering import cluster_by_class, coefficients_from_labels
 from instahide_ops.audits.reconstruction.instahide.orientation import resolve_orientation
 from instahide_ops.audits.reconstruction.instahide.recovery import NATURAL_CHANNEL_MEAN, recover_privates
@@ -28,7 +32,33 @@ from instahide_ops.audits.reconstruction.instahide.similarity_net import (
 from instahide_ops.errors import InvalidInputError
 
 STAGES = ("training", "similarity", "clustering", "assignment", "recovery", "orientation", "self_refinement")
+# Rough seconds of each stage on two CPU cores at 100 × 50, over 250 (measured through the service on 2026-11-24;
+# training, which runs on CUDA only, keeps an older rough share): the audit's progress bar moves by them.
+STAGE_WEIGHTS = {"training": 0.30, "similarity": 0.01, "clustering": 0.03, "assignment": 0.01, "recovery": 0.45,
+                 "orientation": 0.01, "self_refinement": 1.25}
 SIMILARITIES = ("auto", "learned", "highpass")
+MIN_K = 3  # a cross-dataset mix the attack handles holds at least one public image beside its two private ones
+
+
+def attack_device(array: np.ndarray | torch.Tensor, device: torch.device | str | None) -> torch.device:
+    """Where an attack runs: ``device`` when given, else the input's (the CPU for a numpy array)."""
+    if device is not None:
+        return torch.device(device)
+    return array.device if torch.is_tensor(array) else torch.device("cpu")
+
+
+def check_public_parameters(*, k: int, encodings_per_image: int, mode: str) -> None:
+    """The public parameters the attacks handle: cross-dataset mixes with at least one public image.
+
+    Raises:
+        InvalidInputError: the mode, k or T is outside them.
+    """
+    if mode != "cross":
+        raise InvalidInputError(f"only cross mode is attacked so far, got {mode!r}", field="mode")
+    if k < MIN_K:
+        raise InvalidInputError(f"cross mode with public images needs k >= {MIN_K}, got {k}", field="k")
+    if encodings_per_image < 1:
+        raise InvalidInputError(f"must be at least 1, got {encodings_per_image}", field="encodings_per_image")
 
 
 def as_tensor(array: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -101,9 +131,8 @@ def pick_decryption(recovered: torch.Tensor, members: torch.Tensor, weights: tor
     return recovered[chosen]
 
 
-@register_attack("ciphertext_only")
 def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *, k: int,
-                           encodings_per_image: int, mode: str = "cross", device: torch.device | str = "cpu",
+                           encodings_per_image: int, mode: str = "cross", device: torch.device | str | None = None,
                            progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                            recovery_steps: int | None = None,
                            public_mean: torch.Tensor | float | None = None, similarity: str = "auto",
@@ -115,7 +144,7 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
         encryption: (E, H, W, C) encodings in [-1, 1] (``encryption.npy``).
         labels: (E, classes) mixed labels (``label.npy``).
         k, encodings_per_image, mode: public parameters; the private set has E / T images.
-        device: where to compute.
+        device: where to compute; None: where ``encryption`` is (the CPU for a numpy array).
         progress: called with (stage, fraction) as the attack goes.
         cancel: stops the attack (AttackCancelled) at its next progress report.
         recovery_steps: EM iterations of the recovery (None: the recovery's default).
@@ -132,17 +161,12 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
     Returns:
         One recovered image per cluster and the challenge's per-encoding ``decryption``.
     """
-    if mode != "cross":
-        raise InvalidInputError(f"only cross mode is attacked so far, got {mode!r}", field="mode")
-    if k < 3:
-        raise InvalidInputError(f"cross mode with public images needs k >= 3, got {k}", field="k")
-    if encodings_per_image < 1:
-        raise InvalidInputError(f"must be at least 1, got {encodings_per_image}", field="encodings_per_image")
+    check_public_parameters(k=k, encodings_per_image=encodings_per_image, mode=mode)
     if similarity not in SIMILARITIES:
         raise InvalidInputError(f"expected one of {list(SIMILARITIES)}, got {similarity!r}", field="similarity")
     if refinement is not None:
         refinement.validate()
-    device = torch.device(device)
+    device = attack_device(encryption, device)
     encryption, labels = check_challenge_arrays(encryption, labels, device)
     num_images = max(2, round(len(encryption) / encodings_per_image))
     tracker = StageTracker(progress, cancel)
@@ -192,3 +216,38 @@ def ciphertext_only_attack(encryption: np.ndarray | torch.Tensor, labels: np.nda
         stage_seconds=dict(tracker.seconds),
         device=str(device),
     )
+
+
+@register_attack
+class CiphertextOnly:
+    """The attacker who sees only what is published: the encodings, their mixed labels and k, T and the mode."""
+
+    name = "ciphertext_only"
+    title = "ciphertext-only"
+    threat = "sees the encodings, their mixed labels and the public parameters (k, T, mode), nothing else"
+    family = "instahide"
+    holds = frozenset()
+    bound = False
+    default = True
+    starts_from = None
+
+    def stages(self, view: AttackerView, settings: AttackSettings) -> dict[str, float]:
+        names = attack_stages(settings.similarity, view.encryption.device, refine=settings.refine_sets > 0)
+        return {name: STAGE_WEIGHTS[name] for name in names}
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        pass
+
+    def run(self, view: AttackerView, *, start: AttackResult | None, settings: AttackSettings,
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> AttackResult:
+        return ciphertext_only_attack(view.encryption, view.labels, k=view.k,
+                                      encodings_per_image=view.encodings_per_image, mode=view.mode,
+                                      progress=progress, cancel=cancel, similarity=settings.similarity,
+                                      refinement=refinement_config(settings))
+
+
+def refinement_config(settings: AttackSettings) -> RefinementConfig | None:
+    """The self-refinement ``settings`` ask for (``refine_sets`` simulated sets), or None."""
+    if settings.refine_sets <= 0:
+        return None
+    return RefinementConfig(sets=settings.refine_sets, steps=settings.refine_steps)

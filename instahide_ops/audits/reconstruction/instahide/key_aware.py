@@ -3,19 +3,32 @@
 This is what an attacker holding the keys but not the masks (a leaked key store's mapping, a brute-forced
 32-bit seed) gets, so it bounds what the ciphertext-only attack can reach. Given the public slots' pool
 indices as well, the images they name more than once are solved alongside the privates instead of being
-treated as noise (``joint_recovery``); the pool's pixels are never used.
+treated as noise (``joint_recovery``); the pool's pixels are never used. In an audit the bound also holds
+whatever the audit's attacks without keys hold, so it bounds the strongest of them: with the public pool it
+continues as the pool-aware attack does from the true pairs.
 """
 
+
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTracker
-from instahide_ops.audits.reconstruction import register_attack
-from instahide_ops.audits.reconstruction.attack import AttackResult
+from instahide_ops.audits.reconstruction.attack import (
+    KEYS,
+    AttackerView,
+    AttackResult,
+    AttackSettings,
+    register_attack,
+)
+from instahide_ops.audits.reconstruction.instahide import pool_aware
 from instahide_ops.audits.reconstruction.instahide.ciphertext_only import (
+    STAGE_WEIGHTS,
     as_tensor,
+    attack_device,
     check_challenge_arrays,
     pick_decryption,
     recovery_options,
@@ -26,11 +39,13 @@ from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
 from instahide_ops.audits.reconstruction.instahide.recovery import recover_privates
 from instahide_ops.errors import InvalidInputError
 
+SHARED_PUBLICS_WEIGHT = 0.18  # the "shared_publics" stage's rough share of the time, as STAGE_WEIGHTS'
 
-@register_attack("key_aware")
+
 def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                      pair_indices: np.ndarray | torch.Tensor, coefficients: np.ndarray | torch.Tensor,
-                     num_images: int, device: torch.device | str = "cpu", progress: ProgressCallback | None = None,
+                     num_images: int, device: torch.device | str | None = None,
+                     progress: ProgressCallback | None = None,
                      cancel: CancelToken | None = None, recovery_steps: int | None = None,
                      public_mean: torch.Tensor | float | None = None, k: int = 6,
                      public_indices: np.ndarray | torch.Tensor | None = None,
@@ -49,7 +64,7 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
             (``joint_recovery.unknowns_that_fit``).
         public_mean, recovery_steps, k: as for the ciphertext-only attack.
     """
-    device = torch.device(device)
+    device = attack_device(encryption, device)
     encryption, _ = check_challenge_arrays(encryption, labels, device)
     members = as_tensor(pair_indices, device).long()
     all_weights = as_tensor(coefficients, device).float()
@@ -78,3 +93,48 @@ def key_aware_attack(encryption: np.ndarray | torch.Tensor, labels: np.ndarray |
                                              working_bytes=working_bytes)
     return AttackResult(recovered.cpu().float(), pick_decryption(recovered, members, weights).cpu().float(),
                         members.cpu(), weights.cpu(), dict(tracker.seconds), str(device))
+
+
+@register_attack
+class KeyAware:
+    """The bound: the attacker who holds each encoding's mapping and coefficients, but not the masks."""
+
+    name = "key_aware"
+    title = "key-aware bound"
+    threat = ("holds the keys' mapping and coefficients (a leaked key store, a brute-forced seed) but not the "
+              "masks, and whatever the audit's other attackers hold: an upper bound, not an attack")
+    family = "instahide"
+    holds = frozenset({KEYS})
+    bound = True
+    default = True
+    starts_from = None
+
+    def stages(self, view: AttackerView, settings: AttackSettings) -> dict[str, float]:
+        weights = {"recovery": STAGE_WEIGHTS["recovery"], "orientation": STAGE_WEIGHTS["orientation"]}
+        if view.keys is not None and view.keys.public_indices is not None and view.keys.public_indices.shape[1]:
+            weights["shared_publics"] = SHARED_PUBLICS_WEIGHT
+        if view.pool is not None:  # the public-mix stages run longer here (more EM steps)
+            slower = pool_aware.BOUND_PUBLIC_MIX_STEPS / pool_aware.DEFAULT_PUBLIC_MIX_STEPS
+            weights |= {stage: pool_aware.STAGE_WEIGHTS[stage] * slower for stage in ("public_mix", "restarts")}
+        return weights
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        pass
+
+    def run(self, view: AttackerView, *, start: AttackResult | None, settings: AttackSettings,
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> AttackResult:
+        keys = view.keys
+        if keys is None:
+            raise InvalidInputError("the key-aware bound needs the keys", field="keys")
+        bound = key_aware_attack(view.encryption, view.labels, pair_indices=keys.pair_indices,
+                                 coefficients=keys.coefficients, public_indices=keys.public_indices,
+                                 num_images=keys.num_images, k=view.k, cancel=cancel, progress=progress,
+                                 working_bytes=settings.working_bytes)
+        if view.pool is None:
+            return bound
+        # Holding the pool as well, it continues from the true pairs as the pool-aware attack would.
+        demixed = pool_aware.pool_aware_attack(
+            view.encryption, view.labels, pool=view.pool, start=bound, encodings_per_image=view.encodings_per_image,
+            k=view.k, recluster=False, steps=pool_aware.BOUND_PUBLIC_MIX_STEPS, cancel=cancel, progress=progress,
+            working_bytes=settings.working_bytes)
+        return replace(demixed, stage_seconds={**bound.stage_seconds, **demixed.stage_seconds})

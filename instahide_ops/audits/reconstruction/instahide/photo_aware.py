@@ -30,9 +30,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTracker
-from instahide_ops.audits.reconstruction import register_attack
-from instahide_ops.audits.reconstruction.attack import AttackResult
-from instahide_ops.audits.reconstruction.instahide.ciphertext_only import check_challenge_arrays, recovery_options
+from instahide_ops.audits.reconstruction.attack import (
+    PHOTOS,
+    AttackerView,
+    AttackResult,
+    AttackSettings,
+    register_attack,
+)
+from instahide_ops.audits.reconstruction.instahide import pool_aware
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import (
+    attack_device,
+    check_challenge_arrays,
+    recovery_options,
+)
 from instahide_ops.audits.reconstruction.instahide.pool_aware import (
     DEFAULT_PUBLIC_MIX_STEPS,
     pool_aware_attack,
@@ -79,6 +89,7 @@ the default pool (2,048): 10 × 3 0.13: 0.342 → 0.303, 0.07: 0.408 → 0.327; 
 DEFAULT_ROUNDS = 1
 
 STAGES = ("photo_pool",)
+PHOTO_POOL_WEIGHT = 1.60  # the "photo_pool" stage's rough share of the time, as ciphertext_only.STAGE_WEIGHTS
 TILE = 96  # window positions per side scored at once; a multiple of BIN
 # Memory: the residuals' spectra, E × C × 128 × 65 complex floats for 32 × 32 images (1 GB at E = 5,000).
 
@@ -340,13 +351,12 @@ def photo_pool(residuals: Tensor, shrunk: Sequence[ShrunkPhoto], photos: Sequenc
                      int(covered.sum()) / len(residuals) if len(residuals) else 0.0)
 
 
-@register_attack("photo_aware")
 def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tensor, *, photos: Sequence[np.ndarray],
                        start: AttackResult, encodings_per_image: int, k: int = 6,
                        scales: Sequence[int] = DEFAULT_SCALES, rounds: int = DEFAULT_ROUNDS,
                        picks: int = DEFAULT_PICKS, min_picks: int = DEFAULT_MIN_PICKS,
                        min_coverage: float = DEFAULT_MIN_COVERAGE,
-                       steps: int = DEFAULT_PUBLIC_MIX_STEPS, device: torch.device | str = "cpu",
+                       steps: int = DEFAULT_PUBLIC_MIX_STEPS, device: torch.device | str | None = None,
                        progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                        working_bytes: int = WORKING_BYTES) -> AttackResult:
     """Recover the private images as an attacker who holds the photos the public pool was cut from.
@@ -374,7 +384,7 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
     Raises:
         InvalidInputError: bad arguments.
     """
-    device = torch.device(device)
+    device = attack_device(encryption, device)
     encryption, labels = check_challenge_arrays(encryption, labels, device)
     if rounds < 1:
         raise InvalidInputError(f"must be at least 1, got {rounds}", field="rounds")
@@ -407,3 +417,36 @@ def photo_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Ten
             attack_seconds[name] = attack_seconds.get(name, 0.0) + value
     return AttackResult(result.recovered, result.decryption, result.members, result.coefficients,
                         {**tracker.seconds, **attack_seconds}, str(device), public_coverage=coverage)
+
+
+@register_attack
+class PhotoAware:
+    """The ciphertext-only attacker who holds the photos the public pool was cut from, but not the pool."""
+
+    name = "photo_aware"
+    title = "photo-aware"
+    threat = ("sees what the ciphertext-only attacker sees and holds the photos the public pool was cut from, "
+              "but not the pool (as ImageNet was public in the InstaHide Challenge)")
+    family = "instahide"
+    holds = frozenset({PHOTOS})
+    bound = False
+    default = False  # it searches every crop of the photos: several times the ciphertext-only attack's time
+    starts_from = "ciphertext_only"
+
+    def stages(self, view: AttackerView, settings: AttackSettings) -> dict[str, float]:
+        return {"photo_pool": PHOTO_POOL_WEIGHT,
+                **{stage: pool_aware.STAGE_WEIGHTS[stage] for stage in POOL_AWARE_STAGES}}
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        if image_shape[2] != 3:
+            raise InvalidInputError(f"photo_aware needs RGB images (the photos are), got {image_shape[2]} channel(s)",
+                                    field="attacks")
+
+    def run(self, view: AttackerView, *, start: AttackResult | None, settings: AttackSettings,
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> AttackResult:
+        if start is None or view.photos is None:
+            raise InvalidInputError("the photo-aware attack continues the ciphertext-only attack, holding the photos",
+                                    field="start")
+        return photo_aware_attack(view.encryption, view.labels, photos=view.photos, start=start,
+                                  encodings_per_image=view.encodings_per_image, k=view.k, progress=progress,
+                                  cancel=cancel, working_bytes=settings.working_bytes)

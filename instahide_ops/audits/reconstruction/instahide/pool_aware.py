@@ -42,9 +42,15 @@ import torch
 from torch import Tensor
 
 from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTracker
-from instahide_ops.audits.reconstruction import register_attack
-from instahide_ops.audits.reconstruction.attack import AttackResult
+from instahide_ops.audits.reconstruction.attack import (
+    POOL,
+    AttackerView,
+    AttackResult,
+    AttackSettings,
+    register_attack,
+)
 from instahide_ops.audits.reconstruction.instahide.ciphertext_only import (
+    attack_device,
     check_challenge_arrays,
     pick_decryption,
     recovery_options,
@@ -135,6 +141,9 @@ Flipping green or blue as well changed nothing on seed 1 and on seed 0 chose thr
 worse, so only the least-oriented channel is tried."""
 
 STAGES = ("public_mix", "reclustering", "recovery", "orientation", "refinement", "reassignment", "restarts")
+# Each stage's rough share of the time (as ciphertext_only.STAGE_WEIGHTS): seconds on two CPU cores over 250.
+STAGE_WEIGHTS = {"public_mix": 0.35, "reclustering": 0.04, "recovery": 0.45, "orientation": 0.01, "refinement": 0.36,
+                 "reassignment": 1.20, "restarts": 0.35}
 
 
 def signed_sums(magnitudes: Tensor, prediction: Tensor, noise: float = DEFAULT_SUM_NOISE) -> Tensor:
@@ -374,10 +383,9 @@ def least_oriented_channel(public_mean: Tensor | float, channels: int) -> int:
     return int(mean.abs().argmin())
 
 
-@register_attack("pool_aware")
 def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tensor, *, pool: PublicPool,
                       start: AttackResult, encodings_per_image: int, k: int = 6, recluster: bool = True,
-                      device: torch.device | str = "cpu", progress: ProgressCallback | None = None,
+                      device: torch.device | str | None = None, progress: ProgressCallback | None = None,
                       cancel: CancelToken | None = None, steps: int = DEFAULT_PUBLIC_MIX_STEPS,
                       reassignment_rounds: int = DEFAULT_REASSIGNMENT_ROUNDS,
                       restart_fraction: float = DEFAULT_RESTART_FRACTION,
@@ -406,7 +414,7 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
     Returns:
         One recovered image per cluster and each encoding's decryption.
     """
-    device = torch.device(device)
+    device = attack_device(encryption, device)
     encryption, labels = check_challenge_arrays(encryption, labels, device)
     if tuple(pool.image_shape) != tuple(encryption.shape[1:]):
         raise InvalidInputError(f"pool images are {list(pool.image_shape)}, encodings "
@@ -479,3 +487,33 @@ def pool_aware_attack(encryption: np.ndarray | Tensor, labels: np.ndarray | Tens
         stage_seconds=dict(tracker.seconds),
         device=str(device),
     )
+
+
+@register_attack
+class PoolAware:
+    """The ciphertext-only attacker who also holds the public pool the encodings mixed in."""
+
+    name = "pool_aware"
+    title = "pool-aware"
+    threat = ("sees what the ciphertext-only attacker sees and holds the public pool the encodings mixed in, "
+              "which InstaHide makes public and the bundled pool is rebuilt by anyone")
+    family = "instahide"
+    holds = frozenset({POOL})
+    bound = False
+    default = True
+    starts_from = "ciphertext_only"
+
+    def stages(self, view: AttackerView, settings: AttackSettings) -> dict[str, float]:
+        return {stage: STAGE_WEIGHTS[stage] for stage in STAGES}
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        pass
+
+    def run(self, view: AttackerView, *, start: AttackResult | None, settings: AttackSettings,
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> AttackResult:
+        if start is None or view.pool is None:
+            raise InvalidInputError("the pool-aware attack continues the ciphertext-only attack, holding the pool",
+                                    field="start")
+        return pool_aware_attack(view.encryption, view.labels, pool=view.pool, start=start,
+                                 encodings_per_image=view.encodings_per_image, k=view.k, progress=progress,
+                                 cancel=cancel, working_bytes=settings.working_bytes)

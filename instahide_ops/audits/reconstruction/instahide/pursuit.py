@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from instahide_ops.audits.reconstruction.attack import DEFAULT_WORKING_BYTES
 from instahide_ops.errors import InvalidInputError
 
 GRAM_MAX_POOL = 16384
@@ -26,7 +27,7 @@ as long (at 16,384, 300 encodings, its batches sharing rows; 2.6 without), and t
 correlate every residual with the whole pool at every step, 2.4 to 2.9 times as long (at 16,384; 3.5 at 2,048).
 The reassignment is worth the time: at 16,384 it lifts the bench's Max_SSIM from 0.870 to 0.893."""
 
-WORKING_BYTES = 1 << 30
+WORKING_BYTES = DEFAULT_WORKING_BYTES
 """The default working memory of the pursuits over one pool (the server's ``--audit-pool-memory-mib``): about the
 most one batch of pursuits holds at once, and the most the stored Gram matrix may take. A batch's buffers grow
 with its targets times the pool's size, so over a large pool the batches shrink to fit (``rows_that_fit``); at

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from instahide_ops.audits.progress import AttackCancelled, CancelToken
-from instahide_ops.audits.reconstruction import attack_names, create_attack, register_attack
-from instahide_ops.audits.reconstruction.instahide.ciphertext_only import STAGES, attack_stages, pick_decryption
+from instahide_ops.audits.reconstruction import attack_names, get_attack, register_attack
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import (
+    STAGES,
+    attack_stages,
+    ciphertext_only_attack,
+    pick_decryption,
+)
+from instahide_ops.audits.reconstruction.instahide.key_aware import key_aware_attack
 from instahide_ops.audits.reconstruction.scores import challenge_scores, recovered_fractions
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.transforms.instahide.challenge import (
@@ -40,10 +46,10 @@ def challenge_dir(tmp_path_factory):
 
 def test_registry():
     assert {"ciphertext_only", "key_aware", "pool_aware"} <= set(attack_names())
-    with pytest.raises(ValueError, match="unknown attack 'nope'"):
-        create_attack("nope")
+    with pytest.raises(InvalidInputError, match=r"unknown attack 'nope'; expected one of \['ciphertext_only'"):
+        get_attack("nope")
     with pytest.raises(ValueError, match="already registered"):
-        register_attack("key_aware")(lambda: None)
+        register_attack(type(get_attack("key_aware")))
 
 
 class TestCiphertextOnly:
@@ -52,7 +58,7 @@ class TestCiphertextOnly:
         assert not (directory / GROUND_TRUTH_FILE).exists()
         view = load_challenge(directory, k=6, encodings_per_image=PER_IMAGE)
         events: list[tuple[str, float]] = []
-        result = create_attack("ciphertext_only")(view.encryption, view.labels, k=6,
+        result = ciphertext_only_attack(view.encryption, view.labels, k=6,
                                                   encodings_per_image=PER_IMAGE,
                                                   progress=lambda stage, f: events.append((stage, f)))
         truth = load_ground_truth(truth_path)
@@ -82,7 +88,7 @@ class TestCiphertextOnly:
                 threading.Thread(target=cancel.cancel).start()
 
         with pytest.raises(AttackCancelled):
-            create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE,
+            ciphertext_only_attack(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE,
                                              progress=progress, cancel=cancel)
 
     @pytest.mark.parametrize(("kwargs", "field"), [
@@ -91,14 +97,14 @@ class TestCiphertextOnly:
     def test_bad_parameters(self, kwargs, field):
         options = {"k": 6, "encodings_per_image": 4, **kwargs}
         with pytest.raises(InvalidInputError) as info:
-            create_attack("ciphertext_only")(np.zeros((8, 32, 32, 3), np.float32), np.zeros((8, 10)), **options)
+            ciphertext_only_attack(np.zeros((8, 32, 32, 3), np.float32), np.zeros((8, 10)), **options)
         assert info.value.field == field
 
     def test_bad_arrays(self):
         with pytest.raises(InvalidInputError, match=r"\(E, H, W, C\)"):
-            create_attack("ciphertext_only")(np.zeros((8, 32, 32)), np.zeros((8, 10)), k=6, encodings_per_image=4)
+            ciphertext_only_attack(np.zeros((8, 32, 32)), np.zeros((8, 10)), k=6, encodings_per_image=4)
         with pytest.raises(InvalidInputError, match="classes"):
-            create_attack("ciphertext_only")(np.zeros((8, 32, 32, 3)), np.zeros((7, 10)), k=6, encodings_per_image=4)
+            ciphertext_only_attack(np.zeros((8, 32, 32, 3)), np.zeros((7, 10)), k=6, encodings_per_image=4)
 
 
 def test_key_aware_bound_beats_the_ciphertext_only_attack(challenge_dir):
@@ -106,15 +112,15 @@ def test_key_aware_bound_beats_the_ciphertext_only_attack(challenge_dir):
     view = load_challenge(directory, k=6, encodings_per_image=PER_IMAGE)
     truth = load_ground_truth(truth_path)
     privates, pairs = torch.from_numpy(truth.privates), torch.from_numpy(truth.pair_indices)
-    bound = create_attack("key_aware")(view.encryption, view.labels, pair_indices=truth.pair_indices,
+    bound = key_aware_attack(view.encryption, view.labels, pair_indices=truth.pair_indices,
                                        coefficients=truth.coefficients, num_images=IMAGES)
-    blind = create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
+    blind = ciphertext_only_attack(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
     bound_score = challenge_scores(bound.decryption, privates, pairs).max_ssim
     assert bound_score > 0.4
     assert bound_score >= challenge_scores(blind.decryption, privates, pairs).max_ssim - 0.02
     assert torch.equal(bound.members, pairs)
     with pytest.raises(InvalidInputError, match=r"\[0, 3\)"):
-        create_attack("key_aware")(view.encryption, view.labels, pair_indices=truth.pair_indices,
+        key_aware_attack(view.encryption, view.labels, pair_indices=truth.pair_indices,
                                    coefficients=truth.coefficients, num_images=3)
 
 

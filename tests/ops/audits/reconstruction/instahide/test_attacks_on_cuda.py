@@ -10,9 +10,12 @@ import pytest
 import torch
 from photo_set import IMAGES, PER_IMAGE, SCALES
 
-from instahide_ops.audits.reconstruction import create_attack
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import ciphertext_only_attack
+from instahide_ops.audits.reconstruction.instahide.key_aware import key_aware_attack
 from instahide_ops.audits.reconstruction.instahide.photo_aware import STAGES as PHOTO_STAGES
+from instahide_ops.audits.reconstruction.instahide.photo_aware import photo_aware_attack
 from instahide_ops.audits.reconstruction.instahide.pool_aware import STAGES as POOL_AWARE_STAGES
+from instahide_ops.audits.reconstruction.instahide.pool_aware import pool_aware_attack
 from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
 from instahide_ops.audits.reconstruction.scores import challenge_scores
 
@@ -24,7 +27,7 @@ STEPS = 12
 
 def _ciphertext_only(challenge, device):
     view, _ = challenge
-    return create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE,
+    return ciphertext_only_attack(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE,
                                             similarity="highpass", device=device)
 
 
@@ -62,7 +65,7 @@ def test_the_key_aware_bound_solves_the_shared_publics_on_cuda(crop_challenge):
                      "coefficients": torch.from_numpy(truth.coefficients).to(device)}
         if public_indices is not None:
             as_device["public_indices"] = torch.from_numpy(public_indices).to(device)
-        return create_attack("key_aware")(view.encryption, view.labels, num_images=IMAGES, device=device,
+        return key_aware_attack(view.encryption, view.labels, num_images=IMAGES, device=device,
                                           **as_device)
 
     plain, joint, on_cpu = bound(DEVICE, None), bound(DEVICE, truth.public_indices), bound("cpu", truth.public_indices)
@@ -75,7 +78,7 @@ def test_the_key_aware_bound_solves_the_shared_publics_on_cuda(crop_challenge):
 
 def test_the_pool_aware_attack_beats_its_start_on_cuda(crop_challenge, start, crop_pool):
     view, truth = crop_challenge
-    result = create_attack("pool_aware")(view.encryption, view.labels, pool=crop_pool, start=start,
+    result = pool_aware_attack(view.encryption, view.labels, pool=crop_pool, start=start,
                                          encodings_per_image=PER_IMAGE, steps=STEPS, device=DEVICE)
     assert _ran_on_the_device(result) and list(result.stage_seconds) == list(POOL_AWARE_STAGES)
     assert _max_ssim(result, truth) >= _max_ssim(start, truth) + 0.15  # on the CPU: 0.656 → 0.927
@@ -83,7 +86,7 @@ def test_the_pool_aware_attack_beats_its_start_on_cuda(crop_challenge, start, cr
 
 def test_the_photo_aware_attack_beats_its_start_on_cuda(crop_challenge, start, photos):
     view, truth = crop_challenge
-    result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=start,
+    result = photo_aware_attack(view.encryption, view.labels, photos=photos, start=start,
                                           encodings_per_image=PER_IMAGE, scales=SCALES, steps=STEPS, device=DEVICE)
     assert _ran_on_the_device(result) and list(result.stage_seconds) == [*PHOTO_STAGES, *POOL_AWARE_STAGES]
     assert 0.5 <= result.public_coverage <= 1.0
@@ -93,7 +96,7 @@ def test_the_photo_aware_attack_beats_its_start_on_cuda(crop_challenge, start, p
 def test_the_self_refinement_trains_and_refines_on_cuda(crop_challenge):
     view, truth = crop_challenge
     refinement = RefinementConfig(sets=1, steps=20, batch=16)
-    refined, on_cpu = (create_attack("ciphertext_only")(view.encryption, view.labels, k=6,
+    refined, on_cpu = (ciphertext_only_attack(view.encryption, view.labels, k=6,
                                                         encodings_per_image=PER_IMAGE, similarity="highpass",
                                                         device=device, refinement=refinement)
                        for device in (DEVICE, "cpu"))

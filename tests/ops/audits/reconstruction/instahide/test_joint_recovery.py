@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from instahide_ops.audits.reconstruction import create_attack
 from instahide_ops.audits.reconstruction.instahide.joint_recovery import (
     NORMAL_BYTES_PER_ENTRY,
     recover_with_publics,
     unknowns_that_fit,
 )
+from instahide_ops.audits.reconstruction.instahide.key_aware import key_aware_attack
 from instahide_ops.audits.reconstruction.scores import challenge_scores
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.transforms.instahide.challenge import build_challenge, bundled_private_images, challenge_public_pool
@@ -35,7 +35,7 @@ def reused():
 
 
 def _bound(challenge, truth, public_indices):
-    return create_attack("key_aware")(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
+    return key_aware_attack(challenge.encryption, challenge.labels, pair_indices=truth.pair_indices,
                                       coefficients=truth.coefficients, public_indices=public_indices,
                                       num_images=IMAGES)
 

@@ -10,11 +10,12 @@ import torch
 from photo_set import PER_IMAGE, SCALES
 
 from instahide_ops.audits.progress import AttackCancelled, CancelToken
-from instahide_ops.audits.reconstruction import create_attack
 from instahide_ops.audits.reconstruction.attack import AttackResult
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import ciphertext_only_attack
 from instahide_ops.audits.reconstruction.instahide.photo_aware import (
     STAGES,
     encoding_residuals,
+    photo_aware_attack,
     photo_pool,
     pick_windows,
     shrink_photos,
@@ -37,7 +38,7 @@ def shrunk(photos):
 @pytest.fixture(scope="module")
 def ciphertext_only(crop_challenge):
     view, _ = crop_challenge
-    return create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
+    return ciphertext_only_attack(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
 
 
 def _matched(found: np.ndarray, pool: PublicPool, threshold: float = 0.95) -> tuple[float, torch.Tensor]:
@@ -128,7 +129,7 @@ class TestPhotoAwareAttack:
                                                             pool_grams):
         view, truth = crop_challenge
         events: list[tuple[str, float]] = []
-        result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
+        result = photo_aware_attack(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                               encodings_per_image=PER_IMAGE, scales=SCALES, steps=STEPS,
                                               progress=lambda stage, fraction: events.append((stage, fraction)),
                                               working_bytes=64 << 20)
@@ -149,13 +150,13 @@ class TestPhotoAwareAttack:
                 cancel.cancel()
 
         with pytest.raises(AttackCancelled):
-            create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
+            photo_aware_attack(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                          encodings_per_image=PER_IMAGE, scales=SCALES, progress=progress,
                                          cancel=cancel)
 
     def test_bad_inputs(self, crop_challenge, ciphertext_only, photos):
         view, _ = crop_challenge
-        attack = create_attack("photo_aware")
+        attack = photo_aware_attack
         arguments = {"start": ciphertext_only, "encodings_per_image": PER_IMAGE, "scales": SCALES}
         with pytest.raises(InvalidInputError, match="must be at least 1"):
             attack(view.encryption, view.labels, photos=photos, rounds=0, **arguments)
@@ -168,7 +169,7 @@ class TestPhotoAwareAttack:
         # A set too small to reuse public images leaves nothing to build a pool from: the attacker is then
         # no stronger than the ciphertext-only attack, not failed.
         view, _ = crop_challenge
-        result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
+        result = photo_aware_attack(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                               encodings_per_image=PER_IMAGE, scales=SCALES, min_picks=1000)
         torch.testing.assert_close(result.decryption, ciphertext_only.decryption)
         torch.testing.assert_close(result.recovered, ciphertext_only.recovered)
@@ -185,7 +186,7 @@ class TestPhotoAwareAttack:
         assert len(found.crops) > 0 and 0.5 <= found.coverage < 1.0, found.coverage
         caplog.set_level(logging.INFO, logger="instahide_ops.audits.reconstruction.instahide.photo_aware")
         events: list[tuple[str, float]] = []
-        result = create_attack("photo_aware")(view.encryption, view.labels, photos=photos, start=ciphertext_only,
+        result = photo_aware_attack(view.encryption, view.labels, photos=photos, start=ciphertext_only,
                                               encodings_per_image=PER_IMAGE, scales=SCALES,
                                               min_coverage=min(1.0, found.coverage + 0.01),
                                               progress=lambda stage, fraction: events.append((stage, fraction)))

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from instahide_ops.audits.progress import AttackCancelled, CancelToken
-from instahide_ops.audits.reconstruction import create_attack
 from instahide_ops.audits.reconstruction.instahide import pool_aware, pursuit
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import ciphertext_only_attack
+from instahide_ops.audits.reconstruction.instahide.key_aware import key_aware_attack
 from instahide_ops.audits.reconstruction.instahide.pool_aware import (
     DEFAULT_ANNEAL,
     DEFAULT_ATOMS,
     STAGES,
     cluster_misfit,
     least_oriented_channel,
+    pool_aware_attack,
     reassign_pairs,
     refine_with_pool,
     restart_misfits,
@@ -47,13 +49,13 @@ def challenge(pool):
 @pytest.fixture(scope="module")
 def ciphertext_only(challenge):
     view, _ = challenge
-    return create_attack("ciphertext_only")(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
+    return ciphertext_only_attack(view.encryption, view.labels, k=6, encodings_per_image=PER_IMAGE)
 
 
 @pytest.fixture(scope="module")
 def key_aware(challenge):
     view, truth = challenge
-    return create_attack("key_aware")(view.encryption, view.labels, pair_indices=truth.pair_indices,
+    return key_aware_attack(view.encryption, view.labels, pair_indices=truth.pair_indices,
                                       coefficients=truth.coefficients, num_images=IMAGES)
 
 
@@ -305,7 +307,7 @@ class TestPoolAwareAttack:
     def test_beats_the_ciphertext_only_attack_it_starts_from(self, challenge, ciphertext_only, pool):
         view, truth = challenge
         events: list[tuple[str, float]] = []
-        result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=ciphertext_only,
+        result = pool_aware_attack(view.encryption, view.labels, pool=pool, start=ciphertext_only,
                                              encodings_per_image=PER_IMAGE, steps=STEPS,
                                              progress=lambda stage, fraction: events.append((stage, fraction)))
         before, after = _max_ssim(ciphertext_only, truth), _max_ssim(result, truth)
@@ -317,7 +319,7 @@ class TestPoolAwareAttack:
 
     def test_without_reassignment_rounds_the_stage_is_left_out(self, challenge, ciphertext_only, pool):
         view, _ = challenge
-        result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=ciphertext_only,
+        result = pool_aware_attack(view.encryption, view.labels, pool=pool, start=ciphertext_only,
                                              encodings_per_image=PER_IMAGE, steps=2, reassignment_rounds=0)
         assert list(result.stage_seconds) == [stage for stage in STAGES if stage != "reassignment"]
 
@@ -327,16 +329,16 @@ class TestPoolAwareAttack:
         # where it ends with the stored matrix (up to rounding).
         view, truth = challenge
         arguments = dict(pool=pool, start=ciphertext_only, encodings_per_image=PER_IMAGE, steps=2)
-        stored = create_attack("pool_aware")(view.encryption, view.labels, **arguments)
+        stored = pool_aware_attack(view.encryption, view.labels, **arguments)
         monkeypatch.setattr(pursuit, "GRAM_MAX_POOL", len(pool) - 1)
-        computed = create_attack("pool_aware")(view.encryption, view.labels, **arguments)
+        computed = pool_aware_attack(view.encryption, view.labels, **arguments)
         assert list(computed.stage_seconds) == list(STAGES)
         assert float((computed.members == stored.members).all(dim=1).float().mean()) >= 0.95
         assert abs(_max_ssim(computed, truth) - _max_ssim(stored, truth)) <= 0.01
 
     def test_from_the_key_aware_bound_keeps_its_pairs(self, challenge, key_aware, pool):
         view, truth = challenge
-        result = create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=key_aware,
+        result = pool_aware_attack(view.encryption, view.labels, pool=pool, start=key_aware,
                                              encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS)
         assert torch.equal(result.members, key_aware.members)
         assert list(result.stage_seconds) == ["public_mix", "restarts"]
@@ -346,7 +348,7 @@ class TestPoolAwareAttack:
         # Crops of the pool's photos at other places still help (they hold similar patches), but
         # naming the very images the encodings mixed in is worth more (measured 0.70 → 0.79 and 0.90).
         view, truth = challenge
-        attack = create_attack("pool_aware")
+        attack = pool_aware_attack
         other = PublicPool.from_array(attacker_images((32, 32, 3), 2048, seed=1))
         scores = [_max_ssim(attack(view.encryption, view.labels, pool=candidate, start=key_aware,
                                    encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS), truth)
@@ -362,13 +364,13 @@ class TestPoolAwareAttack:
                 cancel.cancel()
 
         with pytest.raises(AttackCancelled):
-            create_attack("pool_aware")(view.encryption, view.labels, pool=pool, start=key_aware,
+            pool_aware_attack(view.encryption, view.labels, pool=pool, start=key_aware,
                                         encodings_per_image=PER_IMAGE, recluster=False, steps=STEPS,
                                         progress=progress, cancel=cancel)
 
     def test_bad_inputs(self, challenge, key_aware, pool):
         view, _ = challenge
-        attack = create_attack("pool_aware")
+        attack = pool_aware_attack
         small = PublicPool.from_array(np.zeros((8, 16, 16, 3), np.uint8))
         with pytest.raises(InvalidInputError, match="pool images are"):
             attack(view.encryption, view.labels, pool=small, start=key_aware, encodings_per_image=PER_IMAGE)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instahide_ops.audits.reconstruction import create_attack
 from instahide_ops.audits.reconstruction.attack import AttackResult
-from instahide_ops.audits.reconstruction.instahide.ciphertext_only import STAGES, attack_stages
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import STAGES, attack_stages, ciphertext_only_attack
 from instahide_ops.audits.reconstruction.instahide.recovery import DEFAULT_PUBLIC_BRIGHTNESS_STD, NATURAL_CHANNEL_MEAN
 from instahide_ops.audits.reconstruction.instahide.self_refine import (
     RefinementConfig,
@@ -89,7 +88,7 @@ def test_simulated_pairs_match_each_recovery_of_a_recovery_to_its_source():
     pool = PublicPool.from_array(unit_range_to_uint8(_publics(256).numpy()))
 
     def attack(encryption, labels):
-        return create_attack("ciphertext_only")(encryption, labels, k=6, encodings_per_image=10)
+        return ciphertext_only_attack(encryption, labels, k=6, encodings_per_image=10)
 
     inputs, targets = simulated_pairs(images, torch.from_numpy(classes), attack, k=6, encodings_per_image=10,
                                       pool=pool, sets=1, seed=0)
@@ -104,7 +103,7 @@ def test_simulated_pairs_match_each_recovery_of_a_recovery_to_its_source():
 def test_the_attack_refines_as_its_last_stage_from_the_challenge_arrays_alone():
     privates, classes = bundled_private_images(20)
     challenge, _ = build_challenge(privates, classes, encodings_per_image=10, seed=2, pool=challenge_public_pool())
-    attack = create_attack("ciphertext_only")
+    attack = ciphertext_only_attack
     events: list[tuple[str, float]] = []
     config = RefinementConfig(sets=1, steps=20, batch=16, seed=0)
     refined = attack(challenge.encryption, challenge.labels, k=6, encodings_per_image=10, refinement=config,
@@ -142,6 +141,6 @@ def test_a_refinement_of_nothing_is_refused_before_any_work(field):
     privates, classes = bundled_private_images(4)
     challenge, _ = build_challenge(privates, classes, encodings_per_image=2, seed=0, pool=challenge_public_pool())
     with pytest.raises(InvalidInputError, match="at least 1") as error:
-        create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6, encodings_per_image=2,
+        ciphertext_only_attack(challenge.encryption, challenge.labels, k=6, encodings_per_image=2,
                                          refinement=RefinementConfig(**{field: 0}))
     assert error.value.field == f"refinement.{field}"

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from instahide_ops.audits.progress import AttackCancelled, CancelToken
-from instahide_ops.audits.reconstruction import create_attack
-from instahide_ops.audits.reconstruction.instahide.ciphertext_only import STAGES
+from instahide_ops.audits.reconstruction.instahide.ciphertext_only import STAGES, ciphertext_only_attack
 from instahide_ops.audits.reconstruction.instahide.similarity import class_sets, similarity_matrix
 from instahide_ops.audits.reconstruction.instahide.similarity_net import (
     SimilarityNet,
@@ -75,7 +74,7 @@ def test_embeddings_are_unit_rows_that_rank_true_neighbours_above_chance(tiny_ne
 def test_the_attack_runs_its_training_stage_when_asked(small_set):
     challenge, _ = small_set
     events: list[tuple[str, float]] = []
-    result = create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6,
+    result = ciphertext_only_attack(challenge.encryption, challenge.labels, k=6,
                                               encodings_per_image=PER_IMAGE, similarity="learned",
                                               training=TINY, progress=lambda s, f: events.append((s, f)))
     assert list(result.stage_seconds) == [stage for stage in STAGES if stage != "self_refinement"]
@@ -94,7 +93,7 @@ def test_cancel_stops_training(small_set):
 
     config = TrainingConfig(images=64, pool_images=64, steps=400, batch=64, width=8, embedding=32, seed=7)
     with pytest.raises(AttackCancelled):
-        create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6, encodings_per_image=PER_IMAGE,
+        ciphertext_only_attack(challenge.encryption, challenge.labels, k=6, encodings_per_image=PER_IMAGE,
                                          similarity="learned", training=config, progress=progress, cancel=cancel)
 
 
@@ -105,7 +104,7 @@ def test_cancel_stops_training(small_set):
 def test_bad_settings_raise(small_set, kwargs, field):
     challenge, _ = small_set
     with pytest.raises(InvalidInputError) as raised:
-        create_attack("ciphertext_only")(challenge.encryption, challenge.labels, k=6, encodings_per_image=PER_IMAGE,
+        ciphertext_only_attack(challenge.encryption, challenge.labels, k=6, encodings_per_image=PER_IMAGE,
                                          **kwargs)
     assert raised.value.field == field
 

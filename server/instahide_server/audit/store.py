@@ -25,9 +25,11 @@ import threading
 import time
 from collections.abc import Iterator
 
-from instahide_client.audits import ATTACKS
-from instahide_client.instahide.v1 import audit_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from instahide_client.instahide.v1 import audit_pb2, tensor_pb2
 
+from instahide_server.audit import legacy
 from instahide_server.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -56,19 +58,49 @@ CREATE INDEX IF NOT EXISTS audits_by_state ON audits (state, seq);
 _COLUMNS = "seq, id, state, create_time_ns, start_time_ns, end_time_ns, spec, progress, error"
 
 
+SCHEMA_VERSION = 1  # PRAGMA user_version: 0 = specs and reports in the pre-families layout (legacy.py)
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Rewrite rows of an older layout in today's (inside the caller's transaction)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < 1:
+        rows = db.execute("SELECT id, spec, report, summary FROM audits").fetchall()
+        for audit_id, spec, report, summary in rows:
+            db.execute("UPDATE audits SET spec = ?, report = ?, summary = ? WHERE id = ?",
+                       (legacy.upgrade_spec(spec), None if report is None else legacy.upgrade_report(report),
+                        None if summary is None else legacy.upgrade_report(summary), audit_id))
+        if rows:
+            logger.info("rewrote %d audits of the audit database in today's layout", len(rows))
+    if version < SCHEMA_VERSION:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 def audit_name(audit_id: str) -> str:
     return NAME_PREFIX + audit_id
 
 
 def summary_of(report: audit_pb2.AuditReport) -> audit_pb2.AuditReport:
-    """A copy of ``report`` without its large fields (recovered images, grid)."""
+    """A copy of ``report`` without its large fields: every tensor (recovered images) and every bytes field
+    (pictures), in whatever kind or attack row they sit."""
     summary = audit_pb2.AuditReport()
     summary.CopyFrom(report)
-    summary.ClearField("grid_png")
-    for attack in ATTACKS:
-        if summary.HasField(attack):  # reading an absent one through its attribute would add it
-            getattr(summary, attack).ClearField("recovered")
+    _strip_large(summary)
     return summary
+
+
+def _strip_large(message: Message) -> None:
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            message.ClearField(field.name)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            if field.message_type.full_name == tensor_pb2.Tensor.DESCRIPTOR.full_name:
+                message.ClearField(field.name)
+            elif field.is_repeated:
+                for item in value:
+                    _strip_large(item)
+            else:
+                _strip_large(value)
 
 
 class AuditStoreError(Unavailable):
@@ -108,6 +140,7 @@ class AuditStore:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
             connection.execute("BEGIN IMMEDIATE")  # proves the database (and its folder, for the WAL) writable
+            _upgrade(connection)
             connection.execute("COMMIT")
             if max_bytes > 0:
                 page_size = connection.execute("PRAGMA page_size").fetchone()[0]

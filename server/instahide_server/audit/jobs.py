@@ -7,7 +7,7 @@ Lifecycle of a job (all bookkeeping on the event loop; the audit itself in a wor
 - ``submit`` refuses with RESOURCE_EXHAUSTED once ``queue_size`` audits are waiting (running ones
   do not count), and with UNAVAILABLE while the server shuts down.
 - A job holds a worker slot (an ``asyncio.Semaphore`` of ``workers``; waiters are served in order)
-  and runs ``instahide_ops.audits.reconstruction.audit`` in the audit thread pool, never on the event loop.
+  and runs its kind's audit (``kinds.AuditKind.run``) in the audit thread pool, never on the event loop.
 - Progress comes from the worker thread and reaches the loop through ``call_soon_threadsafe``; it
   is sent to watchers at most every 0.1 s per stage (and at every stage change) and written to the
   store at most every 0.5 s. Fractions are kept non-decreasing (a sub-attack restarting its
@@ -37,17 +37,15 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from instahide_client.audits import ATTACKS
 from instahide_client.instahide.v1 import audit_pb2
 
 from instahide_ops.audits.progress import AttackCancelled, CancelToken
-from instahide_ops.audits.reconstruction.audit import audit_deployment, audit_encodings
-from instahide_ops.audits.reconstruction.instahide.pursuit import WORKING_BYTES
-from instahide_ops.audits.reconstruction.instahide.self_refine import RefinementConfig
 from instahide_ops.errors import InvalidInputError
-from instahide_server.audit_inputs import AuditInput
+from instahide_server.audit.kinds import Accepted, AuditKind
+from instahide_server.audit.store import ENDED_STATES, AuditStore, AuditStoreError, DisabledAuditStore, audit_name
 from instahide_server.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -57,9 +55,6 @@ from instahide_server.errors import (
     Unavailable,
 )
 from instahide_server.metrics import ServerMetrics
-from instahide_server.pools import PoolRegistry
-from instahide_server.reports import report_message
-from instahide_server.store import ENDED_STATES, AuditStore, AuditStoreError, DisabledAuditStore, audit_name
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +91,9 @@ def default_workers(device: torch.device) -> int:
 @dataclass(eq=False)
 class _Job:
     audit: audit_pb2.Audit  # the live state (no report); changed on the event loop only
-    data: AuditInput | None  # the private inputs; None once the job has ended
+    kind: AuditKind
+    accepted: Accepted
+    data: Any | None  # the private inputs; None once the job has ended
     cancel: CancelToken = field(default_factory=CancelToken)
     stop_reason: str | None = None  # why the token was set when not by CancelAudit
     watchers: set[asyncio.Queue] = field(default_factory=set)
@@ -124,20 +121,14 @@ class _Outcome:
 class AuditJobs:
     """Queues, runs, watches, cancels and lists audits; call from the event loop."""
 
-    def __init__(self, store: AuditStore | DisabledAuditStore, pools: PoolRegistry, *, device: torch.device,
-                 workers: int, queue_size: int, timeout_seconds: float, retention_days: float,
-                 pool_memory_bytes: int = WORKING_BYTES, refinement: RefinementConfig | None = None,
-                 metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, store: AuditStore | DisabledAuditStore, *, workers: int, queue_size: int,
+                 timeout_seconds: float, retention_days: float, metrics: ServerMetrics | None = None) -> None:
         self._store = store
         self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
-        self._pools = pools
-        self._device = device
         self._workers = workers
         self._queue_size = queue_size
         self._timeout = timeout_seconds
         self._retention_days = retention_days
-        self._pool_memory_bytes = pool_memory_bytes
-        self._refinement = refinement
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="instahide-audit")
         self._live: dict[str, _Job] = {}
         self._unsaved: dict[str, audit_pb2.Audit] = {}  # ended audits whose final state the store refused
@@ -183,8 +174,8 @@ class AuditJobs:
 
     # Standard methods.
 
-    def submit(self, spec: audit_pb2.AuditSpec, data: AuditInput) -> audit_pb2.Audit:
-        """Queue an audit; returns it (QUEUED).
+    def submit(self, kind: AuditKind, accepted: Accepted, data: Any) -> audit_pb2.Audit:
+        """Queue an audit of ``kind`` (its spec accepted, its inputs read); returns it (QUEUED).
 
         Raises:
             Unavailable: the server is shutting down.
@@ -195,17 +186,16 @@ class AuditJobs:
         waiting = sum(job.audit.state == QUEUED for job in self._live.values())
         if waiting >= self._queue_size:
             raise ResourceExhausted(f"the audit queue is full ({waiting} audits waiting); retry later", "")
-        audit = audit_pb2.Audit(name=audit_name(uuid.uuid4().hex), state=QUEUED, spec=spec)
+        audit = audit_pb2.Audit(name=audit_name(uuid.uuid4().hex), state=QUEUED, spec=accepted.spec)
         audit.create_time.GetCurrentTime()
         self._store.insert(audit)
-        job = _Job(audit=audit, data=data)
+        job = _Job(audit=audit, kind=kind, accepted=accepted, data=data)
         self._live[job.id] = job
         task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._count_queued()
-        logger.info("audit %s queued: %d images, k=%d, T=%d, precomputed=%s", audit.name, len(data.images),
-                    data.params.k, data.params.encodings_per_image, data.params.precomputed)
+        logger.info("audit %s queued: %s", audit.name, kind.describe(accepted, data))
         return _copy(audit)
 
     def get(self, name: str, *, summary_only: bool = False) -> audit_pb2.Audit:
@@ -340,26 +330,11 @@ class AuditJobs:
         """Run the audit (worker thread)."""
         data = job.data
         assert data is not None
-        params = data.params
-        progress = self._progress_callback(job)
         try:
-            if params.precomputed:
-                report = audit_encodings(data.encodings, data.encoding_labels, data.images, k=params.k,
-                                         encodings_per_image=params.encodings_per_image, mode=params.mode,
-                                         device=self._device, progress=progress, cancel=job.cancel,
-                                         refinement=self._refinement)
-            else:
-                pool = self._pools.get(data.image_shape)
-                report = audit_deployment(data.images, data.labels, k=params.k,
-                                          encodings_per_image=params.encodings_per_image, mode=params.mode,
-                                          num_classes=params.num_classes, pool=pool, seed=params.seed,
-                                          device=self._device, key_aware=params.key_aware,
-                                          pool_aware=params.pool_aware, progress=progress, cancel=job.cancel,
-                                          photos=self._pools.photos if params.photo_aware else None,
-                                          pool_memory_bytes=self._pool_memory_bytes, refinement=self._refinement)
+            report = job.kind.run(job.accepted, data, progress=self._progress_callback(job), cancel=job.cancel)
             if job.cancel.cancelled:  # stopped after the attack's last check: still honour it
                 raise AttackCancelled("the audit was cancelled")
-            return _Outcome(SUCCEEDED, report=report_message(report))
+            return _Outcome(SUCCEEDED, report=report)
         except AttackCancelled:
             return _Outcome(CANCELLED) if job.stop_reason is None else _Outcome(FAILED, job.stop_reason)
         except (ServiceError, InvalidInputError) as exc:
@@ -463,8 +438,10 @@ class AuditJobs:
             metrics.audit_seconds.observe(time.monotonic() - job.running_since)
         report = outcome.report
         if report is not None:  # only a succeeded audit has one
-            for attack in (name for name in ATTACKS if report.HasField(name)):
-                metrics.audit_max_ssim.labels(attack).observe(getattr(report, attack).max_ssim)
+            for row in report.attacks:
+                if row.HasField("reconstruction"):
+                    metrics.audit_max_ssim.labels(attack=row.attack, bound=str(row.bound).lower()).observe(
+                        row.reconstruction.max_ssim)
         self._count_queued()
 
     def _notify(self, job: _Job) -> None:

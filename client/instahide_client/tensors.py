@@ -1,4 +1,7 @@
-"""numpy ⇄ ``instahide.v1.Tensor`` conversion (row-major, little-endian bytes)."""
+"""numpy ⇄ ``instahide.v1.Tensor``: row-major, little-endian bytes, checked on the way in.
+
+Public: the server converts its tensors with it too.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``instahide.v1.TransformService``: the Encode stream, pipelined.
+"""``instahide.v1.TransformService``: the Encode stream, pipelined, for every transform family.
 
 Per stream, a reader task takes requests off the wire and hands each to the encoding thread pool as
 soon as it arrives, while the handler itself yields the finished responses in request order. At most
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import grpc
 from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
 
-from instahide_server.encoder import BatchEncoder, Outcome
 from instahide_server.metrics import ServerMetrics
+from instahide_server.transform.encoder import BatchEncoder, Outcome
 
 logger = logging.getLogger(__name__)
 

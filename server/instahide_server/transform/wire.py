@@ -10,8 +10,8 @@ fields in any order, so the result parses exactly like ``EncodeResponse.Serializ
 from __future__ import annotations
 
 import numpy as np
-from instahide_client._convert import data_type
 from instahide_client.instahide.v1 import tensor_pb2, transform_pb2
+from instahide_client.tensors import data_type
 
 from instahide_server.errors import Status
 
@@ -40,7 +40,7 @@ def encode_response(request_id: str, encoded: np.ndarray, rest: transform_pb2.En
 
 def error_response(request_id: str, status: Status) -> bytes:
     """A serialized response carrying only a per-request error."""
-    error = transform_pb2.EncodeError(code=status.code_value, message=status.message, field=status.field)
+    error = transform_pb2.ItemError(code=status.code_value, message=status.message, field=status.field)
     return transform_pb2.EncodeResponse(request_id=request_id, error=error).SerializeToString()
 
 

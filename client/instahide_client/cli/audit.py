@@ -1,8 +1,12 @@
 """``instahide audit ...``: start, watch, get, list, cancel and delete leakage audits.
 
-    instahide audit start --images privates.npz [--k 6 --encodings-per-image 50 ...] [--report-dir DIR]
+    instahide audit start --images privates.npz [--k 6 --encodings-per-image 50 ...] [--attack NAME ...]
+                          [--report-dir DIR]
     instahide audit watch|get|cancel|delete ID
     instahide audit list [--state running] [--limit N]
+
+Attacks are named as the service's registry names them (``--attack``, ``--add-attack``, ``--skip-attack``); the
+tables show the titles the service gives them.
 
 Exit status as for the other commands; a followed audit that fails or is cancelled exits 1, and
 Ctrl-C while following stops following only (exit 130; the audit goes on).
@@ -13,29 +17,27 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from instahide_client import cli
 from instahide_client.audits import STATE_VALUES, Audit, AuditEvent, AuditReport
+from instahide_client.cli.common import CliError, client, connection_arguments, load_npz, positive_int, seed
 from instahide_client.client import InstaHideClient
 
-ATTACK_NAMES = {"ciphertext_only": "ciphertext-only", "photo_aware": "photo-aware", "pool_aware": "pool-aware",
-                "key_aware": "key-aware bound"}
-"""How the tables name the report's attacks."""
+LEGACY_FLAGS = {"--no-key-aware": ("skip", "key_aware"), "--no-pool-aware": ("skip", "pool_aware"),
+                "--photo-aware": ("add", "photo_aware")}
+"""Flags from before attacks were named, kept working: each is a --skip-attack or --add-attack."""
 
 
-def add_parser(commands: argparse._SubParsersAction,
-               connection_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``audit`` command group to the top-level subparsers."""
     audit = commands.add_parser(
         "audit", help="leakage audits: attack a configuration before shipping it",
-        description="The service plays the strongest attacker it has against an InstaHide configuration "
-                    "and reports what leaks: the InstaHide Challenge's four metrics and the fraction "
-                    "of private images recovered, for a ciphertext-only attacker and for one who "
-                    "holds the keys.")
+        description="The service plays the strongest attackers it has against an InstaHide configuration "
+                    "and reports what leaks: the InstaHide Challenge's four metrics and the fraction of private "
+                    "images recovered, for each attacker (and for a bound that holds the keys).")
+    audit.set_defaults(run=run)
     actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
 
     start = actions.add_parser(
@@ -53,20 +55,25 @@ def add_parser(commands: argparse._SubParsersAction,
                             "(mixed, (E, classes)); needs --images for the originals")
     start.add_argument("--mode", choices=("cross", "inside"), default="cross",
                        help="mixing mode under audit (default %(default)s)")
-    start.add_argument("--k", type=cli._positive_int, default=6, help="images per mix (default %(default)s)")
-    start.add_argument("--encodings-per-image", type=cli._positive_int, metavar="T",
+    start.add_argument("--k", type=positive_int, help="images per mix (default: the service's, 6)")
+    start.add_argument("--encodings-per-image", type=positive_int, metavar="T",
                        help="encodings of each private image (default 50; with --encodings: E / N)")
-    start.add_argument("--num-classes", type=cli._positive_int, help="label width (default: max label + 1)")
-    start.add_argument("--seed", type=cli._seed, help="seed of the simulated keys (reproducible audit)")
-    start.add_argument("--no-key-aware", action="store_true",
-                       help="skip the key-aware bound (the attacker who holds the keys)")
-    start.add_argument("--no-pool-aware", action="store_true",
-                       help="skip the pool-aware attack (the attacker who also holds the public pool)")
-    start.add_argument("--photo-aware", action="store_true",
-                       help="also run the photo-aware attack (the attacker who holds the photos the server's "
-                            "pool was cut from, but not the pool; slow)")
+    start.add_argument("--num-classes", type=positive_int, help="label width (default: max label + 1)")
+    start.add_argument("--seed", type=seed, help="seed of the simulated keys (reproducible audit)")
+    attacks = start.add_argument_group(
+        "attacks", "by the service's names: ciphertext_only, pool_aware and key_aware (the bound) run by default; "
+                   "photo_aware is slow and runs when asked for")
+    attacks.add_argument("--attack", action="append", default=[], metavar="NAME",
+                         help="run exactly these attacks (repeatable), each with what it starts from")
+    attacks.add_argument("--add-attack", action="append", default=[], metavar="NAME",
+                         help="run this attack beside the defaults (repeatable)")
+    attacks.add_argument("--skip-attack", action="append", default=[], metavar="NAME",
+                         help="leave this default attack out (repeatable)")
+    attacks.add_argument("--no-key-aware", action="store_true", help="the same as --skip-attack key_aware")
+    attacks.add_argument("--no-pool-aware", action="store_true", help="the same as --skip-attack pool_aware")
+    attacks.add_argument("--photo-aware", action="store_true", help="the same as --add-attack photo_aware")
     start.add_argument("--display-name", default="", help="a name for people")
-    start.add_argument("--chunk-images", type=cli._positive_int, default=1024,
+    start.add_argument("--chunk-images", type=positive_int, default=1024,
                        help="images per upload message (default %(default)s)")
     _follow_arguments(start)
     start.add_argument("--detach", action="store_true", help="print the audit's name and return at once")
@@ -85,7 +92,7 @@ def add_parser(commands: argparse._SubParsersAction,
     listing = actions.add_parser("list", help="list audits, newest first")
     connection_arguments(listing)
     listing.add_argument("--state", choices=tuple(STATE_VALUES), help="only audits in this state")
-    listing.add_argument("--limit", type=cli._positive_int, default=50, help="most audits shown (default %(default)s)")
+    listing.add_argument("--limit", type=positive_int, default=50, help="most audits shown (default %(default)s)")
 
     for action, text in (("cancel", "stop a queued or running audit"),
                          ("delete", "delete a finished audit and its report")):
@@ -104,61 +111,52 @@ def run(args: argparse.Namespace) -> int:
     """Run ``instahide audit <action>``."""
     actions = {"start": _start, "watch": _watch, "get": _get, "list": _list, "cancel": _cancel,
                "delete": _delete}
-    with cli._client(args) as client:
+    with client(args) as service:
         try:
-            return actions[args.audit_command](client, args)
+            return actions[args.audit_command](service, args)
         except ValueError as exc:  # a malformed audit id or option, found before any call
-            raise cli.CliError(str(exc)) from None
-
-
-def _load(path: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except OSError as exc:
-        raise cli.CliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # ValueError, BadZipFile, EOFError... for a bad file
-        raise cli.CliError(f"cannot read {path}: not an .npz archive ({exc})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise cli.CliError(f"{path} is a single array, not an .npz archive with {', '.join(required)}")
-    with data:
-        missing = [name for name in required if name not in data.files]
-        if missing:
-            raise cli.CliError(f"{path} has no {' or '.join(f'`{m}`' for m in missing)} array "
-                               f"(it has: {', '.join(data.files) or 'nothing'})")
-        try:
-            return {name: data[name] for name in (*required, *optional) if name in data.files}
-        except Exception as exc:
-            raise cli.CliError(f"cannot read {path}: {exc}") from None
+            raise CliError(str(exc)) from None
 
 
 def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
     inputs: dict[str, np.ndarray | None] = {}
     if args.encodings:
         if not args.images:
-            raise cli.CliError("--encodings needs --images (the original private images)")
-        originals = _load(args.images, ("images",))
-        encoded = _load(args.encodings, ("encodings", "labels"))
+            raise CliError("--encodings needs --images (the original private images)")
+        originals = load_npz(args.images, ("images",))
+        encoded = load_npz(args.encodings, ("encodings", "labels"))
         inputs = {"images": originals["images"], "encodings": encoded["encodings"],
                   "encoding_labels": encoded["labels"]}
     elif args.images:
-        inputs = _load(args.images, ("images", "labels"))
+        inputs = load_npz(args.images, ("images", "labels"))
     source = args.encodings or args.images or args.dataset
     try:
         audit = client.start_audit(
             **inputs, dataset=args.dataset, mode=args.mode, k=args.k,
             encodings_per_image=args.encodings_per_image, num_classes=args.num_classes, seed=args.seed,
-            key_aware_bound=not args.no_key_aware, pool_aware_attack=not args.no_pool_aware,
-            photo_aware_attack=args.photo_aware,
-            display_name=args.display_name,
+            **_attack_options(args), display_name=args.display_name,
             chunk_images=args.chunk_images, timeout=args.timeout)
     except (ValueError, TypeError) as exc:
-        raise cli.CliError(f"{source}: {exc}") from None
+        raise CliError(f"{source}: {exc}") from None
     print(f"started {audit.name}", file=sys.stderr)
     if args.detach:
         print(audit.name)
         print(f"follow it with: instahide audit watch {audit.id} --target {args.target}", file=sys.stderr)
         return 0
     return _follow(client, audit.name, args)
+
+
+def _attack_options(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The attacks to run from the flags: ``--attack`` names them all; otherwise the defaults, with
+    ``--add-attack``/``--skip-attack`` (and the older flags that mean them)."""
+    extra, skipped = list(args.add_attack), list(args.skip_attack)
+    for flag, (change, name) in LEGACY_FLAGS.items():
+        if getattr(args, flag.removeprefix("--").replace("-", "_")):
+            (extra if change == "add" else skipped).append(name)
+    if args.attack and (extra or skipped):
+        raise CliError("--attack names every attack to run; drop --add-attack, --skip-attack and the --no-* / "
+                       "--photo-aware flags, or name the attacks you want with --attack")
+    return {"attacks": args.attack, "extra_attacks": extra, "skipped_attacks": skipped}
 
 
 def _watch(client: InstaHideClient, args: argparse.Namespace) -> int:
@@ -223,7 +221,7 @@ def _write_report(audit: Audit, report_dir: str) -> None:
     try:
         paths = audit.write_report(report_dir)
     except OSError as exc:
-        raise cli.CliError(f"cannot write {report_dir}: {exc.strerror or exc}") from None
+        raise CliError(f"cannot write {report_dir}: {exc.strerror or exc}") from None
     print(f"wrote {', '.join(p.name for p in paths)} to {report_dir}", file=sys.stderr)
 
 
@@ -232,7 +230,7 @@ def _get(client: InstaHideClient, args: argparse.Namespace) -> int:
     print(format_audit(audit))
     if args.report_dir:
         if audit.report is None:
-            raise cli.CliError(f"{audit.name} has no report yet (state {audit.state})")
+            raise CliError(f"{audit.name} has no report yet (state {audit.state})")
         _write_report(audit, args.report_dir)
     return 0
 
@@ -253,7 +251,7 @@ def _headline(report: AuditReport | None) -> tuple[str, str, str]:
     if report is None:
         return "-", "-", "-"
     name, scores = report.strongest_attack_without_keys()
-    return str(report.images), ATTACK_NAMES[name], _number(scores.max_ssim)
+    return str(report.images), report.results[name].title, _number(scores.max_ssim)
 
 
 def _cancel(client: InstaHideClient, args: argparse.Namespace) -> int:
@@ -288,15 +286,15 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def format_summary(report: AuditReport) -> str:
     """The leakage table: one row per attack, then the device, sizes and the pool mixed in, then, for each attack that
     looks for public images, the share of the encodings it found one in."""
-    rows = [(ATTACK_NAMES[name], _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
+    rows = [(result.title, _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
              f"{s.recovered_above_0_5:.1%}", f"{s.recovered_above_0_8:.1%}",
              f"{sum(s.stage_seconds.values()):.1f}")
-            for name, s in report.attacks().items()]
+            for result in report.results.values() for s in (result.scores,)]
     table = _table(("attack", "Max_SSIM", "Mean_SSIM", "Min_L2", "Mean_L2", "recovered>0.5", ">0.8", "seconds"),
                    rows)
     pool = f"  pool: {report.pool_images} images ({report.pool_fingerprint[:12]})" if report.pool_images else ""
-    found = "".join(f"\n{ATTACK_NAMES[name]} found public images in {s.public_coverage:.0%} of the encodings"
-                    for name, s in report.attacks().items() if s.public_coverage is not None)
+    found = "".join(f"\n{result.title} found public images in {result.scores.public_coverage:.0%} of the encodings"
+                    for result in report.results.values() if result.scores.public_coverage is not None)
     return (f"{table}\n"
             f"device: {report.device}  images: {report.images}  encodings: {report.encodings}  "
             f"seconds: {report.seconds:.1f}{pool}{found}")
@@ -310,10 +308,8 @@ def format_audit(audit: Audit) -> str:
     lines = [
         f"{audit.name}  {audit.state}" + (f"  ({spec.display_name})" if spec.display_name else ""),
         f"created {_when(audit.create_time)}  started {_when(audit.start_time)}  ended {_when(audit.end_time)}",
-        f"{source}; mode {spec.mode}, k {spec.k}, T {spec.encodings_per_image or 'E/N'}, "
-        f"seed {'none' if spec.seed is None else spec.seed}, pool-aware {'yes' if spec.pool_aware_attack else 'no'}, "
-        f"photo-aware {'yes' if spec.photo_aware_attack else 'no'}, "
-        f"key-aware bound {'yes' if spec.key_aware_bound else 'no'}",
+        f"{spec.kind} of {source}; mode {spec.mode}, k {spec.k or 'default'}, T {spec.encodings_per_image or 'E/N'}, "
+        f"seed {'none' if spec.seed is None else spec.seed}; attacks {', '.join(spec.attacks) or 'default'}",
     ]
     if audit.state in ("queued", "running"):
         lines.append(f"progress: {audit.progress.stage or audit.state} {audit.progress.fraction:.0%}")

@@ -1,9 +1,10 @@
 """``instahide.v1.AuditService``: checks each request and hands it to the job runner (jobs.py).
 
-StartAudit reads the spec (first message), then the data chunks (audit_inputs.Upload checks each
-as it arrives), or reads the named server-side dataset; it makes sure a public pool exists for the
-images' shape (cross mode) before queueing, so a shape the pool cannot serve is refused at once
-instead of failing later. Errors are raised as domain errors; the error interceptor maps them.
+StartAudit reads the spec (first message) and lets its kind accept it (kinds.py: defaults resolved, the attacks
+named), then the input chunks (the kind's upload checks each as it arrives), or reads the named server-side
+dataset; the kind then prepares (e.g. makes sure a public pool exists for the images' shape) before the audit is
+queued, so what cannot be audited is refused at once instead of failing later. Errors are raised as domain
+errors; the error interceptor maps them.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc
 
-from instahide_server.audit_inputs import Upload, check_spec, load_dataset
-from instahide_server.errors import FailedPrecondition, InvalidArgument
-from instahide_server.jobs import AuditJobs
-from instahide_server.pools import PoolRegistry
+from instahide_server.audit.inputs import resolve_dataset
+from instahide_server.audit.jobs import AuditJobs
+from instahide_server.audit.kinds import AuditKind, kind_of
+from instahide_server.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +28,12 @@ SERVICE_NAME = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    """Validates and delegates to ``AuditJobs``."""
+    """Validates and delegates to ``AuditJobs``, through the audit kinds it is given."""
 
-    def __init__(self, jobs: AuditJobs, pools: PoolRegistry, *, data_root: pathlib.Path | None,
+    def __init__(self, jobs: AuditJobs, kinds: Iterable[AuditKind], *, data_root: pathlib.Path | None,
                  max_images: int) -> None:
         self._jobs = jobs
-        self._pools = pools
+        self._kinds = {kind.field: kind for kind in kinds}
         self._data_root = data_root
         self._max_images = max_images
 
@@ -43,29 +44,31 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         first = await anext(iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("spec: the first message of StartAudit must carry the spec", "spec")
-        params = check_spec(first.spec)
-        if params.photo_aware and not self._pools.holds_photos:
-            raise FailedPrecondition("spec.photo_aware_attack: this server's public pool was given as images "
-                                     "(--pool), so it holds no photos the pool was cut from; start it with "
-                                     "--pool-photos, or with the bundled pool")
-        upload = Upload(params, max_images=self._max_images)
-        upload.add(first)
-        async for request in iterator:
-            if request.HasField("spec"):
+        kind = kind_of(first.spec, self._kinds)
+        accepted = kind.accept(first.spec)
+        upload = kind.upload(accepted, max_images=self._max_images)
+        request: audit_pb2.StartAuditRequest | None = first
+        while request is not None:
+            if request is not first and request.HasField("spec"):
                 raise InvalidArgument("spec: only the first message of StartAudit carries the spec", "spec")
-            upload.add(request)
+            member = request.WhichOneof("chunk")
+            if member is not None:
+                if accepted.dataset:
+                    raise InvalidArgument("spec.dataset: an audit of a server-side dataset takes no uploaded data",
+                                          "spec.dataset")
+                if member != kind.field:
+                    raise InvalidArgument(f"chunk: a {member} chunk in a {kind.field} audit", "chunk")
+                upload.add(getattr(request, member))
+            request = await anext(iterator, None)
         loop = asyncio.get_running_loop()
-        if params.dataset:
-            data = await loop.run_in_executor(None, lambda: load_dataset(
-                self._data_root, params.dataset, params, max_images=self._max_images))
+        if accepted.dataset:
+            path = await loop.run_in_executor(None, resolve_dataset, self._data_root, accepted.dataset)
+            data = await loop.run_in_executor(
+                None, lambda: kind.read_dataset(path, accepted, max_images=self._max_images))
         else:
             data = upload.finish()
-        if params.photo_aware and data.image_shape[2] != 3:
-            raise InvalidArgument(f"spec.photo_aware_attack: needs RGB images (the photos are), got "
-                                  f"{data.image_shape[2]} channel(s)", "spec.photo_aware_attack")
-        if not params.precomputed:
-            await loop.run_in_executor(None, self._pools.get, data.image_shape)  # builds it once, or refuses
-        return audit_pb2.StartAuditResponse(audit=self._jobs.submit(first.spec, data))
+        await loop.run_in_executor(None, kind.prepare, accepted, data)
+        return audit_pb2.StartAuditResponse(audit=self._jobs.submit(kind, accepted, data))
 
     async def WatchAudit(self, request: audit_pb2.WatchAuditRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[audit_pb2.WatchAuditResponse]:
