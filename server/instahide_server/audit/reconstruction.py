@@ -10,7 +10,9 @@ attacks are instahide_ops' registered reconstruction attacks; each is handed onl
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,16 +319,14 @@ def _check_image_side(shape, field: str) -> None:
 _PATHS = {"attacks": "spec.attacks", "encodings_per_image": "spec.reconstruction.encodings_per_image"}
 
 
-class _named_fields:
+@contextlib.contextmanager
+def _named_fields() -> Iterator[None]:
     """Re-raise instahide_ops' ``InvalidInputError`` as INVALID_ARGUMENT naming the spec's field."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, traceback) -> None:
-        if isinstance(exc, InvalidInputError):
-            path = _PATHS.get(exc.field, f"{_CONFIG}.{exc.field.removeprefix('config.')}")
-            raise InvalidArgument(f"{path}: {exc.reason}", path) from None
+    try:
+        yield
+    except InvalidInputError as exc:
+        path = _PATHS.get(exc.field, f"{_CONFIG}.{exc.field.removeprefix('config.')}")
+        raise InvalidArgument(f"{path}: {exc.reason}", path) from None
 
 
 def report_message(report: LeakageReport) -> audit_pb2.AuditReport:

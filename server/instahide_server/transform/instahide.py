@@ -3,7 +3,9 @@ keys back as ``InstaHideKeys``. The mode names of the wire live here, once (the 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -98,16 +100,16 @@ class InstaHideFamily:
         return {"mode": plan.params.mode}
 
 
-class _config_fields:
+@contextlib.contextmanager
+def _config_fields() -> Iterator[None]:
     """instahide_ops names InstaHide's parameters ``config.k``; on the wire they sit in ``config.instahide``."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, traceback) -> None:
-        if isinstance(exc, InvalidInputError) and exc.field.startswith("config."):
-            field = "config.instahide." + exc.field.removeprefix("config.")
-            raise InvalidArgument(f"{field}: {exc.reason}", field) from None
+    try:
+        yield
+    except InvalidInputError as exc:
+        if not exc.field.startswith("config."):
+            raise
+        field = "config.instahide." + exc.field.removeprefix("config.")
+        raise InvalidArgument(f"{field}: {exc.reason}", field) from None
 
 
 def keys_message(keys: EncodeKeys, record: instahide_pb2.InstaHideKeys) -> None:

@@ -13,7 +13,7 @@ the second is the next-nearest group of that class.
 On the bundled 100 × 50 set with the high-pass similarity this took the attack from 0.525 to 0.657 Max_SSIM
 (one EM run; 0.533 → 0.685 with the full recovery) against the earlier greedy seeds and k-means on
 profiles: 97 of 100 private images get a cluster of their own (84 before), and both clusters are right
-for 65 % of encodings (36 %). docs/BENCHMARKS.md has each step's share.
+for 65 % of encodings (36 %). docs/notes/attack-research.md has each step's share.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ attacker can show itself that look: it encodes its own recoveries as if they wer
 synthetic public images that have natural images' 1/f spectrum and brightness spread, attacks those sets
 the same way, and trains a small CNN to map each recovery of a recovery back to the recovery it came from.
 Applied once to the real recoveries it undoes part of that look (2-core bench, 100 × 50, seeds 0 / 1 / 2:
-see docs/BENCHMARKS.md, "Refining the recoveries with the attacker's own sets").
+see docs/notes/attack-research.md, "Refining the recoveries with the attacker's own sets").
 
 The refiner corrects structure only: it sees each image normalised and leaves each channel's mean where
 the recovery put it. A refiner allowed to move brightness and colour learns its training images' colours,
