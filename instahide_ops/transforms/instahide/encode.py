@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from instahide_ops.errors import InvalidInputError
+from instahide_ops.transforms.inputs import check_images, check_labels
 from instahide_ops.transforms.instahide._mix_cpu import mix_rows
 from instahide_ops.transforms.instahide.keys import EncodeKeys, RandomSource, draw_keys
 from instahide_ops.transforms.instahide.pool import PublicPool
@@ -91,41 +92,6 @@ class EncodeResult:
     encoded: torch.Tensor
     mixed_labels: torch.Tensor
     keys: EncodeKeys
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if images.ndim != 4:
-        raise InvalidInputError(
-            f"expected rank 4 (N, H, W, C), got shape {list(images.shape)}", field="images.shape"
-        )
-    if images.numel() == 0:
-        raise InvalidInputError(f"empty batch: shape {list(images.shape)}", field="images.shape")
-    if images.dtype == torch.uint8:
-        return
-    if not images.is_floating_point():
-        raise InvalidInputError(f"expected uint8 or floating point, got {images.dtype}", field="images.dtype")
-    peak = images.abs().amax()
-    if not bool(peak <= 1.0):  # NaN compares false too
-        if not bool(torch.isfinite(images).all()):
-            raise InvalidInputError("contains NaN or Inf", field="images.content")
-        raise InvalidInputError(f"float images must lie in [-1, 1], max |x| = {float(peak):.4g}",
-                                field="images.content")
-
-
-def _check_labels(labels: torch.Tensor, num_images: int, num_classes: int) -> None:
-    if num_classes < 1:
-        raise InvalidInputError(f"must be at least 1, got {num_classes}", field="config.num_classes")
-    if labels.ndim != 1 or labels.shape[0] != num_images:
-        raise InvalidInputError(
-            f"expected {num_images} labels (one per image), got shape {list(labels.shape)}", field="labels"
-        )
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-        raise InvalidInputError(f"expected integer labels, got {labels.dtype}", field="labels")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
-        raise InvalidInputError(
-            f"labels must lie in [0, num_classes={num_classes}), got range [{low}, {high}]", field="labels"
-        )
 
 
 def apply_keys(images: torch.Tensor, keys: EncodeKeys, pool: PublicPool | None = None) -> torch.Tensor:
@@ -249,9 +215,9 @@ def encode(
         (torch.Size([4, 8, 8, 3]), True)
     """
     params.validate()
-    _check_images(images)
+    check_images(images)
     n = images.shape[0]
-    _check_labels(labels, n, num_classes)
+    check_labels(labels, n, num_classes)
     if out_dtype not in (torch.float32, torch.float16):
         raise InvalidInputError(f"expected float32 or float16, got {out_dtype}", field="config.output_dtype")
     k, private = params.resolved_k, params.private_slots
