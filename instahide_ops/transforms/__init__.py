@@ -40,10 +40,13 @@ class Transform(Protocol):
     Class attributes:
         name: the registry name, also the ``EncodeConfig.transform`` member that selects it ("instahide").
         title: its name for people.
+        long_lived_keys: one key disguises a whole dataset, the same way at every call (DisguisedNets), rather
+            than fresh keys at every call (InstaHide).
     """
 
     name: ClassVar[str]
     title: ClassVar[str]
+    long_lived_keys: ClassVar[bool]
 
     def default_params(self) -> Any:
         """The parameters an empty config means."""
@@ -84,4 +87,4 @@ def transform_names() -> list[str]:
     return TRANSFORMS.names()
 
 
-from instahide_ops.transforms import instahide  # noqa: E402, F401  (registers "instahide")
+from instahide_ops.transforms import disguisednets, instahide  # noqa: E402, F401  (they register themselves)

@@ -22,6 +22,7 @@ class InstaHide:
 
     name = "instahide"
     title = "InstaHide"
+    long_lived_keys = False
 
     def default_params(self) -> EncodeParams:
         return EncodeParams()

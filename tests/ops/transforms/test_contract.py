@@ -34,7 +34,8 @@ def test_the_registry_names_each_family_once():
     assert len(set(transform_names())) == len(transform_names()) == len(TRANSFORMS) >= 1
     for name in transform_names():
         assert get_transform(name).name == name and get_transform(name).title
-    with pytest.raises(InvalidInputError, match=r"unknown transform 'nope'; expected one of \['instahide'"):
+    known = r"\['disguised_nets', 'instahide'"
+    with pytest.raises(InvalidInputError, match=rf"unknown transform 'nope'; expected one of {known}"):
         get_transform("nope")
 
 
@@ -64,13 +65,18 @@ class TestEveryTransform:
         transform, params, resources = family
         images, labels = batch(seed=2)
 
-        def encoded(seed=None):
+        def encoded(seed=None, resources=resources):
             return transform.encode(images, labels, params, num_classes=CLASSES, resources=resources, seed=seed)
 
-        assert not torch.equal(encoded().encoded, encoded().encoded)
         first, again = encoded(seed=7), encoded(seed=7)
         assert first.seeded and torch.equal(first.encoded, again.encoded)
-        assert not torch.equal(first.encoded, encoded(seed=8).encoded)
+        if transform.long_lived_keys:  # one key, one disguise: at every call, on every replica; another key differs
+            assert torch.equal(encoded().encoded, encoded().encoded) and not encoded().seeded
+            other = transform.default_resources(params, SHAPE)
+            assert not torch.equal(encoded().encoded, encoded(resources=other).encoded)
+        else:
+            assert not torch.equal(encoded().encoded, encoded().encoded)
+            assert not torch.equal(first.encoded, encoded(seed=8).encoded)
 
     @pytest.mark.parametrize(("change", "field"), [
         (lambda images, labels: (images[0], labels), "images.shape"),

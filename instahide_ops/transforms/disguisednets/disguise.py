@@ -1,0 +1,91 @@
+"""Disguising and undisguising a batch under a DisguisedNets key: functions over tensors.
+
+Pixels are on the 0–255 scale throughout: uint8 images as they are, float images in [-1, 1] mapped there.
+RMT gives float32 ((X + Δ)·R_i for each block X at position i and each channel, then the blocks moved); AES gives
+uint8 (each 16-byte unit of a block's row-major pixels of one channel through AES-128-ECB, then the blocks moved).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from instahide_ops.errors import InvalidInputError
+from instahide_ops.randomness import RandomSource
+from instahide_ops.transforms.disguisednets.blocks import from_blocks, permute_blocks, to_blocks, unpermute_blocks
+from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsKey
+
+
+def disguise(images: torch.Tensor, key: DisguisedNetsKey, *, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Disguise (N, H, W, C) images under ``key``: float32 for RMT, uint8 for AES, on the images' device.
+
+    A key with noise adds ``noise`` ((N, H, W, C) on the 0–255 scale, as ``draw_noise`` makes it), or noise drawn
+    fresh from the CSPRNG when none is given.
+    """
+    pixels = _pixels(images, key)
+    if key.params.method == "rmt" and key.params.noise:
+        pixels = pixels + (draw_noise(key, len(pixels), device=pixels.device) if noise is None else noise)
+    blocks = to_blocks(pixels, key.params.block)
+    if key.params.method == "rmt":
+        blocks = blocks @ key.matrices_tensor(blocks.device).unsqueeze(0)
+    else:
+        blocks = _aes(blocks.to(torch.uint8), key, encrypt=True)
+    h, w, _ = key.image_shape
+    return from_blocks(permute_blocks(blocks, torch.as_tensor(key.permutation)), h, w)
+
+
+def undisguise(disguised: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
+    """The images back on the 0–255 scale (float32 for RMT, where noise stays in; uint8 for AES, exactly)."""
+    if tuple(disguised.shape[1:]) != key.image_shape:
+        raise InvalidInputError(f"the key disguises images of {list(key.image_shape)}, got "
+                                f"{list(disguised.shape[1:])}", field="images.shape")
+    blocks = unpermute_blocks(to_blocks(disguised, key.params.block), torch.as_tensor(key.permutation))
+    if key.params.method == "rmt":
+        inverse = torch.linalg.inv(key.matrices_tensor(blocks.device, torch.float64)).to(torch.float32)
+        blocks = blocks.to(torch.float32) @ inverse.unsqueeze(0)
+    else:
+        blocks = _aes(blocks.to(torch.uint8), key, encrypt=False)
+    h, w, _ = key.image_shape
+    return from_blocks(blocks, h, w)
+
+
+def _pixels(images: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
+    if images.ndim != 4 or tuple(images.shape[1:]) != key.image_shape:
+        raise InvalidInputError(f"the key disguises images of {list(key.image_shape)}, got "
+                                f"{list(images.shape)}", field="images.shape")
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32)
+    if not images.dtype.is_floating_point:
+        raise InvalidInputError(f"expected uint8 or float images, got {images.dtype}", field="images.dtype")
+    pixels = (images.to(torch.float32) + 1) * 127.5
+    if not bool(torch.isfinite(pixels).all()):
+        raise InvalidInputError("contains NaN or Inf", field="images.content")
+    return pixels.clamp_(0, 255).round_() if key.params.method == "aes" else pixels
+
+
+def draw_noise(key: DisguisedNetsKey, count: int, *, seed: int | Sequence[int] | None = None,
+               device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """RMT's Δ for ``count`` images: (count, H, W, C) float32 uniform on [0, noise], from the CSPRNG unless
+    ``seed`` is given; None for a key without noise."""
+    if key.params.method != "rmt" or not key.params.noise:
+        return None
+    uniform = RandomSource(seed).uniform((count, *key.image_shape)).astype(np.float32)
+    return torch.from_numpy(uniform).to(device) * np.float32(key.params.noise)
+
+
+def _aes(blocks: torch.Tensor, key: DisguisedNetsKey, *, encrypt: bool) -> torch.Tensor:
+    """Every 16-byte unit of (N, P, C, r, s) uint8 blocks through AES-128-ECB, whole positions per call."""
+    assert key.aes_keys is not None
+    host = np.ascontiguousarray(blocks.cpu().numpy().transpose(1, 0, 2, 3, 4))  # (P, N, C, r, s)
+    out = np.empty_like(host)
+    groups = [slice(None)] if len(key.aes_keys) == 1 else [slice(i, i + 1) for i in range(len(key.aes_keys))]
+    for aes_key, group in zip(key.aes_keys, groups, strict=True):
+        cipher = Cipher(algorithms.AES(aes_key.tobytes()), modes.ECB())
+        worker = cipher.encryptor() if encrypt else cipher.decryptor()
+        data = host[group].tobytes()
+        assert len(data) % AES_UNIT_BYTES == 0
+        out[group] = np.frombuffer(worker.update(data) + worker.finalize(), dtype=np.uint8).reshape(host[group].shape)
+    return torch.from_numpy(out.transpose(1, 0, 2, 3, 4).copy()).to(blocks.device)
