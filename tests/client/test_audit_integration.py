@@ -58,6 +58,7 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
         summary = client.get_audit(started.name, summary_only=True)
         listed = [a.name for a in client.list_audits(state="succeeded")]
         encoded_with = client.encode(images, labels, return_keys=True).keys.pool_fingerprint
+        by_name = client.write_audit_report(started.id, tmp_path / "by_name")
 
     assert audit.state == "succeeded" and audit.error == "" and audit.done
     assert audit.start_time is not None and audit.end_time >= audit.start_time >= audit.create_time
@@ -99,6 +100,10 @@ def test_python_client_end_to_end(audit_server, privates, tmp_path):
     assert data["audit"]["spec"]["display_name"] == "e2e"
     assert data["ciphertext_only"]["max_ssim"] == pytest.approx(report.ciphertext_only.max_ssim)
     assert (tmp_path / "report" / "grid.png").read_bytes() == report.grid_png
+    # The client's one-call form reads the audit by id and writes the same folder.
+    assert by_name.name == audit.name
+    for name in ("grid.png", "report.json"):
+        assert (tmp_path / "by_name" / name).read_bytes() == (tmp_path / "report" / name).read_bytes()
 
     # Anyone can rescore the recoveries from the npz and the originals alone.
     originals = torch.from_numpy(unit_range_array(images))
