@@ -35,6 +35,7 @@ class DisguisedNets:
     """DisguisedNets as a registered transform: parameters ``DisguisedNetsParams``, resources the key.
 
     Labels pass through unmixed (one-hot); the same image under the same noise-free key gives the same output.
+    RMT's output follows ``out_dtype``; AES's is its ciphertext bytes, uint8.
     """
 
     name = "disguised_nets"
@@ -54,10 +55,13 @@ class DisguisedNets:
         check_images(images)
         check_labels(labels, len(images), num_classes)
         noise = draw_noise(resources, len(images), seed=seed, device=images.device)
-        encoded = disguise(images, resources, noise=noise).to(out_dtype)
+        encoded = disguise(images, resources, noise=noise)
+        if encoded.is_floating_point():  # AES's ciphertext bytes stay uint8
+            encoded = encoded.to(out_dtype)
         one_hot = torch.nn.functional.one_hot(labels.long(), num_classes).to(torch.float32)
         return TransformOutput(encoded, one_hot, BatchKeys(resources, noise), resources.seeded or seed is not None)
 
     def recompute(self, images: torch.Tensor, output: TransformOutput, *,
                   resources: DisguisedNetsKey) -> torch.Tensor:
-        return disguise(images, output.keys.key, noise=output.keys.noise).to(torch.float32)
+        encoded = disguise(images, output.keys.key, noise=output.keys.noise)
+        return encoded.to(torch.float32) if encoded.is_floating_point() else encoded

@@ -3,6 +3,8 @@
 Pixels are on the 0–255 scale throughout: uint8 images as they are, float images in [-1, 1] mapped there.
 RMT gives float32 ((X + Δ)·R_i for each block X at position i and each channel, then the blocks moved); AES gives
 uint8 (each 16-byte unit of a block's row-major pixels of one channel through AES-128-ECB, then the blocks moved).
+A call's noise is RMT's Δ, or AES's salt-and-pepper codes (0 keep, 1 pepper, 2 salt per pixel); ``draw_noise``
+draws either.
 """
 
 from __future__ import annotations
@@ -26,19 +28,27 @@ def disguise(images: torch.Tensor, key: DisguisedNetsKey, *, noise: torch.Tensor
     fresh from the CSPRNG when none is given.
     """
     pixels = _pixels(images, key)
-    if key.params.method == "rmt" and key.params.noise:
-        pixels = pixels + (draw_noise(key, len(pixels), device=pixels.device) if noise is None else noise)
-    blocks = to_blocks(pixels, key.params.block)
+    if noise is None:
+        noise = draw_noise(key, len(pixels), device=pixels.device)
     if key.params.method == "rmt":
-        blocks = blocks @ key.matrices_tensor(blocks.device).unsqueeze(0)
+        if noise is not None:
+            pixels = pixels + noise
+        blocks = to_blocks(pixels, key.params.block) @ key.matrices_tensor(pixels.device).unsqueeze(0)
     else:
-        blocks = _aes(blocks.to(torch.uint8), key, encrypt=True)
+        if noise is not None:
+            pixels = torch.where(noise == 0, pixels, torch.where(noise == 1, 0.0, 255.0))
+        blocks = to_blocks(pixels.to(torch.uint8), key.params.block)
+        blocks = _aes(blocks, key, encrypt=True) if key.params.scale == 1 else _aes_scaled(blocks, key)
     h, w, _ = key.image_shape
     return from_blocks(permute_blocks(blocks, torch.as_tensor(key.permutation)), h, w)
 
 
 def undisguise(disguised: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
-    """The images back on the 0–255 scale (float32 for RMT, where noise stays in; uint8 for AES, exactly)."""
+    """The images back on the 0–255 scale (float32 for RMT, where noise stays in; uint8 for AES, exactly, with
+    salt-and-pepper left in). AES with a scale past 1 averages ciphertext and cannot be undone."""
+    if key.params.method == "aes" and key.params.scale != 1:
+        raise InvalidInputError(f"AES at scale {key.params.scale} keeps one mean byte of each scaled cell's "
+                                "ciphertext, so it cannot be undisguised", field="scale")
     if tuple(disguised.shape[1:]) != key.image_shape:
         raise InvalidInputError(f"the key disguises images of {list(key.image_shape)}, got "
                                 f"{list(disguised.shape[1:])}", field="images.shape")
@@ -68,12 +78,21 @@ def _pixels(images: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
 
 def draw_noise(key: DisguisedNetsKey, count: int, *, seed: int | Sequence[int] | None = None,
                device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """RMT's Δ for ``count`` images: (count, H, W, C) float32 uniform on [0, noise], from the CSPRNG unless
-    ``seed`` is given; None for a key without noise."""
-    if key.params.method != "rmt" or not key.params.noise:
-        return None
-    uniform = RandomSource(seed).uniform((count, *key.image_shape)).astype(np.float32)
-    return torch.from_numpy(uniform).to(device) * np.float32(key.params.noise)
+    """One call's noise for ``count`` images, from the CSPRNG unless ``seed`` is given; None for a key without.
+
+    RMT: Δ, (count, H, W, C) float32 uniform on [0, noise]. AES: salt-and-pepper codes, (count, H, W, 1) uint8:
+    1 (pepper, the pixel becomes 0) and 2 (salt, 255) each with probability ``salt_pepper / 2``, else 0.
+    """
+    h, w, c = key.image_shape
+    if key.params.method == "rmt" and key.params.noise:
+        uniform = RandomSource(seed).uniform((count, h, w, c)).astype(np.float32)
+        return torch.from_numpy(uniform).to(device) * np.float32(key.params.noise)
+    if key.params.method == "aes" and key.params.salt_pepper:
+        uniform = RandomSource(seed).uniform((count, h, w, 1))
+        rate = key.params.salt_pepper
+        codes = np.where(uniform < rate / 2, 1, np.where(uniform < rate, 2, 0)).astype(np.uint8)
+        return torch.from_numpy(codes).to(device)
+    return None
 
 
 def _aes(blocks: torch.Tensor, key: DisguisedNetsKey, *, encrypt: bool) -> torch.Tensor:
@@ -89,3 +108,21 @@ def _aes(blocks: torch.Tensor, key: DisguisedNetsKey, *, encrypt: bool) -> torch
         assert len(data) % AES_UNIT_BYTES == 0
         out[group] = np.frombuffer(worker.update(data) + worker.finalize(), dtype=np.uint8).reshape(host[group].shape)
     return torch.from_numpy(out.transpose(1, 0, 2, 3, 4).copy()).to(blocks.device)
+
+
+def _aes_scaled(blocks: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
+    """AES at scale f: every pixel an f×f cell, encrypt, each cell's mean (rounded) back.
+
+    When a scaled block's rows are whole units (s·f a multiple of 16), the f copies of a row encrypt alike, so
+    only columns are repeated: the same bytes at 1/f of the work.
+    """
+    f = key.params.scale
+    n, p, c, r, s = blocks.shape
+    if (s * f) % AES_UNIT_BYTES == 0:
+        cipher = _aes(blocks.repeat_interleave(f, dim=4), key, encrypt=True).reshape(n, p, c, r, s, f)
+        means = cipher.to(torch.float32).mean(dim=5)
+    else:
+        cells = blocks.repeat_interleave(f, dim=3).repeat_interleave(f, dim=4)
+        cipher = _aes(cells, key, encrypt=True).reshape(n, p, c, r, f, s, f)
+        means = cipher.to(torch.float32).mean(dim=(4, 6))
+    return means.round_().to(torch.uint8)

@@ -24,6 +24,8 @@ METHODS = ("rmt", "aes")
 MATRICES = ("orthogonal", "gaussian", "uniform")
 AES_UNIT_BYTES = 16
 MAX_NOISE = 255.0
+MAX_SCALE = 16
+MAX_SALT_PEPPER = 0.5
 # A projection this ill-conditioned would amplify float32 rounding past what undisguising can take back.
 MAX_CONDITION = 1e3
 MAX_MATRIX_DRAWS = 100
@@ -42,6 +44,11 @@ class DisguisedNetsParams:
         noise: RMT's noise bound N: Δ uniform on [0, N] (0–255 scale) per element at every call; 0 for none.
         matrix_per_channel: RMT: one matrix per position and channel instead of one per position.
         aes_key_per_block: AES: one key per block position instead of one for all.
+        scale: AES's "pixel-level" variant: each pixel becomes an f×f cell before encryption and each cell's mean
+            after, so a 16-byte unit holds 16/f pixels (the papers' 32 → 256 → 32 is f = 8: 2-pixel units). Not
+            invertible past 1.
+        salt_pepper: AES: the rate p of salt-and-pepper noise before encryption (a pixel becomes 0 or 255, each
+            with probability p/2, fresh at every call): the papers' defence against the codebook attack.
     """
 
     method: str = "rmt"
@@ -51,6 +58,8 @@ class DisguisedNetsParams:
     noise: float = 0.0
     matrix_per_channel: bool = False
     aes_key_per_block: bool = False
+    scale: int = 1
+    salt_pepper: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,12 +124,22 @@ def check_params(params: DisguisedNetsParams, image_shape: Sequence[int]) -> tup
         if not (math.isfinite(params.noise) and 0 <= params.noise <= MAX_NOISE):
             raise InvalidInputError(f"noise must lie in [0, {MAX_NOISE:g}] (0–255 scale), got {params.noise}",
                                     field="noise")
+        for name, unset in (("scale", 1), ("salt_pepper", 0.0)):
+            if getattr(params, name) != unset:
+                raise InvalidInputError(f"{name} is AES's; RMT takes noise instead", field=name)
     else:
-        if (r * s) % AES_UNIT_BYTES:
-            raise InvalidInputError(f"AES encrypts {AES_UNIT_BYTES}-byte units of a block's pixels: a {r}×{s} block "
-                                    f"holds {r * s}, not a multiple of {AES_UNIT_BYTES}", field="block")
+        if not (isinstance(params.scale, int) and 1 <= params.scale <= MAX_SCALE):
+            raise InvalidInputError(f"scale must be an integer in [1, {MAX_SCALE}], got {params.scale}", field="scale")
+        f = params.scale
+        if (r * f * s * f) % AES_UNIT_BYTES:
+            what = f"a {r}×{s} block" if f == 1 else f"a {r}×{s} block scaled by {f}"
+            raise InvalidInputError(f"AES encrypts {AES_UNIT_BYTES}-byte units of a block's pixels: {what} "
+                                    f"holds {r * f * s * f}, not a multiple of {AES_UNIT_BYTES}", field="block")
+        if not (math.isfinite(params.salt_pepper) and 0 <= params.salt_pepper <= MAX_SALT_PEPPER):
+            raise InvalidInputError(f"salt_pepper must lie in [0, {MAX_SALT_PEPPER:g}], got {params.salt_pepper}",
+                                    field="salt_pepper")
         if params.noise:
-            raise InvalidInputError("noise is RMT's; AES takes none", field="noise")
+            raise InvalidInputError("noise is RMT's; AES takes none (salt_pepper is its noise)", field="noise")
     return h, w, c
 
 

@@ -121,6 +121,32 @@ class TestAES:
         expected = np.frombuffer(encryptor.update(unit) + encryptor.finalize(), dtype=np.uint8).reshape(4, 4)
         np.testing.assert_array_equal(disguise(x, key)[0, 0:4, 0:4, 1].numpy(), expected)
 
+    @pytest.mark.parametrize("block, scale", [((4, 4), 8), ((2, 2), 2), ((2, 4), 4)])
+    def test_scale_encrypts_each_pixel_as_an_f_by_f_cell_and_keeps_each_cells_mean(self, block, scale):
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        key = create_key(DisguisedNetsParams(method="aes", block=block, permute=False, scale=scale), SHAPE, seed=3)
+        x = images(2)
+        y = disguise(x, key)
+        # The same thing written out for one block of one channel: upsample, encrypt row-major units, cell means.
+        r, s = block
+        big = np.kron(x[1, 0:r, 0:s, 2].numpy(), np.ones((scale, scale), dtype=np.uint8))
+        encryptor = Cipher(algorithms.AES(key.aes_keys[0].tobytes()), modes.ECB()).encryptor()
+        cipher = np.frombuffer(encryptor.update(big.tobytes()) + encryptor.finalize(), dtype=np.uint8)
+        means = cipher.reshape(r, scale, s, scale).astype(np.float64).mean(axis=(1, 3))
+        np.testing.assert_array_equal(y[1, 0:r, 0:s, 2].numpy(), np.round(means).astype(np.uint8))
+        with pytest.raises(InvalidInputError, match="cannot be undisguised") as caught:
+            undisguise(y, key)
+        assert caught.value.field == "scale"
+
+    def test_at_scale_8_a_4x4_block_leaks_like_two_pixel_units(self):
+        key = create_key(DisguisedNetsParams(method="aes", permute=False, scale=8), SHAPE, seed=4)
+        x = images(1)
+        x[0, 0, 0:2, 0] = torch.tensor([17, 200], dtype=torch.uint8)
+        x[0, 5, 6:8, 0] = torch.tensor([17, 200], dtype=torch.uint8)  # the same pixel pair at another position
+        y = disguise(x, key)
+        assert torch.equal(y[0, 0, 0:2, 0], y[0, 5, 6:8, 0])
+
 
 class TestKeys:
     def test_two_keys_differ_and_a_seed_reproduces_a_flagged_key(self):
@@ -144,6 +170,12 @@ class TestKeys:
         ({"noise": float("nan")}, SHAPE, "noise", "noise must lie"),
         ({"method": "aes", "block": (2, 2)}, SHAPE, "block", "not a multiple of 16"),
         ({"method": "aes", "noise": 3.0}, SHAPE, "noise", "AES takes none"),
+        ({"method": "aes", "block": (1, 2), "scale": 2}, SHAPE, "block", "scaled by 2 holds 8"),
+        ({"method": "aes", "scale": 0}, SHAPE, "scale", r"scale must be an integer in \[1, 16\]"),
+        ({"method": "aes", "scale": 17}, SHAPE, "scale", "scale must be"),
+        ({"method": "aes", "salt_pepper": 0.7}, SHAPE, "salt_pepper", r"salt_pepper must lie in \[0, 0.5\]"),
+        ({"scale": 2}, SHAPE, "scale", "scale is AES's"),
+        ({"salt_pepper": 0.1}, SHAPE, "salt_pepper", "salt_pepper is AES's"),
         ({}, (32, 32), "shape", "expected an image shape"),
     ])
     def test_bad_parameters_name_their_field(self, change, shape, field, message):
@@ -178,6 +210,20 @@ class TestTheRegisteredTransform:
         params = DisguisedNetsParams(method="aes")
         key = transform.default_resources(params, SHAPE)
         x = images()
+        out = transform.encode(x, torch.zeros(6, dtype=torch.int64), params, num_classes=1, resources=key,
+                               out_dtype=torch.float16)
+        assert out.encoded.dtype == torch.uint8 and torch.equal(out.encoded, disguise(x, key))
+        assert torch.equal(undisguise(out.encoded, key), x)
+        assert torch.equal(transform.recompute(x, out, resources=key), out.encoded)
+
+    def test_salt_and_pepper_is_recorded_so_the_batch_keys_recompute_the_output(self):
+        transform = get_transform("disguised_nets")
+        params = DisguisedNetsParams(method="aes", salt_pepper=0.2)
+        key = transform.default_resources(params, SHAPE)
+        x = images()
         out = transform.encode(x, torch.zeros(6, dtype=torch.int64), params, num_classes=1, resources=key)
-        assert torch.equal(out.encoded, disguise(x, key).float())
-        assert torch.equal(undisguise(out.encoded.to(torch.uint8), key), x)
+        assert torch.equal(transform.recompute(x, out, resources=key), out.encoded)
+        noised = undisguise(out.encoded, key)  # the noise stays in: pixels hit are 0 or 255, the rest as they were
+        codes = out.keys.noise.expand_as(x)
+        assert torch.equal(noised[codes == 0], x[codes == 0])
+        assert bool((noised[codes == 1] == 0).all()) and bool((noised[codes == 2] == 255).all())
