@@ -1,5 +1,5 @@
-"""Python client for the instahide service: privacy transforms (InstaHide) and leakage audits over gRPC, no
-torch needed.
+"""Python client for the instahide service: privacy transforms (InstaHide; DisguisedNets under stored keys) and
+leakage audits over gRPC, no torch needed.
 
 Examples:
     >>> from instahide_client import InstaHideClient
@@ -28,6 +28,7 @@ from instahide_client.audits import (
 )
 from instahide_client.client import InstaHideClient
 from instahide_client.errors import InstaHideError
+from instahide_client.keys import StoredKey
 
 try:
     __version__ = _metadata.version("instahide-client")
@@ -49,6 +50,7 @@ __all__ = [
     "InstaHideClient",
     "InstaHideError",
     "KeyRecord",
+    "StoredKey",
     "__version__",
     "encode_config",
 ]

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from instahide_client._types import MODES, EncodeBatch
-from instahide_client.instahide.v1 import instahide_pb2, tensor_pb2, transform_pb2
+from instahide_client.instahide.v1 import disguisednets_pb2, instahide_pb2, tensor_pb2, transform_pb2
+from instahide_client.keys import key_name
 from instahide_client.tensors import to_tensor
 
 OUTPUT_DTYPES: dict[str, int] = {
@@ -70,10 +71,7 @@ def encode_config(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(map(repr, MODES))}")
-    dtype_name = output_dtype if isinstance(output_dtype, str) else _dtype_name(output_dtype)
-    if dtype_name not in OUTPUT_DTYPES:
-        raise ValueError(f"unknown output_dtype {output_dtype!r}; expected one of "
-                         f"{', '.join(map(repr, OUTPUT_DTYPES))}")
+    dtype = _output_dtype(output_dtype)
     fields: dict[str, Any] = {
         "num_classes": _check_count("num_classes", num_classes, minimum=1),
         "mode": MODES[mode],
@@ -94,8 +92,28 @@ def encode_config(
         if not 0 <= seed <= _UINT64_MAX:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         fields["seed"] = int(seed)
-    return transform_pb2.EncodeConfig(output_dtype=OUTPUT_DTYPES[dtype_name],
-                                      instahide=instahide_pb2.InstaHideConfig(**fields))
+    return transform_pb2.EncodeConfig(output_dtype=dtype, instahide=instahide_pb2.InstaHideConfig(**fields))
+
+
+def key_config(key: str, *, output_dtype: str | np.dtype | type = "float32") -> transform_pb2.EncodeConfig:
+    """The ``EncodeConfig`` of a DisguisedNets encoding under the stored key ``key`` ("keys/ID" or the ID).
+
+    ``output_dtype`` applies to RMT keys; AES keys answer uint8.
+
+    Examples:
+        >>> key_config("keys/0123abcd").disguised_nets.key
+        'keys/0123abcd'
+    """
+    return transform_pb2.EncodeConfig(output_dtype=_output_dtype(output_dtype),
+                                      disguised_nets=disguisednets_pb2.DisguisedNetsConfig(key=key_name(key)))
+
+
+def _output_dtype(output_dtype: str | np.dtype | type) -> int:
+    dtype_name = output_dtype if isinstance(output_dtype, str) else _dtype_name(output_dtype)
+    if dtype_name not in OUTPUT_DTYPES:
+        raise ValueError(f"unknown output_dtype {output_dtype!r}; expected one of "
+                         f"{', '.join(map(repr, OUTPUT_DTYPES))}")
+    return OUTPUT_DTYPES[dtype_name]
 
 
 def _dtype_name(dtype: np.dtype | type) -> str:
@@ -127,12 +145,16 @@ def check_batch(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         images: (N, H, W, C) uint8, float32 or float16.
-        labels: (N,) integers.
+        labels: (N,) integers; None sends none (a stored key's encoding takes labels optionally).
 
     Raises:
         ValueError: a wrong rank, dtype or length, with the actual and expected values.
     """
     images = np.asarray(images)
+    if labels is None:
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (N, H, W, C), got shape {images.shape}")
+        return check_batch(images, np.zeros(len(images), np.int64))[0], np.zeros(0, np.int64)
     labels = np.asarray(labels)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got shape {images.shape}")

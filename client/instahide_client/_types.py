@@ -24,12 +24,12 @@ class EncodeBatch:
 
     Attributes:
         images: (N, H, W, C) uint8 in [0, 255], or float32 / float16 already in [-1, 1].
-        labels: (N,) integer class labels in [0, num_classes).
+        labels: (N,) integer class labels in [0, num_classes); for a stored key's encoding, optional (None).
         request_id: echoed in the result; None lets the stream number the batches "0", "1", ...
     """
 
     images: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     request_id: str | None = None
 
 
@@ -142,8 +142,9 @@ class EncodedBatch:
 
     Attributes:
         request_id: the request's id.
-        encoded: (N, H, W, C) float32 or float16 (None when ``error`` is set).
-        mixed_labels: (N, num_classes) float32: private coefficients at their images' classes.
+        encoded: (N, H, W, C) float32 or float16, uint8 for a DisguisedNets AES key (None when ``error`` is set).
+        mixed_labels: InstaHide: (N, num_classes) float32, private coefficients at their images' classes;
+            a stored key's encoding: the labels sent, int64 (N,) (empty when none were sent).
         keys: the key record when the config asked for keys, else None.
         seeded: True when the keys came from an explicit seed.
         error: the per-request failure (only with ``on_error="yield"``), else None.
@@ -176,8 +177,8 @@ class EncodeOutput:
     """The result of :meth:`InstaHideClient.encode` over a whole array.
 
     Attributes:
-        encoded: (N, H, W, C) float32 or float16.
-        mixed_labels: (N, num_classes) float32.
+        encoded: (N, H, W, C) float32 or float16 (uint8 for a DisguisedNets AES key).
+        mixed_labels: (N, num_classes) float32; for a stored key, the labels as sent, int64 (N,) (empty without).
         keys: one record for all N encodings (private indices index the input array), or None.
         seeded: True when any batch's keys came from an explicit seed.
     """

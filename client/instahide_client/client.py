@@ -11,12 +11,21 @@ import numpy as np
 
 from instahide_client import _health
 from instahide_client._audit_requests import audit_requests, check_audit_inputs
-from instahide_client._requests import batch_bounds, check_batch, encode_config
+from instahide_client._requests import batch_bounds, check_batch, encode_config, key_config
 from instahide_client._stream import EncodeStream, OnError
 from instahide_client._types import EncodeBatch, EncodeOutput, KeyRecord, concatenate_keys
 from instahide_client.audits import Audit, AuditEvent, audit_name, state_value
 from instahide_client.errors import InstaHideError
-from instahide_client.instahide.v1 import audit_pb2, audit_pb2_grpc, tensor_pb2, transform_pb2, transform_pb2_grpc
+from instahide_client.instahide.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    tensor_pb2,
+    transform_pb2,
+    transform_pb2_grpc,
+)
+from instahide_client.keys import StoredKey, disguised_nets_params, key_name
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 
@@ -93,6 +102,7 @@ class InstaHideClient:
             self._channel = grpc.insecure_channel(target, options=list(merged.items()))
         self._transform = transform_pb2_grpc.TransformServiceStub(self._channel)
         self._audits = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self._keys = keys_pb2_grpc.KeyServiceStub(self._channel)
         self._health_check = self._channel.unary_unary(_health.CHECK_METHOD)  # raw bytes in and out
 
     def close(self) -> None:
@@ -152,6 +162,7 @@ class InstaHideClient:
         *,
         num_classes: int | None = None,
         config: transform_pb2.EncodeConfig | None = None,
+        key: str | None = None,
         max_in_flight: int = 4,
         on_error: OnError = "raise",
         timeout: float | None = None,
@@ -163,8 +174,10 @@ class InstaHideClient:
         Args:
             batches: ``(images, labels)`` pairs or ``EncodeBatch`` items: images (N, H, W, C)
                 uint8 (or float32/float16 in [-1, 1]), labels (N,) integers. Consumed lazily.
-            num_classes: width of the mixed labels; required unless ``config`` is given.
+            num_classes: width of the mixed labels; required unless ``config`` or ``key`` is given.
             config: a ready ``EncodeConfig`` (from :func:`encode_config`) instead of keyword options.
+            key: disguise with this stored DisguisedNets key ("keys/ID", :meth:`create_key`) instead of
+                InstaHide; labels are then optional and pass through; the only option is ``output_dtype``.
             max_in_flight: most requests sent and not yet answered.
             on_error: "raise" raises the first per-batch error as InstaHideError and ends the
                 call; "yield" yields an ``EncodedBatch`` with ``.error`` set and goes on.
@@ -179,7 +192,11 @@ class InstaHideClient:
             ValueError: bad options or a malformed batch (raised when iteration reaches it).
             InstaHideError: the call failed, or a batch failed with ``on_error="raise"``.
         """
-        if config is None:
+        if key is not None:
+            if config is not None or num_classes is not None or set(options) - {"output_dtype"}:
+                raise ValueError("a stored key takes no InstaHide options or config (only output_dtype)")
+            config = key_config(key, **options)
+        elif config is None:
             if num_classes is None:
                 raise ValueError("num_classes is required (or pass a ready config)")
             config = encode_config(num_classes=num_classes, **options)
@@ -199,8 +216,9 @@ class InstaHideClient:
     def encode(
         self,
         images: np.ndarray,
-        labels: np.ndarray,
+        labels: np.ndarray | None = None,
         *,
+        key: str | None = None,
         batch_size: int = 1024,
         num_classes: int | None = None,
         progress: Callable[[int], None] | None = None,
@@ -213,7 +231,10 @@ class InstaHideClient:
 
         Args:
             images: (N, H, W, C) uint8 (or float32/float16 in [-1, 1]).
-            labels: (N,) integer labels.
+            labels: (N,) integer labels (optional with ``key``).
+            key: disguise with this stored DisguisedNets key ("keys/ID") instead of InstaHide: the same image
+                gives the same output every time (without noise); labels pass through; the only option is
+                ``output_dtype`` (AES keys answer uint8).
             batch_size: images per request (keep N·H·W·C·4 bytes under ``max_message_bytes``); a
                 last batch of one image joins the one before (the service mixes at least two).
             num_classes: label width; inferred as ``labels.max() + 1`` over the whole array.
@@ -223,12 +244,18 @@ class InstaHideClient:
 
         Returns:
             ``EncodeOutput``: encoded (N, H, W, C), mixed_labels (N, num_classes) and, with
-            ``return_keys=True``, one KeyRecord whose private indices index ``images``.
+            ``return_keys=True``, one KeyRecord whose private indices index ``images``. With ``key``,
+            ``mixed_labels`` holds the labels as given (empty without).
 
         Raises:
             ValueError: malformed inputs or options.
             InstaHideError: the call or a batch failed.
         """
+        if key is not None:
+            return self._encode_with_key(images, labels, key, batch_size=batch_size, progress=progress,
+                                         max_in_flight=max_in_flight, timeout=timeout, metadata=metadata, **options)
+        if labels is None:
+            raise ValueError("labels are required to encode with InstaHide (only a stored key takes none)")
         images, labels = check_batch(images, labels)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -262,6 +289,109 @@ class InstaHideClient:
                 raise InstaHideError(grpc.StatusCode.INTERNAL, "the service returned no keys")
             key_record = concatenate_keys(keys, [start for start, _ in bounds])
         return EncodeOutput(np.concatenate(encoded), np.concatenate(mixed), key_record, seeded)
+
+    def _encode_with_key(self, images: np.ndarray, labels: np.ndarray | None, key: str, *, batch_size: int,
+                         progress: Callable[[int], None] | None, max_in_flight: int, timeout: float | None,
+                         metadata: Metadata | None, **options: Any) -> EncodeOutput:
+        images, labels = check_batch(images, labels)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        sent_labels = len(labels) > 0
+        bounds = [(start, min(start + batch_size, len(images))) for start in range(0, len(images), batch_size)]
+        batches = ((images[a:b], labels[a:b] if sent_labels else None) for a, b in bounds)
+        encoded, passed, seeded = [], [], False
+        with self.encode_stream(batches, key=key, max_in_flight=max_in_flight, timeout=timeout,
+                                metadata=metadata, **options) as stream:
+            for batch in stream:
+                encoded.append(batch.encoded)
+                passed.append(batch.mixed_labels)
+                seeded = seeded or batch.seeded
+                if progress is not None:
+                    progress(len(batch.encoded))
+        if len(encoded) != len(bounds):  # cancelled by another thread
+            raise InstaHideError(grpc.StatusCode.CANCELLED, "the encode stream ended early")
+        if not encoded:
+            return EncodeOutput(np.zeros(images.shape, np.float32), labels.copy())
+        return EncodeOutput(np.concatenate(encoded), np.concatenate(passed) if sent_labels else labels.copy(),
+                            None, seeded)
+
+    # -- stored keys ------------------------------------------------------------------------------
+
+    def create_key(self, image_shape: Sequence[int], *, method: str = "rmt", block: int | Sequence[int] = 4,
+                   permute: bool = True, matrix: str = "orthogonal", noise: float = 0.0,
+                   matrix_per_channel: bool = False, aes_key_per_block: bool = False, scale: int = 1,
+                   salt_pepper: float = 0.0, seed: int | None = None, display_name: str = "",
+                   timeout: float | None = None, metadata: Metadata | None = None) -> StoredKey:
+        """Create a DisguisedNets key in the service's key store for images of ``image_shape`` (H, W, C).
+
+        The service draws its material from the CSPRNG (from ``seed`` only when given: the key is then flagged
+        seeded) and never returns it; encode with ``encode(images, key=stored.name)``. The other arguments are
+        those of :func:`instahide_client.keys.disguised_nets_params`.
+
+        Raises:
+            ValueError, TypeError: bad arguments, found before the call.
+            InstaHideError: the call failed (INVALID_ARGUMENT naming the parameter the service refuses, e.g. a
+                block that does not divide the image).
+        """
+        shape = [int(d) for d in image_shape]
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"image_shape must be (H, W, C) of positive sides, got {list(image_shape)}")
+        request = keys_pb2.CreateKeyRequest(
+            disguised_nets=disguised_nets_params(
+                method=method, block=block, permute=permute, matrix=matrix, noise=noise,
+                matrix_per_channel=matrix_per_channel, aes_key_per_block=aes_key_per_block, scale=scale,
+                salt_pepper=salt_pepper),
+            image_shape=shape, display_name=display_name)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
+                raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+            request.seed = int(seed)
+        return StoredKey.from_proto(self._unary(self._keys.CreateKey, request, timeout, metadata).key)
+
+    def get_key(self, name_or_id: str, *, timeout: float | None = None,
+                metadata: Metadata | None = None) -> StoredKey:
+        """One stored key's description (NOT_FOUND for a key that is not the caller's)."""
+        request = keys_pb2.GetKeyRequest(name=key_name(name_or_id))
+        return StoredKey.from_proto(self._unary(self._keys.GetKey, request, timeout, metadata).key)
+
+    def list_keys(self, *, page_size: int = 50, timeout: float | None = None,
+                  metadata: Metadata | None = None) -> Iterator[StoredKey]:
+        """The caller's keys, newest first, fetching pages lazily (``timeout`` applies to each page)."""
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise ValueError(f"page_size must be an int in [1, 1000], got {page_size!r}")
+
+        def pages() -> Iterator[StoredKey]:
+            token = ""
+            while True:
+                response = self._unary(self._keys.ListKeys, keys_pb2.ListKeysRequest(
+                    page_size=page_size, page_token=token), timeout, metadata)
+                yield from (StoredKey.from_proto(k) for k in response.keys)
+                token = response.next_page_token
+                if not token:
+                    return
+
+        return pages()
+
+    def delete_key(self, name_or_id: str, *, timeout: float | None = None, metadata: Metadata | None = None) -> None:
+        """Delete a stored key from this server: encoding with it answers NOT_FOUND from then on."""
+        self._unary(self._keys.DeleteKey, keys_pb2.DeleteKeyRequest(name=key_name(name_or_id)), timeout, metadata)
+
+    def export_key(self, name_or_id: str, *, timeout: float | None = None,
+                   metadata: Metadata | None = None) -> tuple[StoredKey, bytes]:
+        """A stored key and its material sealed under the server's key-encryption key: opaque bytes that a replica
+        with the same key-encryption key imports (:meth:`import_key`) to disguise alike."""
+        response = self._unary(self._keys.ExportKey, keys_pb2.ExportKeyRequest(name=key_name(name_or_id)),
+                               timeout, metadata)
+        return StoredKey.from_proto(response.key), response.wrapped
+
+    def import_key(self, wrapped: bytes, *, timeout: float | None = None,
+                   metadata: Metadata | None = None) -> StoredKey:
+        """Import an exported key under its original name (importing it again changes nothing)."""
+        if not isinstance(wrapped, bytes | bytearray):
+            raise TypeError(f"wrapped must be bytes, got {type(wrapped).__name__}")
+        response = self._unary(self._keys.ImportKey, keys_pb2.ImportKeyRequest(wrapped=bytes(wrapped)), timeout,
+                               metadata)
+        return StoredKey.from_proto(response.key)
 
     # -- leakage audits ---------------------------------------------------------------------------
 

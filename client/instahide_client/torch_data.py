@@ -25,7 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by the no-torch test
     raise ImportError("instahide_client.torch_data needs torch: pip install 'instahide-client[torch]'") from exc
 
-from instahide_client._requests import batch_bounds, encode_config
+from instahide_client._requests import batch_bounds, encode_config, key_config
 from instahide_client._stream import EncodeStream
 from instahide_client.client import InstaHideClient
 from instahide_client.instahide.v1 import transform_pb2
@@ -59,6 +59,10 @@ class EncodedDataset(IterableDataset):
         batch_size: images per request and per yielded batch.
         num_classes: label width; default: ``labels.max() + 1`` for arrays, else
             ``len(source.classes)`` when the source has ``classes`` (as torchvision datasets do).
+        key: disguise with this stored DisguisedNets key ("keys/ID") instead of InstaHide. The same
+            image gives the same disguise every pass (a noise-free key), as a model trained on it and
+            queried with it needs; labels pass through (int64 (B,)); ``output_dtype`` is the only option,
+            and AES keys yield uint8 encodings.
         channels_first: yield encodings as (B, C, H, W) (default, what torchvision models take);
             False yields (B, H, W, C) as the service returns them.
         shuffle: visit a sized source in a fresh random order each pass.
@@ -75,11 +79,13 @@ class EncodedDataset(IterableDataset):
     Yields:
         ``(encoded, mixed_labels)``: float32 (or float16) tensor (B, C, H, W) (or (B, H, W, C)),
         and float32 (B, num_classes) mixed labels — soft targets whose rows sum to the private
-        coefficients' mass (below 1 in cross mode), usable with ``F.cross_entropy``.
+        coefficients' mass (below 1 in cross mode), usable with ``F.cross_entropy``. With ``key``: the
+        disguised batch and the labels as given, int64 (B,).
     """
 
     def __init__(self, source: Any, client: InstaHideClient | str, *, batch_size: int = 256,
-                 num_classes: int | None = None, channels_first: bool = True, shuffle: bool = False,
+                 num_classes: int | None = None, key: str | None = None, channels_first: bool = True,
+                 shuffle: bool = False,
                  drop_last: bool = False, prefetch: int = 2, max_in_flight: int = 4,
                  client_options: dict[str, Any] | None = None, timeout: float | None = None,
                  metadata: Any = None, **options: Any) -> None:
@@ -100,7 +106,10 @@ class EncodedDataset(IterableDataset):
             self._arrays = images, labels
             if num_classes is None and len(labels):
                 num_classes = int(labels.max()) + 1
-        if num_classes is None:
+        if key is not None:
+            if set(options) - {"output_dtype"}:
+                raise ValueError("a stored key takes no InstaHide options (only output_dtype)")
+        elif num_classes is None:
             classes = getattr(source, "classes", None)
             if classes is None:
                 raise ValueError("num_classes is required for this source")
@@ -119,7 +128,8 @@ class EncodedDataset(IterableDataset):
         self.timeout = timeout
         self.metadata = metadata
         # Kept serialized: the dataset must pickle for DataLoader workers.
-        self._config = encode_config(num_classes=num_classes, **options).SerializeToString()
+        config = key_config(key, **options) if key is not None else encode_config(num_classes=num_classes, **options)
+        self._config = config.SerializeToString()
 
     @property
     def config(self) -> transform_pb2.EncodeConfig:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from instahide_client.tokens import read_token_file
-
 from instahide_server.settings import DEFAULT_METRICS_PORT, MIB, SETTINGS, Setting
+
+DEFAULT_PRINCIPAL = "default"  # who holds the token of a one-token file or INSTAHIDE_TOKEN
+PRINCIPAL_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -44,7 +46,8 @@ class TransportConfig:
     max_concurrent_rpcs: int | None
     max_concurrent_streams: int | None
     stream_window_bytes: int
-    token: str | None = field(default=None, repr=False)  # from token_file or INSTAHIDE_TOKEN; None: no auth
+    # principal -> bearer token, from token_file or INSTAHIDE_TOKEN (principal "default"); None: no auth
+    tokens: dict[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,16 @@ class AuditConfig:
         return self.pool_memory_mib * MIB
 
 
+@dataclass(frozen=True)
+class KeysConfig:
+    """The key store ("keys"); it lives in the audits' state directory."""
+
+    kek_file: pathlib.Path | None  # None: STATE_DIR/key-encryption-key
+    import_dir: pathlib.Path | None
+
+
 _SECTIONS = {"transport": TransportConfig, "transforms": TransformConfig, "metrics": MetricsConfig,
-             "audits": AuditConfig}
+             "audits": AuditConfig, "keys": KeysConfig}
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class ServerConfig:
     transforms: TransformConfig = field(default_factory=lambda: TransformConfig(**_defaults("transforms")))
     metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig(**_defaults("metrics")))
     audits: AuditConfig = field(default_factory=lambda: AuditConfig(**_defaults("audits")))
+    keys: KeysConfig = field(default_factory=lambda: KeysConfig(**_defaults("keys")))
 
     @classmethod
     def from_args_and_env(cls, args: Any, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -131,9 +143,9 @@ class ServerConfig:
             sections[setting.section][setting.attr] = value
         transport = sections["transport"]
         if transport["token_file"] is not None:
-            transport["token"] = _read_token(transport["token_file"])
+            transport["tokens"] = read_tokens(transport["token_file"])
         elif environ.get("INSTAHIDE_TOKEN"):
-            transport["token"] = environ["INSTAHIDE_TOKEN"].strip()
+            transport["tokens"] = {DEFAULT_PRINCIPAL: environ["INSTAHIDE_TOKEN"].strip()}
         if sections["audits"]["state_dir"] is None:
             sections["audits"]["state_dir"] = default_state_dir(environ)
         config = cls(**sections["server"], **{name: kind(**sections[name]) for name, kind in _SECTIONS.items()})
@@ -152,7 +164,7 @@ class ServerConfig:
         if t.tls_client_ca_file is not None and t.tls_cert_file is None:
             raise ConfigError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file and --tls-key-file: "
                               "the server must have its own certificate")
-        if t.token is not None and not t.token:
+        if t.tokens is not None and not all(t.tokens.values()):
             raise ConfigError("the bearer token is empty")
         if p.pool is not None and p.pool_photos is not None:
             raise ConfigError("--pool and --pool-photos both name the public pool: give one (--pool for the "
@@ -192,14 +204,34 @@ def _parse(setting: Setting, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: cannot use {value!r}: {exc}") from None
 
 
-def _read_token(path: pathlib.Path) -> str:
+def read_tokens(path: pathlib.Path) -> dict[str, str]:
+    """Principals and their bearer tokens from a tokens file: one bare token (principal "default"), or lines of
+    ``principal token`` (blank lines and ``#`` comments skipped). ConfigError names the file and line, never a
+    token."""
     try:
-        return read_token_file(path)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ConfigError(f"the token file {path} is empty")
+    if len(lines) == 1 and len(lines[0][1]) == 1:
+        return {DEFAULT_PRINCIPAL: lines[0][1][0]}
+    tokens: dict[str, str] = {}
+    for number, words in lines:
+        if len(words) != 2 or not PRINCIPAL_PATTERN.fullmatch(words[0]):
+            raise ConfigError(f"the token file {path}, line {number}: expected 'principal token' (a principal of "
+                              "letters, digits and . _ @ -), or a file of one bare token")
+        if words[0] in tokens:
+            raise ConfigError(f"the token file {path}, line {number}: principal {words[0]!r} appears twice")
+        if words[1] in tokens.values():
+            raise ConfigError(f"the token file {path}, line {number}: two principals share one token")
+        tokens[words[0]] = words[1]
+    return tokens
 
 
 assert {(s.section, s.attr) for s in SETTINGS} == {
     *(("server", f.name) for f in fields(ServerConfig) if f.name not in _SECTIONS),
-    *((name, f.name) for name, kind in _SECTIONS.items() for f in fields(kind) if f.name != "token"),
+    *((name, f.name) for name, kind in _SECTIONS.items() for f in fields(kind) if f.name != "tokens"),
 }, "every setting has a config attribute and every attribute a setting"

@@ -30,6 +30,14 @@ class NotFound(ServiceError):
     """The named resource (an audit, a dataset) does not exist."""
 
 
+class AlreadyExists(ServiceError):
+    """The resource a request would create is already there (e.g. importing a key under a taken name)."""
+
+
+class DataLoss(ServiceError):
+    """Stored data cannot be read back as written (e.g. a wrapped key that no longer opens)."""
+
+
 class FailedPrecondition(ServiceError):
     """The resource is not in a state that allows the request (e.g. deleting a running audit)."""
 
@@ -47,6 +55,8 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,

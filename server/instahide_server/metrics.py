@@ -7,8 +7,9 @@ never collide. Base units (seconds, bytes); labels only with a small, fixed set 
 request id, a peer or an audit id.
 
 Domain metrics (``instahide_*``):
-  images_encoded_total{family,mode}   images encoded, by transform family (instahide) and, for InstaHide, mode
-                                      (cross | inside)
+  images_encoded_total{family,mode}   images encoded, by transform family (instahide | disguised_nets) and mode
+                                      (InstaHide: cross | inside; DisguisedNets: rmt | aes)
+  keys_stored{family}                 keys in this server's key store, by family (never a key id)
   encode_bytes_received_total         serialized EncodeRequest bytes, refused requests included
   encode_bytes_sent_total             serialized EncodeResponse bytes
   encode_batch_seconds                check + encode + serialize of one encoded batch
@@ -50,6 +51,7 @@ BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 # A quick CPU audit takes about a second; a challenge-sized one, many minutes.
 AUDIT_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
                  float("inf"))
+KEY_FAMILIES = ("disguised_nets",)  # the families with stored keys
 SSIM_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, float("inf"))
 
 
@@ -62,6 +64,8 @@ class ServerMetrics:
         self.grpc = GrpcMetrics(registry)
         self.images_encoded = Counter("instahide_images_encoded_total", "Images encoded.", ("family", "mode"),
                                       registry=registry)
+        self.keys_stored = Gauge("instahide_keys_stored", "Keys in the key store, by family.", ("family",),
+                                 registry=registry)
         self.encode_bytes_received = Counter("instahide_encode_bytes_received_total",
                                              "Serialized Encode request bytes received.", registry=registry)
         self.encode_bytes_sent = Counter("instahide_encode_bytes_sent_total",
@@ -94,6 +98,12 @@ class ServerMetrics:
             info.labels(str(device)).set(1)
             if device.type == "cuda":
                 registry.register(_CudaMemoryCollector(device))
+
+
+    def set_keys_stored(self, counts: dict[str, int]) -> None:
+        """Set the keys-stored gauge from the store's counts (a family with none shows 0)."""
+        for family in {*KEY_FAMILIES, *counts}:
+            self.keys_stored.labels(family).set(counts.get(family, 0))
 
 
 class _CudaMemoryCollector(Collector):

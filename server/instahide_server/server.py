@@ -51,13 +51,16 @@ from instahide_server.audit.reconstruction import ReconstructionKind
 from instahide_server.audit.store import open_audit_store
 from instahide_server.config import ConfigError, ServerConfig
 from instahide_server.errors import ServiceError
-from instahide_server.interceptors.auth import BearerTokenInterceptor
+from instahide_server.interceptors.auth import BearerTokenInterceptor, Principals
 from instahide_server.interceptors.errors import ErrorInterceptor
 from instahide_server.interceptors.malformed import MalformedMessageInterceptor
 from instahide_server.interceptors.metrics import MetricsInterceptor
+from instahide_server.keys import servicer as key_servicer
+from instahide_server.keys.store import open_key_store
 from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
 from instahide_server.tls import load_tls, log_transport
 from instahide_server.transform import servicer as transform_servicer
+from instahide_server.transform.disguisednets import DisguisedNetsFamily
 from instahide_server.transform.encoder import BatchEncoder
 from instahide_server.transform.instahide import InstaHideFamily
 from instahide_server.transform.pools import PoolRegistry
@@ -67,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Services whose health is reported: "" (the whole server) and each API service.
-HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME)
+HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME, key_servicer.SERVICE_NAME)
 AUDIT_STOP_SECONDS = 10.0  # how long shutdown waits for running audits to stop
 
 
@@ -101,7 +104,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_server(config: ServerConfig, *, executor: Executor | None = None,
-                 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, AuditJobs, ServerMetrics]:
+                 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer, AuditJobs, ServerMetrics, bool]:
     """Create (not start) the server: services, interceptors, limits and the bound port.
 
     Call from a running event loop. ``executor`` runs the encoding; by default one of
@@ -111,16 +114,21 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     Returns:
         The server, the port it is bound to (the real one when ``config.transport.port`` is 0), its health
         servicer, whose statuses are NOT_SERVING until ``serve`` sets them, and the audit runner
-        (``await jobs.shutdown(...)`` it when stopping), and the metrics every piece updates.
+        (``await jobs.shutdown(...)`` it when stopping), the metrics every piece updates, and whether the key
+        store is available.
 
     Raises:
-        ConfigError: an unusable device, pool or TLS file. An unusable state directory disables audits
-            only (``jobs.available`` is False; the audit service's health stays NOT_SERVING).
+        ConfigError: an unusable device, pool or TLS file; a key store that its key-encryption key does not
+            open. An unusable state directory disables audits and keys only (``jobs.available`` is False; the
+            audit and key services' health stays NOT_SERVING).
     """
     device = resolve_device(config.device)
     transport, transforms, audits = config.transport, config.transforms, config.audits
     tls = load_tls(transport)  # before anything is opened: a bad file leaves nothing to clean up
     metrics = ServerMetrics(device=device)
+    keys = open_key_store(config.state_dir, config.keys.kek_file, config.keys.import_dir)  # a wrong KEK refuses here
+    metrics.set_keys_stored(keys.counts())
+    principals = Principals(transport.tokens)
     source = _load_or_refuse(load_pool, transforms.pool, "--pool")
     photos = _load_or_refuse(load_photos, transforms.pool_photos, "--pool-photos")
     pools = PoolRegistry(device=device, source=source, photos=photos, size=transforms.pool_size,
@@ -128,7 +136,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     limits = Limits(max_images_per_request=transforms.max_images_per_request,
                     max_message_bytes=transport.max_message_bytes)
     # The transform families and audit kinds this server runs; each is a registry entry in instahide_ops.
-    families = [InstaHideFamily(pools)]
+    families = [InstaHideFamily(pools), DisguisedNetsFamily(keys)]
     kinds = [ReconstructionKind(pools, device=device, settings=AttackSettings(
         working_bytes=audits.pool_memory_bytes, refine_sets=audits.refine_sets, refine_steps=audits.refine_steps))]
     encoder = BatchEncoder(device=device, families=families, limits=limits, metrics=metrics)
@@ -142,8 +150,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
         executor.submit(_warm_pool, pools, shape)
 
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics.grpc)]
-    if transport.token is not None:
-        interceptors.append(BearerTokenInterceptor(transport.token))
+    if principals.enabled:
+        interceptors.append(BearerTokenInterceptor(principals))
     interceptors += [ErrorInterceptor(), MalformedMessageInterceptor()]
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", transport.max_message_bytes),
@@ -157,13 +165,16 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
                              maximum_concurrent_rpcs=transport.max_concurrent_rpcs)
 
     transform_servicer.add_to_server(transform_servicer.TransformServicer(
-        encoder, executor, max_in_flight=transforms.max_in_flight_per_stream, metrics=metrics), server)
+        encoder, executor, max_in_flight=transforms.max_in_flight_per_stream, metrics=metrics,
+        principals=principals), server)
+    key_servicer.add_to_server(key_servicer.KeyServicer(keys, principals, metrics), server)
     audit_servicer.add_to_server(audit_servicer.AuditServicer(
         jobs, kinds, data_root=audits.data_root, max_images=audits.max_images), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME,
-                                         HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+                                         key_servicer.SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME),
+                                        server)
 
     host = f"[{transport.host}]" if ":" in transport.host else transport.host
     try:
@@ -179,13 +190,16 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
                 store.path or "none (disabled)", jobs.workers, audits.queue_size, audits.data_root or "none",
                 audits.pool_memory_mib,
                 f"{audits.refine_sets} sets × {audits.refine_steps} steps" if audits.refine_sets else "off")
+    logger.info("keys: store %s, %s", keys.path or "none (disabled)",
+                ", ".join(f"{n} {family}" for family, n in sorted(keys.counts().items())) or "no keys")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
-                _pool_origin(config), "on" if transport.token else "off", transport.max_message_bytes,
+                _pool_origin(config), f"on, {len(principals)} principals" if principals.enabled else "off",
+                transport.max_message_bytes,
                 transforms.workers)
     logger.info("limits: %s concurrent calls, %s streams per connection, %d in flight per stream",
                 transport.max_concurrent_rpcs or "unlimited", transport.max_concurrent_streams or "unlimited",
                 transforms.max_in_flight_per_stream)
-    return server, port, health, jobs, metrics
+    return server, port, health, jobs, metrics, keys.available
 
 
 async def serve(config: ServerConfig) -> None:
@@ -195,7 +209,7 @@ async def serve(config: ServerConfig) -> None:
     """
     executor = ThreadPoolExecutor(max_workers=config.transforms.workers, thread_name_prefix="instahide-encode")
     try:
-        server, port, health, jobs, metrics = build_server(config, executor=executor)
+        server, port, health, jobs, metrics, keys_available = build_server(config, executor=executor)
         health_only = build_health_server(config, health)
         endpoint = open_metrics_endpoint(config, metrics)
         for service in HEALTH_CHECKED:
@@ -208,7 +222,8 @@ async def serve(config: ServerConfig) -> None:
             await health_only[0].start()
         await server.start()
         for service in HEALTH_CHECKED:
-            serving = jobs.available or service != audit_servicer.SERVICE_NAME  # no database, no audits
+            serving = ((jobs.available or service != audit_servicer.SERVICE_NAME)  # no database, no audits
+                       and (keys_available or service != key_servicer.SERVICE_NAME))
             await health.set(service, health_pb2.HealthCheckResponse.SERVING if serving
                              else health_pb2.HealthCheckResponse.NOT_SERVING)
         if endpoint is not None and config.metrics.port_file is not None:

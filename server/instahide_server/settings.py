@@ -27,6 +27,7 @@ SECTIONS = {
     "transforms": "Transforms: device, public pool, encoding",
     "metrics": "Metrics",
     "audits": "Audits",
+    "keys": "Keys: the store of long-lived transform keys (DisguisedNets)",
 }
 
 
@@ -128,7 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
       metavar="PATH"),
     S("token_file", "transport", "token_file", Path, None,
       "require 'authorization: Bearer <token>', with the token in this file (or the token itself in "
-      "INSTAHIDE_TOKEN); health stays open for probes", metavar="PATH"),
+      "INSTAHIDE_TOKEN); or lines of 'principal token', each principal seeing only its own keys; health stays "
+      "open for probes", metavar="PATH"),
     S("tls_cert_file", "transport", "tls_cert_file", Path, None,
       "serve TLS with this PEM certificate chain, leaf first; needs --tls-key-file", default_text="none (plaintext)",
       metavar="PATH"),
@@ -189,8 +191,9 @@ SETTINGS: tuple[Setting, ...] = (
       metavar="PATH"),
     # audits
     S("state_dir", "audits", "state_dir", Path, None,
-      "folder of the audit database (instahide.db, SQLite); when it cannot be used, audits are disabled "
-      "(UNAVAILABLE) and encoding goes on", default_text="$XDG_STATE_HOME/instahide, else ~/.local/state/instahide",
+      "folder of the audit database (instahide.db) and the key store (keys.db), SQLite; when it cannot be used, "
+      "audits and keys are disabled (UNAVAILABLE) and InstaHide encoding goes on",
+      default_text="$XDG_STATE_HOME/instahide, else ~/.local/state/instahide",
       metavar="DIR"),
     S("data_root", "audits", "data_root", Path, None,
       "folder of server-side datasets (.npz) that audits may name; none: audits upload their inputs",
@@ -219,6 +222,16 @@ SETTINGS: tuple[Setting, ...] = (
     S("audit_db_max_bytes", "audits", "db_max_bytes", int, 0,
       "cap on the audit database's size: past it new audits answer UNAVAILABLE, as on a full disk; 0: none",
       check=at_least(0)),
+    # keys
+    S("key_encryption_key_file", "keys", "kek_file", Path, None,
+      "the key-encryption key (32 bytes, base64) that wraps every stored key with AES-GCM; created (mode 0600) "
+      "on first start when absent; a missing or different one for a store that holds keys refuses the start. "
+      "Replicas that share keys mount the same one", default_text="STATE_DIR/key-encryption-key",
+      metavar="PATH"),
+    S("key_import_dir", "keys", "import_dir", Path, None,
+      "at start, import every key exported into this folder (`instahide keys export`; sealed under the same "
+      "key-encryption key), each owned by its exporter: replicas that mount the same folder serve the same keys; "
+      "a file that does not open refuses the start", metavar="DIR"),
 )
 del S
 BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -36,7 +36,7 @@ class TestConfig:
     def test_defaults(self):
         config = _config([], {})
         transport = config.transport
-        assert (transport.host, transport.port, config.device, config.transforms.pool, transport.token) == (
+        assert (transport.host, transport.port, config.device, config.transforms.pool, transport.tokens) == (
             "127.0.0.1", 50051, "auto", None, None)
         assert transport.max_message_bytes == 64 << 20 and config.transforms.max_in_flight_per_stream == 4
         assert transport.stream_window_bytes == 4 << 20
@@ -54,10 +54,10 @@ class TestConfig:
     def test_token_sources(self, tmp_path):
         token_file = tmp_path / "token"
         token_file.write_text("from-file\n")
-        assert _config([], {"INSTAHIDE_TOKEN": "from-env"}).transport.token == "from-env"
+        assert _config([], {"INSTAHIDE_TOKEN": "from-env"}).transport.tokens == {"default": "from-env"}
         from_file = _config(["--token-file", str(token_file)], {"INSTAHIDE_TOKEN": "from-env"})
-        assert from_file.transport.token == "from-file"
-        assert _config([], {"INSTAHIDE_TOKEN_FILE": str(token_file)}).transport.token == "from-file"
+        assert from_file.transport.tokens == {"default": "from-file"}
+        assert _config([], {"INSTAHIDE_TOKEN_FILE": str(token_file)}).transport.tokens == {"default": "from-file"}
         assert "from-file" not in repr(_config(["--token-file", str(token_file)], {}))
 
     def test_pool_size(self):

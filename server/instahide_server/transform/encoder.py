@@ -49,12 +49,12 @@ class BatchEncoder:
         self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
 
     def run(self, request: transform_pb2.EncodeRequest, config: transform_pb2.EncodeConfig,
-            position: int = 0) -> Outcome:
+            position: int = 0, principal: str = "") -> Outcome:
         """Encode one request; a request the service refuses is answered with an error, not raised.
 
         ``position`` counts the stream's requests under ``config``: a seeded config gives request i the keys of
         (seed, i), so a seeded stream never repeats keys. Anything unexpected propagates (and ends the stream
-        with INTERNAL).
+        with INTERNAL). ``principal`` is the caller (auth.Principals), whose stored keys the config may name.
         """
         metrics = self._metrics
         started = time.perf_counter()
@@ -62,7 +62,7 @@ class BatchEncoder:
         try:
             batch = check_batch(request, config, self._limits)
             family, message = family_of(config, self._families)
-            plan = family.plan(message, batch, self._limits)
+            plan = family.plan(message, batch, self._limits, principal=principal)
             try:
                 images = _to_device(batch.images, self._device)
                 labels = torch.from_numpy(batch.labels).to(self._device)

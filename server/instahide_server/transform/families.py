@@ -30,9 +30,10 @@ class Family(Protocol):
 
     field: ClassVar[str]
 
-    def plan(self, message: Message, batch: Batch, limits: Limits) -> Any:
+    def plan(self, message: Message, batch: Batch, limits: Limits, *, principal: str) -> Any:
         """Check the family's config (``message``) against the batch, before any device work; the plan is what
-        ``encode`` and ``respond`` take. Raises a domain error naming the field."""
+        ``encode`` and ``respond`` take. ``principal`` is the caller (whose keys a family with stored keys may
+        use). Raises a domain error naming the field."""
         ...
 
     def encode(self, plan: Any, images: torch.Tensor, labels: torch.Tensor, *, position: int) -> TransformOutput:

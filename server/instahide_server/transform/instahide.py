@@ -66,7 +66,8 @@ class InstaHideFamily:
         self._pools = pools
         self._transform = get_transform(self.field)
 
-    def plan(self, message: instahide_pb2.InstaHideConfig, batch: Batch, limits: Limits) -> Plan:
+    def plan(self, message: instahide_pb2.InstaHideConfig, batch: Batch, limits: Limits, *,
+             principal: str = "") -> Plan:  # one-time keys: the caller changes nothing
         with _config_fields():
             return self._plan(message, batch, limits)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import grpc
 from instahide_client.instahide.v1 import transform_pb2, transform_pb2_grpc
 
+from instahide_server.interceptors.auth import Principals
 from instahide_server.metrics import ServerMetrics
 from instahide_server.transform.encoder import BatchEncoder, Outcome
 
@@ -56,8 +57,9 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
     """Encodes streams of image batches; see the module docstring for the pipeline."""
 
     def __init__(self, encoder: BatchEncoder, executor: Executor, *, max_in_flight: int,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None, principals: Principals | None = None) -> None:
         self._encoder = encoder
+        self._principals = principals if principals is not None else Principals(None)
         self._executor = executor
         self._max_in_flight = max_in_flight
         self._metrics = metrics if metrics is not None else ServerMetrics()  # unexported when not given
@@ -67,7 +69,8 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
         stats = _StreamStats(peer=context.peer())
         slots = asyncio.Semaphore(self._max_in_flight)
         pending: asyncio.Queue = asyncio.Queue()  # futures of Outcome, in request order; bounded by slots
-        reader = asyncio.create_task(self._read(request_iterator, slots, pending, stats))
+        principal = self._principals.of(context)
+        reader = asyncio.create_task(self._read(request_iterator, slots, pending, stats, principal))
         outcome = "OK"
         in_flight = self._metrics.encode_streams_in_flight
         batches_in_flight = self._metrics.encode_batches_in_flight
@@ -100,7 +103,7 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
                         stats.batches, stats.images, stats.errors, outcome, time.monotonic() - stats.started)
 
     async def _read(self, requests: AsyncIterator[transform_pb2.EncodeRequest], slots: asyncio.Semaphore,
-                    pending: asyncio.Queue, stats: _StreamStats) -> None:
+                    pending: asyncio.Queue, stats: _StreamStats, principal: str) -> None:
         """Submit each request to the thread pool as it arrives; a request without config reuses the last."""
         loop = asyncio.get_running_loop()
         config = transform_pb2.EncodeConfig()
@@ -118,7 +121,7 @@ class TransformServicer(transform_pb2_grpc.TransformServiceServicer):
                     config.CopyFrom(request.config)  # a copy, so the stream does not pin the request's images
                     under_config = 0
                 pending.put_nowait(
-                    loop.run_in_executor(self._executor, self._encoder.run, request, config, under_config))
+                    loop.run_in_executor(self._executor, self._encoder.run, request, config, under_config, principal))
                 stats.read += 1
                 self._metrics.encode_batches_in_flight.inc()
                 under_config += 1

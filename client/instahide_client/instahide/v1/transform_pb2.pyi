@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from instahide_client.instahide.v1 import disguisednets_pb2 as _disguisednets_pb2
 from instahide_client.instahide.v1 import instahide_pb2 as _instahide_pb2
 from instahide_client.instahide.v1 import tensor_pb2 as _tensor_pb2
 import builtins as _builtins
@@ -30,23 +31,32 @@ class EncodeConfig(_message.Message):
 
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     INSTAHIDE_FIELD_NUMBER: _builtins.int
+    DISGUISED_NETS_FIELD_NUMBER: _builtins.int
     output_dtype: _tensor_pb2.DataType.ValueType
-    """Element type of the encoded batch: DATA_TYPE_FLOAT32 (default) or DATA_TYPE_FLOAT16."""
+    """Element type of the encoded batch: DATA_TYPE_FLOAT32 (default) or
+    DATA_TYPE_FLOAT16. DisguisedNets AES always answers DATA_TYPE_UINT8 (its
+    ciphertext bytes).
+    """
     @_builtins.property
     def instahide(self) -> _instahide_pb2.InstaHideConfig:
         """InstaHide: mixing with one-time keys."""
+
+    @_builtins.property
+    def disguised_nets(self) -> _disguisednets_pb2.DisguisedNetsConfig:
+        """DisguisedNets: block permutation and RMT or AES under a stored key."""
 
     def __init__(
         self,
         *,
         output_dtype: _tensor_pb2.DataType.ValueType = ...,
         instahide: _instahide_pb2.InstaHideConfig | None = ...,
+        disguised_nets: _disguisednets_pb2.DisguisedNetsConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["instahide", b"instahide", "transform", b"transform"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "instahide", b"instahide", "transform", b"transform"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instahide", b"instahide", "output_dtype", b"output_dtype", "transform", b"transform"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "instahide", b"instahide", "output_dtype", b"output_dtype", "transform", b"transform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_transform: _TypeAlias = _typing.Literal["instahide"]  # noqa: Y015
+    _WhichOneofReturnType_transform: _TypeAlias = _typing.Literal["instahide", "disguised_nets"]  # noqa: Y015
     _WhichOneofArgType_transform: _TypeAlias = _typing.Literal["transform", b"transform"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_transform) -> _WhichOneofReturnType_transform | None: ...
 
@@ -72,7 +82,9 @@ class EncodeRequest(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """One integer class label per image (InstaHide: in [0, num_classes))."""
+        """One integer class label per image (InstaHide: in [0, num_classes)).
+        DisguisedNets: optional, non-negative, passed through unchanged.
+        """
 
     @_builtins.property
     def config(self) -> Global___EncodeConfig:
@@ -141,15 +153,20 @@ class EncodeResponse(_message.Message):
     request_id: _builtins.str
     """The request's `request_id`."""
     seeded: _builtins.bool
-    """True when the keys came from an explicit seed."""
+    """True when the keys came from an explicit seed (DisguisedNets: the stored
+    key was created from a seed).
+    """
     @_builtins.property
     def encoded(self) -> _tensor_pb2.Tensor:
-        """Encoded images, same shape as the request's images, FLOAT32 or FLOAT16."""
+        """Encoded images, same shape as the request's images: FLOAT32 or FLOAT16,
+        or UINT8 for DisguisedNets AES.
+        """
 
     @_builtins.property
     def labels(self) -> _tensor_pb2.Tensor:
-        """The labels that go with the encodings, FLOAT32 (N, classes): InstaHide's
-        mixed labels (private coefficients at their images' classes).
+        """The labels that go with the encodings: InstaHide's mixed labels, FLOAT32
+        (N, classes) with private coefficients at their images' classes;
+        DisguisedNets' labels unchanged, INT64 (N,) (empty when none were sent).
         """
 
     @_builtins.property

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class TransformServiceStub:
     """Disguises image batches on their way to an untrusted training cluster, with
-    the transform a request's config names (InstaHide today).
+    the transform a request's config names: InstaHide (one-time keys) or
+    DisguisedNets (a stored key, KeyService).
     """
 
     def __init__(self, channel):
@@ -45,7 +46,8 @@ class TransformServiceStub:
 
 class TransformServiceServicer:
     """Disguises image batches on their way to an untrusted training cluster, with
-    the transform a request's config names (InstaHide today).
+    the transform a request's config names: InstaHide (one-time keys) or
+    DisguisedNets (a stored key, KeyService).
     """
 
     def Encode(self, request_iterator, context):
@@ -76,7 +78,8 @@ def add_TransformServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TransformService:
     """Disguises image batches on their way to an untrusted training cluster, with
-    the transform a request's config names (InstaHide today).
+    the transform a request's config names: InstaHide (one-time keys) or
+    DisguisedNets (a stored key, KeyService).
     """
 
     @staticmethod

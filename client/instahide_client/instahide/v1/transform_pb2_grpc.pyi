@@ -28,7 +28,8 @@ GRPC_VERSION: str
 
 class TransformServiceStub:
     """Disguises image batches on their way to an untrusted training cluster, with
-    the transform a request's config names (InstaHide today).
+    the transform a request's config names: InstaHide (one-time keys) or
+    DisguisedNets (a stored key, KeyService).
     """
 
     @_typing.overload
@@ -45,7 +46,8 @@ class TransformServiceStub:
 @_typing.type_check_only
 class TransformServiceAsyncStub(TransformServiceStub):
     """Disguises image batches on their way to an untrusted training cluster, with
-    the transform a request's config names (InstaHide today).
+    the transform a request's config names: InstaHide (one-time keys) or
+    DisguisedNets (a stored key, KeyService).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -58,7 +60,8 @@ class TransformServiceAsyncStub(TransformServiceStub):
 
 class TransformServiceServicer(metaclass=_abc_1.ABCMeta):
     """Disguises image batches on their way to an untrusted training cluster, with
-    the transform a request's config names (InstaHide today).
+    the transform a request's config names: InstaHide (one-time keys) or
+    DisguisedNets (a stored key, KeyService).
     """
 
     @_abc_1.abstractmethod
