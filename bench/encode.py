@@ -1,18 +1,24 @@
-"""Encode throughput: numpy reference vs instahide_ops vs the gRPC transport ceiling vs the real stream.
+"""Encode throughput: a reference written like the family's public code vs instahide_ops vs the gRPC transport
+ceiling vs the real stream.
 
-In one run, on one machine, with the same batch shape:
-  (a) numpy reference, written the way the official InstaHide code works (per-row
-      rejection loop for the coefficients, a fresh permutation per slot, a full-size
-      random sign tensor);
+In one run, on one machine, with the same batch shape, for ``--family instahide`` (default) or
+``--family disguised_nets --method rmt|aes``:
+  (a) the reference: for InstaHide numpy written the way the official InstaHide code works
+      (per-row rejection loop for the coefficients, a fresh permutation per slot, a
+      full-size random sign tensor); for DisguisedNets Python loops over images, blocks
+      and channels as the public DisguisedNets code runs them (one matrix product per
+      block and channel; for AES one cipher call per 16-byte unit);
   (b) instahide_ops.transforms.instahide.encode in-process on --device;
   (c) a raw-bytes gRPC echo stream carrying the same message sizes (uint8 in, the
       encoded dtype out): the transport ceiling;
   (d) the real TransformService.Encode stream end to end (a real instahide-server process).
-Reports images/s (median over --repeats), the ratios b/a and d/c, and for (b) the
-effective bandwidth, counted as (k + 1) float32 tensors of the batch's size per call
-(k images read, one written). The last line of output is one JSON object.
+Reports images/s (median over --repeats), the ratios b/a and d/c, the shared-CPU bound
+1/(1/c + 1/b) (transport and encoding share the cores) with d against it, and for
+InstaHide's (b) the effective bandwidth, counted as (k + 1) float32 tensors of the batch's
+size per call (k images read, one written). The last line of output is one JSON object.
 
 Usage: python bench/encode.py [--device cpu|cuda] [--batch-size 1024] [--quick]
+       python bench/encode.py --family disguised_nets --method rmt|aes [--quick]
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ import grpc
 import numpy as np
 import torch
 from _process import start_instahide_server, start_process, stop_process
-from instahide_client.instahide.v1 import instahide_pb2, transform_pb2
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from instahide_client.instahide.v1 import disguisednets_pb2, instahide_pb2, keys_pb2, keys_pb2_grpc, transform_pb2
 from instahide_client.tensors import to_tensor
 
 from instahide_ops.images import unit_range_array
+from instahide_ops.transforms.disguisednets import DisguisedNetsKey, DisguisedNetsParams, create_key, disguise
 from instahide_ops.transforms.instahide.encode import EncodeParams, encode
 from instahide_ops.transforms.instahide.pool import PublicPool
 
@@ -63,6 +71,33 @@ def numpy_reference(images: np.ndarray, pool: np.ndarray, k: int, upper: float =
         mixed += lams[:, slot, None, None, None] * source[np.random.permutation(n) % len(source)]
     sign = np.random.randint(2, size=x.shape) * 2.0 - 1
     return (mixed * sign).astype(np.float32)
+
+
+def disguised_nets_reference(images: np.ndarray, key: DisguisedNetsKey) -> np.ndarray:
+    """DisguisedNets as its public code runs it: per image, per block position, per channel, a Python loop; RMT one
+    matrix product per block, AES one cipher call per 16-byte unit (one ECB context per key)."""
+    n, _, w, c = images.shape
+    r, s = key.params.block
+    columns = w // s
+    out = np.empty(images.shape, np.float32 if key.params.method == "rmt" else np.uint8)
+    aes_keys = key.aes_keys if key.aes_keys is not None else []
+    ciphers = [Cipher(algorithms.AES(k.tobytes()), modes.ECB()).encryptor() for k in aes_keys]
+    for i in range(n):
+        for position in range(key.positions):
+            y, x = divmod(position, columns)
+            ty, tx = divmod(int(key.permutation[position]), columns)
+            for channel in range(c):
+                block = images[i, y * r:(y + 1) * r, x * s:(x + 1) * s, channel]
+                if key.params.method == "rmt":
+                    matrix = key.matrices[position, channel if key.params.matrix_per_channel else 0]
+                    disguised = block.astype(np.float64) @ matrix
+                else:
+                    cipher = ciphers[position if key.params.aes_key_per_block else 0]
+                    raw = block.tobytes()
+                    disguised = np.frombuffer(b"".join(cipher.update(raw[u:u + 16]) for u in range(0, len(raw), 16)),
+                                              np.uint8).reshape(r, s)
+                out[i, ty * r:(ty + 1) * r, tx * s:(tx + 1) * s, channel] = disguised
+    return out
 
 
 def timed(fn, repeats: int, items: int) -> float:
@@ -123,6 +158,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float16", help="encoded output dtype")
+    parser.add_argument("--family", choices=["instahide", "disguised_nets"], default="instahide")
+    parser.add_argument("--method", choices=["rmt", "aes"], default="rmt", help="DisguisedNets: the key's method")
+    parser.add_argument("--reference-batch", type=int, default=128,
+                        help="DisguisedNets: images per call of the (slow) Python-loop reference")
     parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
     parser.add_argument("--serve-echo", nargs=2, metavar=("PORT_FILE", "REPLY_BYTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,6 +170,9 @@ def main() -> None:
         return
     if args.quick:
         args.messages, args.repeats = 8, 3
+    if args.family == "disguised_nets":
+        disguised_nets_main(args)
+        return
 
     n, shape, k = args.batch_size, (32, 32, 3), args.k
     out_dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
@@ -204,12 +246,91 @@ def main() -> None:
             results["encode_stream_images_per_s"] = rate
         finally:
             stop_process(server)
-    results["stream_vs_echo"] = results["encode_stream_images_per_s"] / results["echo_images_per_s"]
+    report(results)
 
+
+def report(results: dict) -> None:
+    """Add the stream's ratios, print every figure, then the JSON line."""
+    results["stream_vs_echo"] = results["encode_stream_images_per_s"] / results["echo_images_per_s"]
+    bound = 1 / (1 / results["echo_images_per_s"] + 1 / results["ops_images_per_s"])
+    results["shared_cpu_bound_images_per_s"] = bound
+    results["stream_vs_shared_cpu_bound"] = results["encode_stream_images_per_s"] / bound
     for key, value in results.items():
         if isinstance(value, float):
             print(f"{key:40s} {value:,.3f}" if value < 100 else f"{key:40s} {value:,.0f}")
     print(json.dumps(results))
+
+
+def disguised_nets_main(args: argparse.Namespace) -> None:
+    """The four figures for a DisguisedNets key (seeded, so every part disguises with the same one)."""
+    n, shape = args.batch_size, (32, 32, 3)
+    out_dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    params = DisguisedNetsParams(method=args.method)
+    seed = 1234
+    key = create_key(params, shape, seed=seed)
+    results: dict = {
+        "benchmark": "encode", "family": "disguised_nets", "method": args.method, "block": list(params.block),
+        "device": str(device), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "batch_size": n, "image_shape": list(shape), "dtype": args.dtype if args.method == "rmt" else "uint8",
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    small = images[:args.reference_batch]
+    reference = disguised_nets_reference(small, key)
+    ours = disguise(torch.from_numpy(small), key).numpy()
+    if args.method == "aes":
+        assert np.array_equal(reference, ours), "the reference and instahide_ops disagree"
+    else:
+        np.testing.assert_allclose(reference, ours, rtol=0, atol=1e-2)
+    results["reference_images_per_s"] = timed(lambda: disguised_nets_reference(small, key), args.repeats, len(small))
+
+    x = torch.from_numpy(images).to(device)
+
+    def run() -> None:
+        encoded = disguise(x, key)
+        if encoded.is_floating_point():
+            encoded.to(out_dtype)
+        sync()
+
+    results["ops_images_per_s"] = timed(run, args.repeats, n)
+    results["ops_vs_reference"] = results["ops_images_per_s"] / results["reference_images_per_s"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = pathlib.Path(tmp)
+        server, target = start_instahide_server(tmp_path, "--device", str(device), "--log-level", "WARNING",
+                                                "--state-dir", str(tmp_path / "state"), "--warm-shapes", "none",
+                                                "--metrics-port", "0")
+        try:
+            with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+                created = keys_pb2_grpc.KeyServiceStub(channel).CreateKey(keys_pb2.CreateKeyRequest(
+                    disguised_nets=disguisednets_pb2.DisguisedNetsParams(
+                        method={"rmt": 1, "aes": 2}[args.method]), image_shape=shape, seed=seed)).key
+                assert created.fingerprint == key.fingerprint(), "the server's seeded key differs from ours"
+                request = transform_pb2.EncodeRequest(
+                    request_id="0", images=to_tensor(images), labels=rng.integers(0, 10, n).tolist(),
+                    config=transform_pb2.EncodeConfig(
+                        output_dtype={"float32": 3, "float16": 2}[args.dtype],
+                        disguised_nets=disguisednets_pb2.DisguisedNetsConfig(key=created.name)))
+                raw = [request.SerializeToString()] * args.messages
+                rate, last = stream_rate(channel.stream_stream(ENCODE_METHOD), raw, args.repeats, n)
+            reply = transform_pb2.EncodeResponse.FromString(last)
+            assert not reply.HasField("error") and list(reply.encoded.shape) == [n, *shape], reply.error
+            reply_bytes = len(last)  # the echo answers with as many bytes
+            results["encode_stream_images_per_s"] = rate
+        finally:
+            stop_process(server)
+        echo, echo_target = start_process(
+            [sys.executable, __file__, "--serve-echo", str(tmp_path / "echo.port"), str(reply_bytes)],
+            tmp_path / "echo.port", tmp_path / "echo.log")
+        try:
+            with grpc.insecure_channel(echo_target, options=CHANNEL_OPTIONS) as channel:
+                results["echo_images_per_s"], _ = stream_rate(channel.stream_stream(ECHO_METHOD), raw, args.repeats, n)
+        finally:
+            stop_process(echo)
+    report(results)
 
 
 if __name__ == "__main__":

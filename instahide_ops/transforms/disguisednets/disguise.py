@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.randomness import RandomSource
-from instahide_ops.transforms.disguisednets.blocks import from_blocks, permute_blocks, to_blocks, unpermute_blocks
+from instahide_ops.transforms.disguisednets.blocks import block_order, block_placement, gather
 from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsKey
 
 
@@ -33,14 +33,15 @@ def disguise(images: torch.Tensor, key: DisguisedNetsKey, *, noise: torch.Tensor
     if key.params.method == "rmt":
         if noise is not None:
             pixels = pixels + noise
-        blocks = to_blocks(pixels, key.params.block) @ key.matrices_tensor(pixels.device).unsqueeze(0)
+        blocks = _project(_blocks(pixels, key), key.matrices_tensor(pixels.device))
     else:
+        pixels = pixels.to(torch.uint8)
         if noise is not None:
-            pixels = torch.where(noise == 0, pixels, torch.where(noise == 1, 0.0, 255.0))
-        blocks = to_blocks(pixels.to(torch.uint8), key.params.block)
+            pixels = torch.where(noise == 0, pixels, torch.where(noise == 1, 0, 255).to(torch.uint8))
+        blocks = _blocks(pixels, key)
         blocks = _aes(blocks, key, encrypt=True) if key.params.scale == 1 else _aes_scaled(blocks, key)
-    h, w, _ = key.image_shape
-    return from_blocks(permute_blocks(blocks, torch.as_tensor(key.permutation)), h, w)
+    placement = block_placement(key.image_shape, key.params.block, key.permutation)
+    return gather(blocks.reshape(len(blocks), -1), placement).reshape(-1, *key.image_shape)
 
 
 def undisguise(disguised: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
@@ -52,14 +53,39 @@ def undisguise(disguised: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
     if tuple(disguised.shape[1:]) != key.image_shape:
         raise InvalidInputError(f"the key disguises images of {list(key.image_shape)}, got "
                                 f"{list(disguised.shape[1:])}", field="images.shape")
-    blocks = unpermute_blocks(to_blocks(disguised, key.params.block), torch.as_tensor(key.permutation))
+    shape, block = key.image_shape, key.params.block
+    placement = block_placement(shape, block, key.permutation)
+    flat = disguised.reshape(len(disguised), -1)
+    blocks = gather(flat, np.argsort(placement)).reshape(len(disguised), -1, shape[2], *block)
     if key.params.method == "rmt":
         inverse = torch.linalg.inv(key.matrices_tensor(blocks.device, torch.float64)).to(torch.float32)
-        blocks = blocks.to(torch.float32) @ inverse.unsqueeze(0)
+        blocks = _project(blocks.to(torch.float32), inverse)
     else:
-        blocks = _aes(blocks.to(torch.uint8), key, encrypt=False)
-    h, w, _ = key.image_shape
-    return from_blocks(blocks, h, w)
+        blocks = _aes(blocks.to(torch.uint8).contiguous(), key, encrypt=False)
+    return gather(blocks.reshape(len(blocks), -1), np.argsort(block_order(shape, block))).reshape(-1, *shape)
+
+
+def _blocks(pixels: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
+    """(N, H, W, C) → (N, P, C, r, s), one gather."""
+    shape, block = key.image_shape, key.params.block
+    flat = gather(pixels.reshape(len(pixels), -1), block_order(shape, block))
+    return flat.reshape(len(pixels), -1, shape[2], *block)
+
+
+def _project(blocks: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Each block times its position's matrix: (N, P, C, r, s) @ (P, 1 or C, s, s).
+
+    As one batched product over positions (and channels, with a matrix each): the blocks of every image at a
+    position are rows of one tall matrix, so the product runs as P (or P·C) large GEMMs, not N·P·C tiny ones.
+    """
+    n, p, c, r, s = blocks.shape
+    per_channel = matrices.shape[1] != 1
+    tall = blocks.permute(1, 2, 0, 3, 4)  # (P, C, N, r, s)
+    if per_channel:
+        product = torch.bmm(tall.reshape(p * c, n * r, s), matrices.reshape(p * c, s, s))
+    else:
+        product = torch.bmm(tall.reshape(p, c * n * r, s), matrices[:, 0])
+    return product.reshape(p, c, n, r, s).permute(2, 0, 1, 3, 4)
 
 
 def _pixels(images: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
@@ -67,7 +93,7 @@ def _pixels(images: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
         raise InvalidInputError(f"the key disguises images of {list(key.image_shape)}, got "
                                 f"{list(images.shape)}", field="images.shape")
     if images.dtype == torch.uint8:
-        return images.to(torch.float32)
+        return images if key.params.method == "aes" else images.to(torch.float32)
     if not images.dtype.is_floating_point:
         raise InvalidInputError(f"expected uint8 or float images, got {images.dtype}", field="images.dtype")
     pixels = (images.to(torch.float32) + 1) * 127.5
@@ -96,18 +122,19 @@ def draw_noise(key: DisguisedNetsKey, count: int, *, seed: int | Sequence[int] |
 
 
 def _aes(blocks: torch.Tensor, key: DisguisedNetsKey, *, encrypt: bool) -> torch.Tensor:
-    """Every 16-byte unit of (N, P, C, r, s) uint8 blocks through AES-128-ECB, whole positions per call."""
+    """Every 16-byte unit of (N, P, C, r, s) uint8 blocks through AES-128-ECB: the whole batch in one call under
+    one key, one call per position under a key each."""
     assert key.aes_keys is not None
-    host = np.ascontiguousarray(blocks.cpu().numpy().transpose(1, 0, 2, 3, 4))  # (P, N, C, r, s)
+    host = np.ascontiguousarray(blocks.cpu().numpy())
     out = np.empty_like(host)
     groups = [slice(None)] if len(key.aes_keys) == 1 else [slice(i, i + 1) for i in range(len(key.aes_keys))]
     for aes_key, group in zip(key.aes_keys, groups, strict=True):
         cipher = Cipher(algorithms.AES(aes_key.tobytes()), modes.ECB())
         worker = cipher.encryptor() if encrypt else cipher.decryptor()
-        data = host[group].tobytes()
-        assert len(data) % AES_UNIT_BYTES == 0
-        out[group] = np.frombuffer(worker.update(data) + worker.finalize(), dtype=np.uint8).reshape(host[group].shape)
-    return torch.from_numpy(out.transpose(1, 0, 2, 3, 4).copy()).to(blocks.device)
+        part = np.ascontiguousarray(host[:, group])
+        assert part.nbytes % AES_UNIT_BYTES == 0
+        out[:, group] = np.frombuffer(worker.update(part.tobytes()) + worker.finalize(), np.uint8).reshape(part.shape)
+    return torch.from_numpy(out).to(blocks.device)
 
 
 def _aes_scaled(blocks: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
