@@ -123,7 +123,9 @@ class TestKeyResources:
         material = local.aes_keys[0].tobytes()
         assert material not in exported  # sealed
         log = keys_server.log()  # at DEBUG
-        for secret in (material.hex(), base64.b64encode(material).decode(), repr(local.aes_keys[0].tolist())):
+        kek = (keys_server.log_path.parent / "state" / "key-encryption-key").read_text().strip()
+        for secret in (material.hex(), base64.b64encode(material).decode(), repr(local.aes_keys[0].tolist()), kek,
+                       base64.b64decode(kek).hex()):
             assert secret not in log
 
 
