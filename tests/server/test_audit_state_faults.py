@@ -1,4 +1,5 @@
-"""An unusable or full state directory: audit calls answer UNAVAILABLE saying why; encoding goes on."""
+"""An unusable or full state directory: audit and key calls answer UNAVAILABLE saying why; InstaHide encoding goes
+on."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import subprocess
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from instahide_client.instahide.v1 import audit_pb2
+from instahide_client.instahide.v1 import audit_pb2, keys_pb2, keys_pb2_grpc
 from server_testlib import channel, config, encode_all, encoded, images, request, start_server
 from test_audit_service import audits, code_of, get, run_to_end, start_long, start_small, wait_running
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-TRANSFORM, AUDIT = "instahide.v1.TransformService", "instahide.v1.AuditService"
+TRANSFORM, AUDIT, KEYS = "instahide.v1.TransformService", "instahide.v1.AuditService", "instahide.v1.KeyService"
 SOME_ID = "audits/" + "0" * 32
 
 
@@ -23,7 +24,7 @@ def health(target: str) -> dict[str, int]:
     with channel(target) as chan:
         stub = health_pb2_grpc.HealthStub(chan)
         return {service: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
-                for service in ("", TRANSFORM, AUDIT)}
+                for service in ("", TRANSFORM, AUDIT, KEYS)}
 
 
 def encodes(target: str) -> bool:
@@ -60,7 +61,7 @@ def test_an_unusable_state_dir_disables_audits_and_the_encoder_keeps_serving(tmp
     try:
         with start_server(tmp_path, "--pool", str(small_pool_path), "--state-dir", str(state)) as server, \
                 audits(server.target) as stub:
-            assert health(server.target) == {"": SERVING, TRANSFORM: SERVING, AUDIT: NOT_SERVING}
+            assert health(server.target) == {"": SERVING, TRANSFORM: SERVING, AUDIT: NOT_SERVING, KEYS: NOT_SERVING}
             assert encodes(server.target)
             calls = [
                 lambda: start_small(stub),
@@ -75,6 +76,11 @@ def test_an_unusable_state_dir_disables_audits_and_the_encoder_keeps_serving(tmp
                 assert code == grpc.StatusCode.UNAVAILABLE, details
                 assert details.startswith("audits are unavailable on this server: --state-dir " + str(state))
                 assert "encoding is unaffected" in details
+            with channel(server.target) as chan:
+                code, details = code_of(lambda: keys_pb2_grpc.KeyServiceStub(chan).CreateKey(
+                    keys_pb2.CreateKeyRequest(disguised_nets={}, image_shape=[32, 32, 3]), timeout=10))
+            assert code == grpc.StatusCode.UNAVAILABLE and details.startswith("keys are unavailable on this server")
+            assert str(state) in details
             assert encodes(server.target)  # still, after the refusals
             server.process.send_signal(signal.SIGTERM)
             assert server.process.wait(timeout=30) == 0
@@ -120,7 +126,7 @@ def test_a_full_audit_database_refuses_new_audits_and_the_rest_keeps_working(tmp
 
         # Everything else goes on: encoding, health, reading what is stored, cancelling.
         assert encodes(server.target)
-        assert health(server.target) == {"": SERVING, TRANSFORM: SERVING, AUDIT: SERVING}
+        assert health(server.target) == {"": SERVING, TRANSFORM: SERVING, AUDIT: SERVING, KEYS: SERVING}
         assert get(stub, ended.name) == ended
         listed = {a.name for a in stub.ListAudits(audit_pb2.ListAuditsRequest(page_size=1000), timeout=30).audits}
         assert {ended.name, holder.name, *(a.name for a in queued)} <= listed

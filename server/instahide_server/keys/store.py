@@ -350,7 +350,14 @@ def open_key_store(state_dir: pathlib.Path, kek_path: pathlib.Path | None,
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
         check = db.execute("SELECT value FROM meta WHERE name = 'kek_check'").fetchone()
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.OperationalError as exc:  # cannot open or write it (rights, a read-only folder)
+        db.close()
+        reason = f"cannot use the key store {path}: {exc}"
+        if import_dir is not None:
+            raise ConfigError(f"--key-import-dir needs a key store, and {reason}") from None
+        logger.warning("keys disabled: %s", reason)
+        return DisabledKeyStore(reason)
+    except sqlite3.DatabaseError as exc:  # a file that is not a database
         db.close()
         raise ConfigError(f"the key store {path} cannot be read ({exc}); it is not a key store or it is "
                           "corrupt: restore it from a backup, or move it away to start an empty one") from None
