@@ -16,28 +16,24 @@ from instahide_client.cli.common import seed as seed_value
 from instahide_client.keys import MATRICES, METHODS, StoredKey
 
 
-def _shape(text: str) -> tuple[int, int, int]:
-    parts = text.replace("x", ",").split(",")
+def _sides(text: str, *, counts: tuple[int, ...]) -> tuple[int, ...]:
+    """Positive integers separated by commas or x, as many as one of ``counts``."""
     try:
-        dims = tuple(int(p) for p in parts)
+        dims = tuple(int(p) for p in text.replace("x", ",").split(","))
     except ValueError:
         dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected H,W,C (e.g. 32,32,3), got {text!r}")
-    return dims  # type: ignore[return-value]
+    if len(dims) not in counts or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(map(str, counts))} positive integers, got {text!r}")
+    return dims
 
 
-def _block(text: str) -> tuple[int, int]:
-    parts = text.replace("x", ",").split(",")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) == 1:
-        dims = dims * 2
-    if len(dims) != 2 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected a block side or R,S (e.g. 4 or 2,4), got {text!r}")
-    return dims  # type: ignore[return-value]
+def _shape(text: str) -> tuple[int, ...]:
+    return _sides(text, counts=(3,))  # H,W,C
+
+
+def _block(text: str) -> tuple[int, ...]:
+    dims = _sides(text, counts=(1, 2))  # a side, or rows,cols
+    return dims * 2 if len(dims) == 1 else dims
 
 
 def _non_negative(text: str) -> float:
