@@ -9,6 +9,7 @@ draws either.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.randomness import RandomSource
-from instahide_ops.transforms.disguisednets.blocks import block_order, block_placement, gather
+from instahide_ops.transforms.disguisednets.blocks import from_blocks, move_blocks, to_blocks
 from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsKey
 
 
@@ -30,18 +31,20 @@ def disguise(images: torch.Tensor, key: DisguisedNetsKey, *, noise: torch.Tensor
     pixels = _pixels(images, key)
     if noise is None:
         noise = draw_noise(key, len(pixels), device=pixels.device)
+    block = key.params.block
     if key.params.method == "rmt":
-        if noise is not None:
-            pixels = pixels + noise
-        blocks = _project(_blocks(pixels, key), key.matrices_tensor(pixels.device))
-    else:
-        pixels = pixels.to(torch.uint8)
-        if noise is not None:
-            pixels = torch.where(noise == 0, pixels, torch.where(noise == 1, 0, 255).to(torch.uint8))
-        blocks = _blocks(pixels, key)
-        blocks = _aes(blocks, key, encrypt=True) if key.params.scale == 1 else _aes_scaled(blocks, key)
-    placement = block_placement(key.image_shape, key.params.block, key.permutation)
-    return gather(blocks.reshape(len(blocks), -1), placement).reshape(-1, *key.image_shape)
+        if noise is None and images.dtype == torch.uint8:  # move the bytes, a quarter of the floats
+            moved = move_blocks(images, block, key.permutation)
+        else:
+            moved = move_blocks(pixels if noise is None else pixels + noise, block, key.permutation)
+        return _project_rows(moved, _row_matrices(key, inverse=False, device=moved.device), block)
+    pixels = pixels.to(torch.uint8)
+    if noise is not None:
+        pixels = torch.where(noise == 0, pixels, torch.where(noise == 1, 0, 255).to(torch.uint8))
+    blocks = to_blocks(pixels, block)
+    blocks = _aes(blocks, key, encrypt=True) if key.params.scale == 1 else _aes_scaled(blocks, key)
+    h, w, _ = key.image_shape
+    return move_blocks(from_blocks(blocks, h, w), block, key.permutation)
 
 
 def undisguise(disguised: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
@@ -53,47 +56,81 @@ def undisguise(disguised: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
     if tuple(disguised.shape[1:]) != key.image_shape:
         raise InvalidInputError(f"the key disguises images of {list(key.image_shape)}, got "
                                 f"{list(disguised.shape[1:])}", field="images.shape")
-    shape, block = key.image_shape, key.params.block
-    placement = block_placement(shape, block, key.permutation)
-    flat = disguised.reshape(len(disguised), -1)
-    blocks = gather(flat, np.argsort(placement)).reshape(len(disguised), -1, shape[2], *block)
+    block, back = key.params.block, np.argsort(key.permutation)
     if key.params.method == "rmt":
-        inverse = torch.linalg.inv(key.matrices_tensor(blocks.device, torch.float64)).to(torch.float32)
-        blocks = _project(blocks.to(torch.float32), inverse)
-    else:
-        blocks = _aes(blocks.to(torch.uint8).contiguous(), key, encrypt=False)
-    return gather(blocks.reshape(len(blocks), -1), np.argsort(block_order(shape, block))).reshape(-1, *shape)
+        pixels = disguised.to(torch.float32)
+        unprojected = _project_rows(pixels, _row_matrices(key, inverse=True, device=pixels.device), block)
+        return move_blocks(unprojected, block, back)
+    h, w, _ = key.image_shape
+    blocks = to_blocks(move_blocks(disguised.to(torch.uint8), block, back), block)
+    return from_blocks(_aes(blocks.contiguous(), key, encrypt=False), h, w)
 
 
-def _blocks(pixels: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
-    """(N, H, W, C) → (N, P, C, r, s), one gather."""
-    shape, block = key.image_shape, key.params.block
-    flat = gather(pixels.reshape(len(pixels), -1), block_order(shape, block))
-    return flat.reshape(len(pixels), -1, shape[2], *block)
+# RMT in the image's own layout: a row of the moved image, cut into segments of G blocks, is multiplied by one
+# block-diagonal matrix per (block row, segment) holding the s×s matrix of each block once per channel (channels
+# interleave in memory). A product of width G·s·C does G·C times the arithmetic of the s×s products, but as a
+# handful of dense GEMMs it runs several times faster than N·P·C tiny ones; G keeps the width near SEGMENT_WIDTH.
+SEGMENT_WIDTH = 96
+_ROW_MATRICES: dict[tuple[str, bool, str], torch.Tensor] = {}
+_ROW_MATRICES_KEPT = 16
+_ROW_MATRICES_LOCK = threading.Lock()  # encoding threads share the cache
 
 
-def _project(blocks: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """Each block times its position's matrix: (N, P, C, r, s) @ (P, 1 or C, s, s).
+def _segment_blocks(key: DisguisedNetsKey) -> int:
+    """G: the most blocks of a row (dividing it) whose segment stays within SEGMENT_WIDTH elements; at least 1."""
+    (_, w, c), (_, s) = key.image_shape, key.params.block
+    columns = w // s
+    return max(g for g in range(1, columns + 1) if columns % g == 0 and (g == 1 or g * s * c <= SEGMENT_WIDTH))
 
-    As one batched product over positions (and channels, with a matrix each): the blocks of every image at a
-    position are rows of one tall matrix, so the product runs as P (or P·C) large GEMMs, not N·P·C tiny ones.
-    """
-    n, p, c, r, s = blocks.shape
-    per_channel = matrices.shape[1] != 1
-    tall = blocks.permute(1, 2, 0, 3, 4)  # (P, C, N, r, s)
-    if per_channel:
-        product = torch.bmm(tall.reshape(p * c, n * r, s), matrices.reshape(p * c, s, s))
-    else:
-        product = torch.bmm(tall.reshape(p, c * n * r, s), matrices[:, 0])
-    return product.reshape(p, c, n, r, s).permute(2, 0, 1, 3, 4)
+
+def _row_matrices(key: DisguisedNetsKey, *, inverse: bool, device: torch.device) -> torch.Tensor:
+    """(Hb·segments, G·s·C, G·s·C) float32: the block-diagonal matrix of each (block row, segment) of the moved
+    image, each block's slot holding the matrix of the block that moved there (or its inverse). Cached per key."""
+    cache_key = (key.fingerprint(), inverse, str(device))
+    with _ROW_MATRICES_LOCK:
+        cached = _ROW_MATRICES.get(cache_key)
+    if cached is not None:
+        return cached
+    (h, w, c), (r, s) = key.image_shape, key.params.block
+    columns, g = w // s, _segment_blocks(key)
+    assert key.matrices is not None
+    matrices = np.linalg.inv(key.matrices) if inverse else key.matrices  # (P, 1 or C, s, s)
+    width = g * s * c
+    out = np.zeros(((h // r) * (columns // g), width, width))
+    k, t = np.meshgrid(np.arange(s), np.arange(s), indexing="ij")
+    for q, p in enumerate(np.argsort(key.permutation)):  # p: the block that moved to position q
+        qy, qx = divmod(q, columns)
+        segment, slot = qy * (columns // g) + qx // g, qx % g
+        for channel in range(c):
+            matrix = matrices[p, channel if matrices.shape[1] > 1 else 0]
+            out[segment, (slot * s + k) * c + channel, (slot * s + t) * c + channel] = matrix
+    tensor = torch.as_tensor(out, dtype=torch.float32, device=device)
+    with _ROW_MATRICES_LOCK:
+        while len(_ROW_MATRICES) >= _ROW_MATRICES_KEPT:
+            _ROW_MATRICES.pop(next(iter(_ROW_MATRICES)))
+        _ROW_MATRICES[cache_key] = tensor
+    return tensor
+
+
+def _project_rows(images: torch.Tensor, matrices: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W, C) images (uint8 or float) times each (block row, segment)'s matrix, float32: one batched GEMM
+    between two copies that move whole segments (the first also converts to float)."""
+    n, h, w, c = images.shape
+    r = block[0]
+    width = matrices.shape[-1]
+    segments = w * c // width
+    rows = torch.empty((h // r, segments, n, r, width), dtype=torch.float32, device=images.device)
+    rows.copy_(images.reshape(n, h // r, r, segments, width).permute(1, 3, 0, 2, 4))
+    product = torch.bmm(rows.reshape(-1, n * r, width), matrices)
+    return product.reshape(h // r, segments, n, r, width).permute(2, 0, 3, 1, 4).reshape(n, h, w, c)
 
 
 def _pixels(images: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
     if images.ndim != 4 or tuple(images.shape[1:]) != key.image_shape:
         raise InvalidInputError(f"the key disguises images of {list(key.image_shape)}, got "
                                 f"{list(images.shape)}", field="images.shape")
-    if images.dtype == torch.uint8:
-        return images if key.params.method == "aes" else images.to(torch.float32)
+    if images.dtype == torch.uint8:  # RMT converts after moving the blocks, unless noise is added first
+        return images
     if not images.dtype.is_floating_point:
         raise InvalidInputError(f"expected uint8 or float images, got {images.dtype}", field="images.dtype")
     pixels = (images.to(torch.float32) + 1) * 127.5
