@@ -80,6 +80,23 @@ class TestEncodedDataset:
         assert first.shape == second.shape == (50, 3, 32, 32)
         assert not torch.allclose(first, second)
 
+    def test_a_stored_key_disguises_alike_every_epoch_and_passes_labels(self, server, arrays):
+        from instahide_ops.transforms.disguisednets import DisguisedNetsParams, create_key, disguise
+
+        images, labels = arrays
+        with InstaHideClient(server.target) as client:
+            key = client.create_key((32, 32, 3), seed=6).name
+            ds = EncodedDataset(arrays, client, batch_size=20, key=key, channels_first=False)
+            first = list(ds)
+            second = torch.cat([x for x, _ in ds])
+        encoded = torch.cat([x for x, _ in first])
+        assert encoded.dtype == torch.float32 and torch.equal(encoded, second)  # a long-lived key: no fresh keys
+        torch.testing.assert_close(encoded, disguise(torch.from_numpy(images),
+                                                     create_key(DisguisedNetsParams(), (32, 32, 3), seed=6)))
+        assert torch.equal(torch.cat([y for _, y in first]), torch.from_numpy(labels))
+        with pytest.raises(ValueError, match="a stored key takes no InstaHide options"):
+            EncodedDataset(arrays, server.target, key=key, k=4)
+
     def test_map_style_shuffled_float16(self, server, arrays):
         ds = EncodedDataset(MapDataset(*arrays), server.target, batch_size=20, shuffle=True,
                             output_dtype="float16")
