@@ -28,18 +28,6 @@ def from_blocks(blocks: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid.permute(0, 1, 4, 2, 5, 3).reshape(n, height, width, c)
 
 
-def permute_blocks(blocks: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
-    """Move the block at position i to position ``permutation[i]``, in every image."""
-    out = torch.empty_like(blocks)
-    out[:, permutation.to(blocks.device)] = blocks
-    return out
-
-
-def unpermute_blocks(blocks: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``permute_blocks``: position ``permutation[i]`` goes back to i."""
-    return blocks[:, permutation.to(blocks.device)]
-
-
 # -- moving blocks in the image's own layout ------------------------------------------------------------------------
 #
 # In (N, H, W, C) memory a block is r runs of s·C contiguous elements, one per block row ("chunks"). Moving blocks
