@@ -529,9 +529,11 @@ def test_queue_full_time_limit_and_no_data_root(tmp_path, challenge_pool_path):
 
 
 def test_private_images_are_not_written_to_disk(audit_server):
-    """The state folder holds the database only, and no row holds the uploaded pixels."""
+    """The state folder holds the audit database and the key store only, and nothing there holds the uploaded
+    pixels."""
     state = pathlib.Path(audit_server.process.args[audit_server.process.args.index("--state-dir") + 1])
-    assert {p.name for p in state.iterdir()} <= {"instahide.db", "instahide.db-wal", "instahide.db-shm"}
+    databases = {f"{name}.db{suffix}" for name in ("instahide", "keys") for suffix in ("", "-wal", "-shm")}
+    assert {p.name for p in state.iterdir()} <= databases | {"key-encryption-key"}
     images, _ = private_images(12)
     blob = b"".join(p.read_bytes() for p in state.iterdir())
     assert images[:2].tobytes() not in blob
