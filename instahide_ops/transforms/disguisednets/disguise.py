@@ -70,7 +70,7 @@ def undisguise(disguised: torch.Tensor, key: DisguisedNetsKey) -> torch.Tensor:
 # block-diagonal matrix per (block row, segment) holding the s×s matrix of each block once per channel (channels
 # interleave in memory). A product of width G·s·C does G·C times the arithmetic of the s×s products, but as a
 # handful of dense GEMMs it runs several times faster than N·P·C tiny ones; G keeps the width near SEGMENT_WIDTH.
-SEGMENT_WIDTH = 96
+SEGMENT_WIDTH = 48
 _ROW_MATRICES: dict[tuple[str, bool, str], torch.Tensor] = {}
 _ROW_MATRICES_KEPT = 16
 _ROW_MATRICES_LOCK = threading.Lock()  # encoding threads share the cache
