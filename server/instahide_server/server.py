@@ -127,7 +127,8 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     tls = load_tls(transport)  # before anything is opened: a bad file leaves nothing to clean up
     metrics = ServerMetrics(device=device)
     keys = open_key_store(config.state_dir, config.keys.kek_file, config.keys.import_dir)  # a wrong KEK refuses here
-    metrics.set_keys_stored(keys.counts())
+    stored = keys.counts()
+    metrics.set_keys_stored(stored)
     principals = Principals(transport.tokens)
     source = _load_or_refuse(load_pool, transforms.pool, "--pool")
     photos = _load_or_refuse(load_photos, transforms.pool_photos, "--pool-photos")
@@ -191,7 +192,7 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
                 audits.pool_memory_mib,
                 f"{audits.refine_sets} sets × {audits.refine_steps} steps" if audits.refine_sets else "off")
     logger.info("keys: store %s, %s", keys.path or "none (disabled)",
-                ", ".join(f"{n} {family}" for family, n in sorted(keys.counts().items())) or "no keys")
+                ", ".join(f"{n} {family}" for family, n in sorted(stored.items())) or "no keys")
     logger.info("device %s, pool %s, auth %s, max message %d bytes, %d encoding threads", device,
                 _pool_origin(config), f"on, {len(principals)} principals" if principals.enabled else "off",
                 transport.max_message_bytes,

@@ -155,14 +155,11 @@ class KeyStore:
                 self._cache.move_to_end(cache_key)
                 return cached
             deletions = self._deletions
-        record, sealed = self._row(name, owner, field)
+        record, packed = self._material(name, owner, field)
         try:
-            key = unpack(record, _open(self._kek, sealed, _row_aad(record.id, owner)))
-        except (InvalidTag, ValueError, KeyError, InvalidInputError) as exc:
-            logger.error("key %s of the key store %s does not open: %s", name, self.path,
-                         "wrong associated data or altered" if isinstance(exc, InvalidTag) else exc)
-            raise DataLoss(f"{field}: the stored key {name} does not open (the store was altered); delete it "
-                           "and create or import it again", field) from None
+            key = unpack(record, packed)
+        except (ValueError, KeyError, InvalidInputError) as exc:
+            raise self._data_loss(name, field, exc) from None
         with self._lock:
             if deletions != self._deletions:
                 return key
@@ -170,6 +167,19 @@ class KeyStore:
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return key
+
+    def _material(self, name: str, owner: str, field: str) -> tuple[KeyRecord, bytes]:
+        """A key's record and its packed material, opened; DataLoss when the sealed blob does not open."""
+        record, sealed = self._row(name, owner, field)
+        try:
+            return record, _open(self._kek, sealed, _row_aad(record.id, owner))
+        except (InvalidTag, ValueError):
+            raise self._data_loss(name, field, "wrong associated data or altered") from None
+
+    def _data_loss(self, name: str, field: str, why: object) -> DataLoss:
+        logger.error("key %s of the key store %s does not open: %s", name, self.path, why)
+        return DataLoss(f"{field}: the stored key {name} does not open (the store was altered); delete it and "
+                        "create or import it again", field)
 
     def list(self, owner: str, *, page_size: int, page_token: str) -> tuple[list[KeyRecord], str]:
         """A page of ``owner``'s keys, newest first, and the next page's token ("" on the last)."""
@@ -184,12 +194,8 @@ class KeyStore:
     def counts(self) -> dict[str, int]:
         """Stored keys by family."""
         with self._locked() as db:
-            rows = db.execute("SELECT record FROM keys").fetchall()
-        counts: dict[str, int] = {}
-        for (text,) in rows:
-            family = KeyRecord.from_json(text).family
-            counts[family] = counts.get(family, 0) + 1
-        return counts
+            rows = db.execute("SELECT json_extract(record, '$.family'), COUNT(*) FROM keys GROUP BY 1").fetchall()
+        return {family: count for family, count in rows}
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -233,10 +239,9 @@ class KeyStore:
 
     def export(self, name: str, owner: str, *, field: str = "name") -> tuple[KeyRecord, bytes]:
         """The record and its material sealed together under the KEK, for a replica with the same KEK."""
-        key = self.key(name, owner, field=field)
-        record = self.get(name, owner, field=field)
+        record, packed = self._material(name, owner, field)
         header = record.to_json().encode()
-        plaintext = len(header).to_bytes(4, "big") + header + pack(key)
+        plaintext = len(header).to_bytes(4, "big") + header + packed
         return record, _EXPORT_MAGIC + _seal(self._kek, plaintext, _EXPORT_AAD)
 
     def import_(self, wrapped: bytes, owner: str | None, *, field: str = "wrapped") -> KeyRecord:

@@ -78,7 +78,6 @@ def param_fields(prefix: str) -> Iterator[None]:
 class Plan:
     """A checked DisguisedNets request: its key and labels."""
 
-    name: str
     key: DisguisedNetsKey
     labels: np.ndarray  # (N,) int64, or empty when none were sent
     out_dtype: torch.dtype
@@ -112,7 +111,7 @@ class DisguisedNetsFamily:
         itemsize = 1 if key.params.method == "aes" else batch.out_dtype.itemsize
         pixels = int(np.prod(key.image_shape))
         check_response_size(count * pixels * itemsize + len(labels) * 8, limits)
-        return Plan(message.key, key, labels, batch.out_dtype)
+        return Plan(key, labels, batch.out_dtype)
 
     def encode(self, plan: Plan, images: torch.Tensor, labels: torch.Tensor, *, position: int) -> TransformOutput:
         # Labels pass through untouched, so the transform is given one class: no one-hot of arbitrary labels.

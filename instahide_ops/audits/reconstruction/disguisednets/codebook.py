@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from instahide_ops.audits.reconstruction.disguisednets.pairs import check_pairs
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.transforms.disguisednets.blocks import from_blocks, to_blocks
-from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsParams, check_params
+from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsParams
 
 AMBIGUITY_SHARE = 0.75  # the share of its sightings an output's commonest plaintext needs to be trusted
 
@@ -86,16 +87,8 @@ def codebook_attack(disguised: torch.Tensor, pair_originals: torch.Tensor, pair_
         InvalidInputError: no pairs, shapes that disagree, parameters that are not AES's, or a scale whose
             codewords span rows.
     """
-    if params.method != "aes":
-        raise InvalidInputError("the codebook attack reads AES-ECB; RMT takes the least-squares attack",
-                                field="method")
-    if pair_originals.ndim != 4 or len(pair_originals) == 0:
-        raise InvalidInputError(f"expected at least one pair (m, H, W, C), got {list(pair_originals.shape)}",
-                                field="pairs")
-    if pair_originals.shape != pair_disguised.shape or pair_originals.shape[1:] != disguised.shape[1:]:
-        raise InvalidInputError(f"pairs {list(pair_originals.shape)} / {list(pair_disguised.shape)} and disguised "
-                                f"images {list(disguised.shape)} disagree", field="pairs")
-    h, w, c = check_params(params, disguised.shape[1:])
+    h, w, c = check_pairs(disguised, pair_originals, pair_disguised, params, method="aes",
+                          other="the least-squares attack")
     plain = _codewords(pair_originals.to(torch.uint8).numpy(), params)  # (m, P, K, L)
     cipher = _codewords(pair_disguised.to(torch.uint8).numpy(), params)
     targets = _codewords(disguised.to(torch.uint8).numpy(), params)

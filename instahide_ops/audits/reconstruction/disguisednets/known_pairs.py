@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from instahide_ops.errors import InvalidInputError
+from instahide_ops.audits.reconstruction.disguisednets.pairs import check_pairs
 from instahide_ops.transforms.disguisednets.blocks import from_blocks, to_blocks
-from instahide_ops.transforms.disguisednets.keys import DisguisedNetsParams, check_params
+from instahide_ops.transforms.disguisednets.keys import DisguisedNetsParams
 
 
 def _block_rows(images: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -85,15 +85,8 @@ def known_pair_attack(disguised: torch.Tensor, pair_originals: torch.Tensor, pai
     Raises:
         InvalidInputError: no pairs, shapes that disagree, or parameters that are not RMT's.
     """
-    if params.method != "rmt":
-        raise InvalidInputError("this attack recovers RMT; AES takes the codebook attack", field="method")
-    if pair_originals.ndim != 4 or len(pair_originals) == 0:
-        raise InvalidInputError(f"expected at least one pair (m, H, W, C), got {list(pair_originals.shape)}",
-                                field="pairs")
-    if pair_originals.shape != pair_disguised.shape or pair_originals.shape[1:] != disguised.shape[1:]:
-        raise InvalidInputError(f"pairs {list(pair_originals.shape)} / {list(pair_disguised.shape)} and disguised "
-                                f"images {list(disguised.shape)} disagree", field="pairs")
-    h, w, _ = check_params(params, disguised.shape[1:])
+    h, w, _ = check_pairs(disguised, pair_originals, pair_disguised, params, method="rmt",
+                          other="the codebook attack")
     permutation = match_positions(pair_originals, pair_disguised, params)
     matrices = estimate_matrices(pair_originals, pair_disguised, permutation, params)
     blocks = to_blocks(disguised.to(torch.float64), params.block)[:, torch.as_tensor(permutation)]  # source order
