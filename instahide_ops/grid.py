@@ -22,6 +22,7 @@ import math
 import os
 import pathlib
 import tempfile
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -58,7 +59,7 @@ def _positive_int(value: int, name: str, minimum: int) -> None:
 
 
 def image_grid(top: torch.Tensor | np.ndarray, bottom: torch.Tensor | np.ndarray, *, columns: int = 10,
-               scale: int = 4, gap: int = 2) -> np.ndarray:
+               scale: int = 4, gap: int = 2, title: str = "", captions: Sequence[str] = ()) -> np.ndarray:
     """Lay out pairs as originals (``top``) over recoveries (``bottom``), column by column.
 
     Args:
@@ -67,6 +68,8 @@ def image_grid(top: torch.Tensor | np.ndarray, bottom: torch.Tensor | np.ndarray
         columns: pairs per double-row; more pairs wrap into further double-rows.
         scale: nearest-neighbour upscaling factor.
         gap: white pixels between images (twice that between double-rows).
+        title: a line of text above the grid (none when empty).
+        captions: a short text under each recovery (e.g. its SSIM); none when empty, else one per pair.
 
     Returns:
         uint8 RGB image, shape (rows * (2*H*scale + gap) + (rows-1) * 2*gap, cols*W*scale + (cols-1)*gap, 3).
@@ -98,7 +101,36 @@ def image_grid(top: torch.Tensor | np.ndarray, bottom: torch.Tensor | np.ndarray
         canvas[y0:y0 + sh, x0:x0 + sw] = tops[i].repeat(scale, axis=0).repeat(scale, axis=1)
         y1 = y0 + sh + gap
         canvas[y1:y1 + sh, x0:x0 + sw] = bottoms[i].repeat(scale, axis=0).repeat(scale, axis=1)
-    return canvas
+    if captions:
+        if len(captions) != n:
+            raise InvalidInputError(f"expected one caption per pair ({n}), got {len(captions)}", field="captions")
+        canvas = _with_captions(canvas, captions, columns=columns, pair_height=2 * sh + 3 * gap, tile_width=sw + gap)
+    return _with_title(canvas, title) if title else canvas
+
+
+TEXT_HEIGHT = 16  # pixels of one caption line
+_FONT, _FONT_SCALE, _INK = cv2.FONT_HERSHEY_SIMPLEX, 0.4, (40, 40, 40)
+
+
+def _with_captions(canvas: np.ndarray, captions: Sequence[str], *, columns: int, pair_height: int,
+                   tile_width: int) -> np.ndarray:
+    """A caption line inserted under each double-row, each caption under its column."""
+    rows = math.ceil(len(captions) / columns)
+    parts = []
+    for row in range(rows):
+        parts.append(canvas[row * pair_height:(row + 1) * pair_height])
+        line = np.full((TEXT_HEIGHT, canvas.shape[1], 3), BACKGROUND, dtype=np.uint8)
+        for column, text in enumerate(captions[row * columns:(row + 1) * columns]):
+            cv2.putText(line, text, (column * tile_width + 2, TEXT_HEIGHT - 4), _FONT, _FONT_SCALE, _INK, 1,
+                        cv2.LINE_AA)
+        parts.append(line)
+    return np.ascontiguousarray(np.concatenate(parts)[:canvas.shape[0] + rows * TEXT_HEIGHT])
+
+
+def _with_title(canvas: np.ndarray, title: str) -> np.ndarray:
+    line = np.full((TEXT_HEIGHT + 4, canvas.shape[1], 3), BACKGROUND, dtype=np.uint8)
+    cv2.putText(line, title, (2, TEXT_HEIGHT - 2), _FONT, _FONT_SCALE, _INK, 1, cv2.LINE_AA)
+    return np.ascontiguousarray(np.concatenate([line, canvas]))
 
 
 def _check_rgb(image: np.ndarray) -> np.ndarray:

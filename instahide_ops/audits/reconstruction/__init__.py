@@ -8,7 +8,7 @@
   registers it on import, so a new attack is a new module there (and its test).
 """
 
-from instahide_ops.audits.reconstruction import instahide  # noqa: F401  (registers its attacks)
+from instahide_ops.audits.reconstruction import disguisednets, instahide  # noqa: F401  (register their attacks)
 from instahide_ops.audits.reconstruction.attack import (
     ATTACKS,
     EVIDENCE,

@@ -21,9 +21,13 @@ from instahide_ops.audits.progress import CancelToken, ProgressCallback
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.registry import Registry
 
-POOL, PHOTOS, KEYS = "pool", "photos", "keys"
-EVIDENCE = (POOL, PHOTOS, KEYS)
-"""What an attacker may hold beyond the encodings, their labels and the public parameters."""
+POOL, PHOTOS, KEYS, PAIRS = "pool", "photos", "keys", "pairs"
+EVIDENCE = (POOL, PHOTOS, KEYS, PAIRS)
+"""What an attacker may hold beyond the disguised data and the public parameters: InstaHide's public pool,
+public photos, the keys, DisguisedNets' known original/disguised pairs."""
+
+FAMILIES = ("instahide", "disguised_nets")
+"""The transform families with attacks; an audit runs the attacks of its family only."""
 
 DEFAULT_WORKING_BYTES = 1 << 30
 
@@ -134,7 +138,8 @@ class Attack(Protocol):
         bound: it holds keys (a bound on what better attacks could reach, not an attack on the data).
         default: audits run it unless told otherwise.
         starts_from: the attack whose result it continues (run first), or None.
-        family: the transform family whose outputs it attacks ("instahide").
+        family: the transform family whose outputs it attacks (of ``FAMILIES``); its views are that family's
+            (InstaHide's ``AttackerView``, DisguisedNets' ``disguisednets.view.DisguisedView``).
     """
 
     name: ClassVar[str]
@@ -169,6 +174,8 @@ def register_attack(cls: type) -> type:
     unknown = set(cls.holds) - set(EVIDENCE)
     if unknown:
         raise ValueError(f"attack {cls.name!r} holds {sorted(unknown)}, not among {list(EVIDENCE)}")
+    if cls.family not in FAMILIES:
+        raise ValueError(f"attack {cls.name!r} attacks {cls.family!r}, not one of {list(FAMILIES)}")
     ATTACKS.register(cls.name, cls())
     return cls
 
@@ -178,13 +185,13 @@ def get_attack(name: str) -> Attack:
     return ATTACKS.get(name)
 
 
-def attack_names() -> list[str]:
-    """Every registered attack's name, in the order audits run them."""
-    return [attack.name for attack in _ordered(ATTACKS)]
+def attack_names(family: str | None = None) -> list[str]:
+    """Every registered attack's name (of ``family``, or of all), in the order audits run them."""
+    return [attack.name for attack in _ordered(ATTACKS) if family in (None, attack.family)]
 
 
 def choose_attacks(attacks: Sequence[str] = (), *, extra: Sequence[str] = (), skipped: Sequence[str] = (),
-                   evidence: Iterable[str] = EVIDENCE) -> list[Attack]:
+                   evidence: Iterable[str] = EVIDENCE, family: str = "instahide") -> list[Attack]:
     """The attacks an audit runs, with what they start from, in the order they run.
 
     Args:
@@ -193,17 +200,21 @@ def choose_attacks(attacks: Sequence[str] = (), *, extra: Sequence[str] = (), sk
         skipped: leave these defaults out (only with ``attacks`` empty).
         evidence: what the audit can hand its attackers (of ``EVIDENCE``). A default attack that holds more
             is left out; an attack asked for by name that holds more is refused.
+        family: the transform family audited; only its attacks run.
 
     Raises:
-        InvalidInputError: an unknown name, ``extra``/``skipped`` beside ``attacks``, or an attack asked for
-            that holds what the audit does not have.
+        InvalidInputError: an unknown name, an attack on another family, ``extra``/``skipped`` beside
+            ``attacks``, or an attack asked for that holds what the audit does not have.
     """
     available = frozenset(evidence)
     if attacks and (extra or skipped):
         raise InvalidInputError("extra and skipped attacks change the defaults; with attacks named, name them all",
                                 field="attacks")
     for name in (*attacks, *extra, *skipped):
-        get_attack(name)
+        attack = get_attack(name)
+        if attack.family != family:
+            raise InvalidInputError(f"{name} attacks {attack.family}, not {family}; its attacks are "
+                                    f"{attack_names(family)}", field="attacks")
     named = list(dict.fromkeys((*attacks, *extra)))
     for name in named:
         missing = get_attack(name).holds - available
@@ -211,7 +222,8 @@ def choose_attacks(attacks: Sequence[str] = (), *, extra: Sequence[str] = (), sk
             raise InvalidInputError(f"{name} holds the {' and the '.join(sorted(missing))}, which this audit does "
                                     "not have", field="attacks")
     chosen = set(named) if attacks else (
-        {a.name for a in ATTACKS if a.default and a.holds <= available and a.name not in skipped} | set(named))
+        {a.name for a in ATTACKS if a.family == family and a.default and a.holds <= available
+         and a.name not in skipped} | set(named))
     for name in list(chosen):  # bring along what each starts from
         start = get_attack(name).starts_from
         while start is not None and start not in chosen:

@@ -28,6 +28,7 @@ from instahide_ops.audits.reconstruction.attack import (
     KeyMapping,
     choose_attacks,
 )
+from instahide_ops.audits.reconstruction.attack_success import AttackSuccess
 from instahide_ops.audits.reconstruction.instahide.ciphertext_only import check_public_parameters
 from instahide_ops.audits.reconstruction.scores import (
     ChallengeScores,
@@ -94,6 +95,11 @@ class AttackReport:
         recovered: (M, H, W, C) float32 recovered images.
         stage_seconds: seconds per attack stage.
         public_coverage: the attack's ``AttackResult.public_coverage`` (None for attacks that find no public image).
+        hit_rate: DisguisedNets' AES codebook: the share of disguised codewords it decrypted (else None).
+        permutation_accuracy: DisguisedNets: the share of block positions whose move the attack found (None for
+            an attack that looks for none).
+        attack_success: the DisguisedNets papers' metric (``attack_success.AttackSuccess``), None where the
+            labels cannot train a classifier.
     """
 
     attack: Attack
@@ -102,6 +108,9 @@ class AttackReport:
     recovered: torch.Tensor
     stage_seconds: dict[str, float]
     public_coverage: float | None = None
+    hit_rate: float | None = None
+    permutation_accuracy: float | None = None
+    attack_success: AttackSuccess | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,9 @@ class LeakageReport:
         attacks: attack name -> its report.
         grid_png: originals over their best recoveries by ``grid_attack``, the strongest attack without keys.
         pool_images, pool_fingerprint: the public pool the encodings mixed in; 0 and "" when none is known.
+        known_pairs: DisguisedNets: the original/disguised pairs the Level-2 attackers held (not attacked).
+        curves: DisguisedNets: mean SSIM against the pairs held and against the noise (``Curve`` points).
+        curves_png: those curves drawn (b"" without curves).
     """
 
     attacks: dict[str, AttackReport]
@@ -123,6 +135,9 @@ class LeakageReport:
     seconds: float
     pool_images: int = 0
     pool_fingerprint: str = ""
+    known_pairs: int = 0
+    curves: tuple[CurvePoint, ...] = ()
+    curves_png: bytes = b""
 
     def strongest_without_keys(self) -> AttackReport:
         """The attack without keys that recovered most (highest Max_SSIM; the earlier one on a tie)."""
@@ -135,12 +150,33 @@ class LeakageReport:
                      "pool_fingerprint": self.pool_fingerprint}
         for name, report in self.attacks.items():
             out[name] = {**report.scores.to_dict(), **report.recovery.to_dict(), "stage_seconds": report.stage_seconds}
-            if report.public_coverage is not None:
-                out[name]["public_coverage"] = report.public_coverage
+            for extra in ("public_coverage", "hit_rate", "permutation_accuracy"):
+                if getattr(report, extra) is not None:
+                    out[name][extra] = getattr(report, extra)
+            if report.attack_success is not None:
+                out[name]["attack_success"] = report.attack_success.to_dict()
+        if self.known_pairs:
+            out["pairs_held"] = self.known_pairs
+        if self.curves:
+            out["curves"] = [point.to_dict() for point in self.curves]
         return out
 
 
-class _Progress:
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of an audit's curve: an attack's mean SSIM with ``axis`` ("known_pairs", "noise" or
+    "salt_pepper") at ``value``."""
+
+    attack: str
+    axis: str
+    value: float
+    mean_ssim: float
+
+    def to_dict(self) -> dict:
+        return {"attack": self.attack, "axis": self.axis, "value": self.value, "mean_ssim": self.mean_ssim}
+
+
+class AuditProgress:
     """Turns stage reports into (stage, stage fraction, overall fraction) callbacks."""
 
     def __init__(self, callback: AuditProgressCallback | None, weights: dict[str, float]) -> None:
@@ -220,7 +256,7 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, deployment: Deplo
     chosen = choose_attacks(attacks, evidence=evidence)
     for attack in chosen:
         attack.check(tuple(np.shape(privates)[1:]))
-    report = _Progress(progress, {"encoding": ENCODING_WEIGHT})  # until the views exist
+    report = AuditProgress(progress, {"encoding": ENCODING_WEIGHT})  # until the views exist
     report("encoding", 0.0)
     (cancel or CancelToken()).raise_if_cancelled()
     challenge, truth = build_challenge(privates, labels, encodings_per_image=deployment.encodings_per_image,
@@ -235,7 +271,8 @@ def audit_deployment(privates: np.ndarray, labels: np.ndarray, deployment: Deplo
     view = AttackerView(torch.from_numpy(challenge.encryption).to(device),
                         torch.from_numpy(challenge.labels).to(device), challenge.k, deployment.encodings_per_image,
                         params.mode, pool=pool.to(device), photos=photos, keys=keys)
-    results, report = _run_attacks(chosen, view, settings=settings, progress=progress, cancel=cancel)
+    results, report = run_attacks(chosen, view, settings=settings, progress=progress, cancel=cancel,
+                                  before={"encoding": ENCODING_WEIGHT}, after={"scoring": SCORING_WEIGHT})
     originals = torch.from_numpy(truth.privates)
     pairs = torch.from_numpy(truth.pair_indices)
     scored = {attack.name: _score(attack, results[attack.name], originals, pairs) for attack in chosen}
@@ -262,8 +299,8 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
     view = AttackerView(torch.as_tensor(np.asarray(encryption), dtype=torch.float32).to(device),
                         torch.as_tensor(np.asarray(labels), dtype=torch.float32).to(device), k, encodings_per_image,
                         mode)
-    results, report = _run_attacks(chosen, view, settings=settings, progress=progress, cancel=cancel,
-                                   encoding=False)
+    results, report = run_attacks(chosen, view, settings=settings, progress=progress, cancel=cancel, before={},
+                                  after={"scoring": SCORING_WEIGHT})
     originals_t = torch.from_numpy(unit_range_array(originals))
     scored = {}
     for attack in chosen:
@@ -276,41 +313,42 @@ def audit_encodings(encryption: np.ndarray, labels: np.ndarray, originals: np.nd
                            pool=None)
 
 
-def _views(chosen: Sequence[Attack], view: AttackerView) -> dict[str, AttackerView]:
-    """What each attacker sees: what it holds; a bound also holds what every attack without keys holds, so it
-    bounds the strongest of them."""
+def attacker_views(chosen: Sequence[Attack], view):
+    """What each attacker sees (name -> view): what it holds; a bound also holds what every attack without keys
+    holds, so it bounds the strongest of them. ``view`` is the family's view holding everything."""
     keyless = frozenset().union(*(attack.holds for attack in chosen if not attack.bound))
     return {attack.name: view.holding(attack.holds | (keyless if attack.bound else frozenset())) for attack in chosen}
 
 
-def _weights(chosen: Sequence[Attack], views: dict[str, AttackerView], settings: AttackSettings, *,
-             encoding: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """The audit's stages with their weights (the first attack's own stages, each later attack as one stage),
-    and each attack's own stages."""
+def _weights(chosen: Sequence[Attack], views: dict, settings: AttackSettings, *, before: dict[str, float],
+             after: dict[str, float]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The audit's stages with their weights (``before``, the first attack's own stages, each later attack as one
+    stage, ``after``), and each attack's own stages."""
     parts = {attack.name: attack.stages(views[attack.name], settings) for attack in chosen}
-    weights = {"encoding": ENCODING_WEIGHT} if encoding else {}
+    weights = dict(before)
     for i, attack in enumerate(chosen):
         weights |= parts[attack.name] if i == 0 else {attack.name: sum(parts[attack.name].values())}
-    return weights | {"scoring": SCORING_WEIGHT}, parts
+    return weights | after, parts
 
 
-def _run_attacks(chosen: Sequence[Attack], view: AttackerView, *, settings: AttackSettings,
-                 progress: AuditProgressCallback | None, cancel: CancelToken | None,
-                 encoding: bool = True) -> tuple[dict[str, AttackResult], _Progress]:
-    """Run each attack on its view, in order, each starting from its ``starts_from``'s result; returns the
-    results and the audit's progress reporter (at the start of "scoring")."""
-    views = _views(chosen, view)
-    weights, parts = _weights(chosen, views, settings, encoding=encoding)
-    report = _Progress(progress, weights)
-    if encoding:
-        report("encoding", 1.0)
-    results: dict[str, AttackResult] = {}
+def run_attacks(chosen: Sequence[Attack], view, *, settings: AttackSettings, progress: AuditProgressCallback | None,
+                cancel: CancelToken | None, before: dict[str, float], after: dict[str, float]
+                ) -> tuple[dict, AuditProgress]:
+    """Run each attack on its view (``attacker_views``), in order, each starting from its ``starts_from``'s
+    result. The audit's own stages ``before`` the attacks are done; those ``after`` follow. Returns the results
+    and the audit's progress reporter, at the start of the first stage ``after``."""
+    views = attacker_views(chosen, view)
+    weights, parts = _weights(chosen, views, settings, before=before, after=after)
+    report = AuditProgress(progress, weights)
+    for stage in before:
+        report(stage, 1.0)
+    results: dict = {}
     for i, attack in enumerate(chosen):
         callback = report if i == 0 else report.renamed(attack.name, parts[attack.name])
         start = results[attack.starts_from] if attack.starts_from is not None else None
         results[attack.name] = attack.run(views[attack.name], start=start, settings=settings, progress=callback,
                                           cancel=cancel)
-    report("scoring", 0.0)
+    report(next(iter(after)), 0.0)
     return results, report
 
 

@@ -327,6 +327,30 @@ def recovered_fractions(recovered: Tensor, privates: Tensor, *,
         if not (isinstance(t, int | float) and -1.0 <= t <= 1.0):
             raise InvalidInputError(f"each must be a number in [-1, 1], got {t!r}", field="thresholds")
     best_ssim, best_match = pairwise_ssim(recovered, privates).max(dim=0)
+    return _recovery_scores(best_ssim, best_match, thresholds)
+
+
+def aligned_recovery(recovered: Tensor, privates: Tensor, *,
+                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> RecoveryScores:
+    """``RecoveryScores`` for recoveries that each belong to one private image (``recovered[i]`` to
+    ``privates[i]``, as a DisguisedNets attack recovers every disguised image): each image's SSIM against its
+    own recovery, the fractions above each threshold and the histogram.
+
+    Raises:
+        ValueError: bad images (see :func:`ssim`), shapes that differ, no images, a threshold outside [-1, 1].
+    """
+    _check_pair(recovered, privates, ("recovered", "privates"), batched=True)
+    if recovered.shape != privates.shape or recovered.shape[0] < 1:
+        raise InvalidInputError(f"expected one recovery per private image, got {list(recovered.shape)} for "
+                                f"{list(privates.shape)}", field="shape")
+    for t in thresholds:
+        if not (isinstance(t, int | float) and -1.0 <= t <= 1.0):
+            raise InvalidInputError(f"each must be a number in [-1, 1], got {t!r}", field="thresholds")
+    own = ssim(recovered, privates)
+    return _recovery_scores(own, torch.arange(len(own), device=own.device), thresholds)
+
+
+def _recovery_scores(best_ssim: Tensor, best_match: Tensor, thresholds: Sequence[float]) -> RecoveryScores:
     fractions = {float(t): float((best_ssim > t).double().mean()) for t in thresholds}
     edges = torch.arange(-10, 11, dtype=torch.float64, device=best_ssim.device) / 10
     bins = (torch.bucketize(best_ssim.clamp(-1.0, 1.0), edges, right=True) - 1).clamp(0, edges.numel() - 2)

@@ -44,7 +44,12 @@ class CodebookResult:
     hit_rate: float
 
 
-def _codewords(images: np.ndarray, params: DisguisedNetsParams) -> np.ndarray:
+def codeword_length(params: DisguisedNetsParams) -> int:
+    """L: the pixels (bytes) of one codeword: a 16-byte unit, or the 16/f pixels a scaled unit covers."""
+    return AES_UNIT_BYTES // params.scale
+
+
+def codewords(images: np.ndarray, params: DisguisedNetsParams) -> np.ndarray:
     """(N, H, W, C) uint8 → (N, P, C·K, L) uint8: every codeword of every block, L bytes each."""
     blocks = to_blocks(torch.from_numpy(np.ascontiguousarray(images)), params.block).numpy()  # (N, P, C, r, s)
     n, p, c, r, s = blocks.shape
@@ -58,11 +63,11 @@ def _codewords(images: np.ndarray, params: DisguisedNetsParams) -> np.ndarray:
     return blocks.reshape(n, p, c * r * (s // length), length)
 
 
-def _ids(codewords: np.ndarray) -> np.ndarray:
-    """Integer ids of the codewords (equal bytes, equal id), same leading shape."""
-    flat = np.ascontiguousarray(codewords.reshape(-1, codewords.shape[-1]))
+def codeword_ids(units: np.ndarray) -> np.ndarray:
+    """Integer ids of codewords (equal bytes, equal id), same leading shape."""
+    flat = np.ascontiguousarray(units.reshape(-1, units.shape[-1]))
     _, ids = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))).ravel(), return_inverse=True)
-    return ids.reshape(codewords.shape[:-1])
+    return ids.reshape(units.shape[:-1])
 
 
 def _frequencies(ids: np.ndarray, per_position: bool) -> np.ndarray:
@@ -89,14 +94,14 @@ def codebook_attack(disguised: torch.Tensor, pair_originals: torch.Tensor, pair_
     """
     h, w, c = check_pairs(disguised, pair_originals, pair_disguised, params, method="aes",
                           other="the least-squares attack")
-    plain = _codewords(pair_originals.to(torch.uint8).numpy(), params)  # (m, P, K, L)
-    cipher = _codewords(pair_disguised.to(torch.uint8).numpy(), params)
-    targets = _codewords(disguised.to(torch.uint8).numpy(), params)
+    plain = codewords(pair_originals.to(torch.uint8).numpy(), params)  # (m, P, K, L)
+    cipher = codewords(pair_disguised.to(torch.uint8).numpy(), params)
+    targets = codewords(disguised.to(torch.uint8).numpy(), params)
     m, p, k, length = plain.shape
     per_position = params.aes_key_per_block
 
     # 1. the permutation: codeword frequencies agree at a source and its target
-    plain_ids, cipher_ids = _ids(plain), _ids(cipher)
+    plain_ids, cipher_ids = codeword_ids(plain), codeword_ids(cipher)
     cost = np.abs(_frequencies(plain_ids, per_position)[:, None, :]
                   - _frequencies(cipher_ids, per_position)[None, :, :]).sum(-1)
     sources, found = linear_sum_assignment(cost)

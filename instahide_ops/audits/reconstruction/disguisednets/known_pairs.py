@@ -1,4 +1,5 @@
 """Level-2 attack on DisguisedNets RMT: m original/disguised pairs give back the permutation and every matrix.
+The registered attack ``known_pairs`` runs it on RMT and the codebook (``codebook``) on AES-ECB.
 
 The attacker holds the disguised dataset, m pairs (originals and their disguises under the same key) and the
 configuration being audited (block size, method, matrix kind, noise bound), never the key. Three steps:
@@ -23,9 +24,14 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTracker
+from instahide_ops.audits.reconstruction.attack import PAIRS, AttackSettings, register_attack
+from instahide_ops.audits.reconstruction.disguisednets.codebook import codebook_attack
 from instahide_ops.audits.reconstruction.disguisednets.pairs import check_pairs
+from instahide_ops.audits.reconstruction.disguisednets.view import DisguiseAttackResult, DisguisedView, unit_range
+from instahide_ops.errors import InvalidInputError
 from instahide_ops.transforms.disguisednets.blocks import from_blocks, to_blocks
-from instahide_ops.transforms.disguisednets.keys import DisguisedNetsParams
+from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsParams
 
 
 def _block_rows(images: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -92,3 +98,46 @@ def known_pair_attack(disguised: torch.Tensor, pair_originals: torch.Tensor, pai
     blocks = to_blocks(disguised.to(torch.float64), params.block)[:, torch.as_tensor(permutation)]  # source order
     recovered = blocks @ torch.linalg.pinv(matrices).unsqueeze(0) - params.noise / 2  # pinv: rows may leave R open
     return from_blocks(recovered, h, w).clamp(0, 255).to(torch.float32), permutation
+
+
+@register_attack
+class KnownPairs:
+    """Level-2: the attacker holds m original/disguised pairs (RMT: least squares; AES-ECB: the codebook)."""
+
+    name = "known_pairs"
+    title = "known pairs (Level-2)"
+    threat = ("holds the disguised dataset and m of the owner's images with their disguises under the same key "
+              "(the papers' Level-2), never the key")
+    family = "disguised_nets"
+    holds = frozenset({PAIRS})
+    bound = False
+    default = True
+    starts_from = None
+
+    def unsupported(self, params: DisguisedNetsParams) -> str | None:
+        r, s = params.block
+        if params.method == "aes" and params.scale > 1 and (s * params.scale) % AES_UNIT_BYTES:
+            return f"at scale {params.scale} a {r}x{s} block's codewords span rows"
+        return None
+
+    def stages(self, view: DisguisedView, settings: AttackSettings) -> dict[str, float]:
+        return {"known_pairs": 0.05}
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        pass
+
+    def run(self, view: DisguisedView, *, start: DisguiseAttackResult | None, settings: AttackSettings,
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> DisguiseAttackResult:
+        if view.pairs is None:
+            raise InvalidInputError("the known-pair attack needs pairs", field="pairs")
+        tracker = StageTracker(progress, cancel)
+        hit_rate = None
+        with tracker.stage("known_pairs"):
+            originals, disguised = view.pairs.originals, view.pairs.disguised
+            if view.params.method == "rmt":
+                recovered, permutation = known_pair_attack(view.disguised.cpu(), originals.cpu(), disguised.cpu(),
+                                                           view.params)
+            else:
+                found = codebook_attack(view.disguised.cpu(), originals.cpu(), disguised.cpu(), view.params)
+                recovered, permutation, hit_rate = found.recovered, found.permutation, found.hit_rate
+        return DisguiseAttackResult(unit_range(recovered), permutation, dict(tracker.seconds), hit_rate)
