@@ -11,7 +11,8 @@ import numpy as np
 
 from instahide_client._requests import IMAGE_DTYPES, _check_count
 from instahide_client._types import MODES
-from instahide_client.instahide.v1 import audit_pb2, instahide_pb2, reconstruction_pb2
+from instahide_client.instahide.v1 import audit_pb2, disguisednets_pb2, instahide_pb2, reconstruction_pb2
+from instahide_client.keys import StoredKey, disguised_nets_params
 from instahide_client.tensors import to_tensor
 
 _UINT64_MAX = 2**64 - 1
@@ -34,9 +35,15 @@ class AuditUpload:
 def audit_spec(*, mode: str = "cross", k: int | None = None, encodings_per_image: int | None = None,
                num_classes: int | None = None, seed: int | None = None, attacks: Sequence[str] = (),
                extra_attacks: Sequence[str] = (), skipped_attacks: Sequence[str] = (), dataset: str | None = None,
-               precomputed_encodings: bool = False, display_name: str = "") -> audit_pb2.AuditSpec:
-    """The ``AuditSpec`` message of a reconstruction audit of InstaHide, from keyword options (None and empty
-    = the service's defaults: k 6, T 50 or for precomputed encodings E / N, the default attacks).
+               precomputed_encodings: bool = False, display_name: str = "", disguised_nets: Any = None,
+               known_pairs: int | None = None, skip_curves: bool = False) -> audit_pb2.AuditSpec:
+    """The ``AuditSpec`` message of a reconstruction audit, from keyword options (None and empty = the service's
+    defaults: InstaHide with k 6, T 50 or for precomputed encodings E / N, the default attacks).
+
+    With ``disguised_nets`` (a ``StoredKey``, a dict of ``keys.disguised_nets_params`` options, or that message)
+    the audit is of DisguisedNets under a fresh key of those parameters: ``known_pairs`` (None: the service's 4)
+    of the images go to the Level-2 attacker, ``skip_curves`` leaves the curves out; InstaHide's options
+    (mode, k, encodings_per_image, num_classes, precomputed encodings) must stay unset.
 
     Raises:
         ValueError: an unknown mode, a value out of range, or an attack name that is not a plain name.
@@ -46,6 +53,14 @@ def audit_spec(*, mode: str = "cross", k: int | None = None, encodings_per_image
         >>> audit_spec(k=4, seed=1).reconstruction.instahide.seed
         1
     """
+    if disguised_nets is not None:
+        return _disguised_nets_spec(
+            disguised_nets, known_pairs=known_pairs, skip_curves=skip_curves, seed=seed, dataset=dataset,
+            display_name=display_name, attacks=attacks, extra_attacks=extra_attacks, skipped_attacks=skipped_attacks,
+            instahide={"mode": mode != "cross", "k": k, "encodings_per_image": encodings_per_image,
+                       "num_classes": num_classes, "encodings": precomputed_encodings})
+    if known_pairs is not None or skip_curves:
+        raise ValueError("known_pairs and skip_curves are options of a DisguisedNets audit (pass disguised_nets)")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(map(repr, MODES))}")
     if dataset is not None and not isinstance(dataset, str):
@@ -56,11 +71,7 @@ def audit_spec(*, mode: str = "cross", k: int | None = None, encodings_per_image
         mode=MODES[mode], k=_check_count("k", k, minimum=2),
         num_classes=_check_count("num_classes", num_classes, minimum=1))
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if not 0 <= seed <= _UINT64_MAX:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        config.seed = int(seed)
+        config.seed = _seed(seed)
     spec = audit_pb2.AuditSpec(
         dataset=dataset or "", display_name=display_name,
         attacks=_names("attacks", attacks), extra_attacks=_names("extra_attacks", extra_attacks),
@@ -69,6 +80,42 @@ def audit_spec(*, mode: str = "cross", k: int | None = None, encodings_per_image
             instahide=config, precomputed_encodings=bool(precomputed_encodings),
             encodings_per_image=_check_count("encodings_per_image", encodings_per_image, minimum=1)))
     return spec
+
+
+def _seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed <= _UINT64_MAX:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def _disguised_nets_spec(params: Any, *, known_pairs: int | None, skip_curves: bool, seed: int | None,
+                         dataset: str | None, display_name: str, attacks: Sequence[str],
+                         extra_attacks: Sequence[str], skipped_attacks: Sequence[str],
+                         instahide: dict[str, Any]) -> audit_pb2.AuditSpec:
+    given = [name for name, value in instahide.items() if value not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: InstaHide's options, not a DisguisedNets audit's")
+    if isinstance(params, StoredKey):
+        params = params.params
+    if isinstance(params, dict):
+        params = disguised_nets_params(**params)
+    if not isinstance(params, disguisednets_pb2.DisguisedNetsParams):
+        raise TypeError(f"disguised_nets must be a StoredKey, a dict of options or a DisguisedNetsParams, got "
+                        f"{type(params).__name__}")
+    config = reconstruction_pb2.DisguisedNetsAudit(params=params, skip_curves=bool(skip_curves))
+    if known_pairs is not None:
+        if isinstance(known_pairs, bool) or not isinstance(known_pairs, int | np.integer) or known_pairs < 0:
+            raise ValueError(f"known_pairs must be an int at least 0, got {known_pairs!r}")
+        config.known_pairs = int(known_pairs)
+    if seed is not None:
+        config.seed = _seed(seed)
+    return audit_pb2.AuditSpec(
+        dataset=dataset or "", display_name=display_name, attacks=_names("attacks", attacks),
+        extra_attacks=_names("extra_attacks", extra_attacks),
+        skipped_attacks=_names("skipped_attacks", skipped_attacks),
+        reconstruction=reconstruction_pb2.ReconstructionSpec(disguised_nets=config))
 
 
 def _names(option: str, names: Sequence[str]) -> list[str]:
@@ -136,6 +183,10 @@ def check_audit_inputs(images: Any = None, labels: Any = None, *, dataset: str |
         raise ValueError("pass images (with labels), encodings (with encoding_labels and the original "
                          "images), or a server-side dataset")
     images = _check_images(images)
+    if spec.reconstruction.HasField("disguised_nets"):  # labels optional: they score the papers' attack success
+        if len(images) < 2:
+            raise ValueError(f"an audit needs at least 2 private images, got {len(images)}")
+        return AuditUpload(spec, images, None if labels is None else _check_labels(labels, len(images), None))
     if not precomputed:
         if labels is None:
             raise ValueError("labels are required with images (one class label per image)")

@@ -24,6 +24,7 @@ import numpy as np
 
 from instahide_client._types import MODE_NAMES
 from instahide_client.instahide.v1 import audit_pb2
+from instahide_client.keys import params_dict
 from instahide_client.tensors import optional_numpy
 
 STATES: dict[int, str] = {
@@ -41,6 +42,7 @@ NAME_PREFIX = "audits/"
 
 REPORT_JSON = "report.json"
 GRID_PNG = "grid.png"
+CURVES_PNG = "curves.png"
 RECOVERIES_NPZ = "recoveries.npz"
 
 
@@ -110,6 +112,9 @@ class AuditSpec:
         seed: the simulated deployment's key seed, or None (fresh keys).
         attacks: the attacks the audit runs, by registry name (as the service resolved them).
         display_name: a name for people.
+        transform: the family audited: "instahide" or "disguised_nets".
+        disguised_nets: DisguisedNets: the key parameters audited (``keys.disguised_nets_params``' options).
+        known_pairs: DisguisedNets: images the Level-2 attacker held.
     """
 
     kind: str = "reconstruction"
@@ -122,11 +127,19 @@ class AuditSpec:
     seed: int | None = None
     attacks: tuple[str, ...] = ()
     display_name: str = ""
+    transform: str = "instahide"
+    disguised_nets: dict[str, Any] | None = None
+    known_pairs: int | None = None
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AuditSpec) -> AuditSpec:
         kind = msg.WhichOneof("kind") or "reconstruction"
         reconstruction = msg.reconstruction
+        if reconstruction.WhichOneof("transform") == "disguised_nets":
+            audited = reconstruction.disguised_nets
+            return cls(kind=kind, dataset=msg.dataset, attacks=tuple(msg.attacks), display_name=msg.display_name,
+                       seed=int(audited.seed) if audited.HasField("seed") else None, transform="disguised_nets",
+                       disguised_nets=params_dict(audited.params), known_pairs=int(audited.known_pairs))
         config = reconstruction.instahide
         return cls(
             kind=kind,
@@ -144,6 +157,8 @@ class AuditSpec:
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["attacks"] = list(self.attacks)
+        if self.disguised_nets is not None:
+            out["disguised_nets"] = {**self.disguised_nets, "block": list(self.disguised_nets["block"])}
         return out
 
 
@@ -178,6 +193,10 @@ class AttackScores:
         recovered: (M, H, W, C) float32 in [-1, 1], or None in a summary.
         public_coverage: share of the encodings in which the attack found a public image among what it holds
             (the photo-aware attack: crops of the photos); None for the attacks that look for none.
+        hit_rate: DisguisedNets AES: the share of disguised codewords the known-pair codebook decrypted.
+        permutation_accuracy: DisguisedNets: the share of block positions whose move the attack found.
+        attack_success: DisguisedNets: the papers' metric (original_accuracy, recovered_accuracy, success,
+            chance), None where the labels cannot train a classifier.
     """
 
     max_ssim: float
@@ -192,6 +211,9 @@ class AttackScores:
     best_match: np.ndarray
     recovered: np.ndarray | None
     public_coverage: float | None = None
+    hit_rate: float | None = None
+    permutation_accuracy: float | None = None
+    attack_success: dict[str, float] | None = None
 
     @classmethod
     def from_proto(cls, row: audit_pb2.AttackResult) -> AttackScores:
@@ -210,6 +232,11 @@ class AttackScores:
             best_match=np.asarray(msg.best_match, dtype=np.int64),
             recovered=recovered,
             public_coverage=float(msg.public_coverage) if msg.HasField("public_coverage") else None,
+            hit_rate=float(msg.hit_rate) if msg.HasField("hit_rate") else None,
+            permutation_accuracy=float(msg.permutation_accuracy) if msg.HasField("permutation_accuracy") else None,
+            attack_success={name: float(getattr(msg.attack_success, name)) for name in
+                            ("original_accuracy", "recovered_accuracy", "success", "chance")}
+            if msg.HasField("attack_success") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,7 +251,11 @@ class AttackScores:
             "seconds": json_number(sum(self.stage_seconds.values())),
             "private_images": int(self.best_ssim.size),
             "recovered_images": None if self.recovered is None else int(self.recovered.shape[0]),
-            **({} if self.public_coverage is None else {"public_coverage": json_number(self.public_coverage)}),
+            **{name: json_number(getattr(self, name)) for name in ("public_coverage", "hit_rate",
+                                                                    "permutation_accuracy")
+               if getattr(self, name) is not None},
+            **({} if self.attack_success is None else
+               {"attack_success": {k: json_number(v) for k, v in self.attack_success.items()}}),
         }
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -277,6 +308,9 @@ class AuditReport:
         pool_images, pool_fingerprint: the public pool the audited encodings mixed in, the one the server
             encodes this image shape with (its fingerprint is ``KeyRecord.pool_fingerprint``); 0 and "" for
             precomputed encodings, whose pool the server does not know.
+        known_pairs: DisguisedNets: images the Level-2 attacker held (not attacked).
+        curves: DisguisedNets: points (attack, axis, value, mean_ssim) of SSIM against pairs held and noise.
+        curves_png: those curves drawn (b"" in a summary), written as ``curves.png``.
         audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
 
     ``report.<attack name>`` is that attack's scores (``report.ciphertext_only.max_ssim``).
@@ -292,6 +326,9 @@ class AuditReport:
     encodings: int = 0
     pool_images: int = 0
     pool_fingerprint: str = ""
+    known_pairs: int = 0
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    curves_png: bytes = b""
     audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -309,6 +346,10 @@ class AuditReport:
             encodings=int(reconstruction.encodings),
             pool_images=int(reconstruction.pool_images),
             pool_fingerprint=reconstruction.pool_fingerprint,
+            known_pairs=int(reconstruction.known_pairs),
+            curves=[{"attack": p.attack, "axis": p.axis, "value": float(p.value), "mean_ssim": float(p.mean_ssim)}
+                    for p in reconstruction.curves],
+            curves_png=bytes(reconstruction.curves_png),
             audit=dict(audit or {}),
         )
 
@@ -342,10 +383,15 @@ class AuditReport:
         out.update({"kind": self.kind, "device": self.device, "images": self.images, "encodings": self.encodings,
                     "seconds": json_number(self.seconds), "pool_images": self.pool_images,
                     "pool_fingerprint": self.pool_fingerprint, "grid_attack": self.grid_attack})
+        if self.known_pairs:
+            out["pairs_held"] = self.known_pairs  # not "known_pairs": that is an attack's name
         for name, result in self.results.items():
             out[name] = {"title": result.title, "threat": result.threat, "bound": result.bound,
                          **result.scores.to_dict()}
-        out["files"] = {"grid": GRID_PNG if self.grid_png else None, "recoveries": RECOVERIES_NPZ}
+        if self.curves:
+            out["curves"] = [{**point, "mean_ssim": json_number(point["mean_ssim"])} for point in self.curves]
+        out["files"] = {"grid": GRID_PNG if self.grid_png else None, "recoveries": RECOVERIES_NPZ,
+                        **({"curves": CURVES_PNG} if self.curves_png else {})}
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -374,6 +420,8 @@ class AuditReport:
                                  (json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n").encode())]
         if self.grid_png:
             written.append(_atomic_write(directory / GRID_PNG, self.grid_png))
+        if self.curves_png:
+            written.append(_atomic_write(directory / CURVES_PNG, self.curves_png))
         buffer = io.BytesIO()
         np.savez(buffer, **self.arrays())
         written.append(_atomic_write(directory / RECOVERIES_NPZ, buffer.getvalue()))

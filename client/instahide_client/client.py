@@ -412,12 +412,15 @@ class InstaHideClient:
         encodings: np.ndarray | None = None,
         encoding_labels: np.ndarray | None = None,
         display_name: str = "",
+        disguised_nets: Any = None,
+        known_pairs: int | None = None,
+        skip_curves: bool = False,
         chunk_images: int = 1024,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Audit:
-        """Start a reconstruction audit of InstaHide: the service encodes, attacks and scores; returns the
-        queued audit.
+        """Start a reconstruction audit of InstaHide (or, with ``disguised_nets``, of DisguisedNets): the service
+        encodes, attacks and scores; returns the queued audit.
 
         Give exactly one source:
 
@@ -444,6 +447,13 @@ class InstaHideClient:
                 who holds the photos the service's pool was cut from, but not the pool).
             skipped_attacks: defaults to leave out, e.g. ``["key_aware"]``.
             display_name: a name for people.
+            disguised_nets: audit DisguisedNets instead: the key parameters (a ``StoredKey`` from ``get_key``,
+                a dict of ``disguised_nets_params`` options, or that message); the service disguises every
+                image once under a fresh key of them. Labels are then optional (they score the papers' attack
+                success) and InstaHide's options must stay unset.
+            known_pairs: DisguisedNets: images the Level-2 attacker holds with their disguises (None: 4; 0: no
+                such attacker).
+            skip_curves: DisguisedNets: leave out the curves of SSIM against pairs held and noise.
             chunk_images: most images a message; fewer when needed to stay below ``max_message_bytes``.
 
         Returns:
@@ -462,7 +472,8 @@ class InstaHideClient:
             images, labels, dataset=dataset, encodings=encodings, encoding_labels=encoding_labels,
             mode=mode, k=k, encodings_per_image=encodings_per_image, num_classes=num_classes, seed=seed,
             attacks=attacks, extra_attacks=extra_attacks, skipped_attacks=skipped_attacks,
-            display_name=display_name)
+            display_name=display_name, disguised_nets=disguised_nets, known_pairs=known_pairs,
+            skip_curves=skip_curves)
         requests = audit_requests(upload, chunk_images=chunk_images, max_message_bytes=self.max_message_bytes)
         return Audit.from_proto(self._unary(self._audits.StartAudit, requests, timeout, metadata).audit)
 

@@ -79,6 +79,14 @@ def disguised_nets_params(*, method: str = "rmt", block: int | Sequence[int] = 4
         salt_pepper=float(salt_pepper))
 
 
+def params_dict(p: disguisednets_pb2.DisguisedNetsParams) -> dict[str, Any]:
+    """A DisguisedNets parameters message as ``disguised_nets_params``' options (as the service resolved them)."""
+    return {"method": _METHOD_NAMES.get(p.method, str(p.method)), "block": (p.block_rows, p.block_cols),
+            "permute": p.permute, "matrix": _MATRIX_NAMES.get(p.matrix, str(p.matrix)), "noise": p.noise,
+            "matrix_per_channel": p.matrix_per_channel, "aes_key_per_block": p.aes_key_per_block,
+            "scale": p.scale, "salt_pepper": p.salt_pepper}
+
+
 @dataclass(frozen=True)
 class StoredKey:
     """A stored key's description: everything but its material.
@@ -110,12 +118,7 @@ class StoredKey:
 
     @classmethod
     def from_proto(cls, msg: keys_pb2.Key) -> StoredKey:
-        p = msg.disguised_nets
-        params = {"method": _METHOD_NAMES.get(p.method, str(p.method)), "block": (p.block_rows, p.block_cols),
-                  "permute": p.permute, "matrix": _MATRIX_NAMES.get(p.matrix, str(p.matrix)), "noise": p.noise,
-                  "matrix_per_channel": p.matrix_per_channel, "aes_key_per_block": p.aes_key_per_block,
-                  "scale": p.scale, "salt_pepper": p.salt_pepper}
-        return cls(msg.name, msg.family, params, tuple(int(d) for d in msg.image_shape),  # type: ignore[arg-type]
+        return cls(msg.name, msg.family, params_dict(msg.disguised_nets), tuple(int(d) for d in msg.image_shape),  # type: ignore[arg-type]
                    msg.create_time.ToDatetime(tzinfo=datetime.UTC), msg.fingerprint, msg.seeded, msg.display_name)
 
     def summary(self) -> str:

@@ -46,8 +46,9 @@ from grpc_reflection.v1alpha import reflection
 from instahide_ops.audits.reconstruction import AttackSettings
 from instahide_ops.transforms.instahide.pool import load_photos, load_pool
 from instahide_server.audit import servicer as audit_servicer
+from instahide_server.audit.disguisednets import DisguisedNetsReconstruction
 from instahide_server.audit.jobs import AuditJobs, default_workers
-from instahide_server.audit.reconstruction import ReconstructionKind
+from instahide_server.audit.reconstruction import InstaHideReconstruction, ReconstructionKind
 from instahide_server.audit.store import open_audit_store
 from instahide_server.config import ConfigError, ServerConfig
 from instahide_server.errors import ServiceError
@@ -138,8 +139,11 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
                     max_message_bytes=transport.max_message_bytes)
     # The transform families and audit kinds this server runs; each is a registry entry in instahide_ops.
     families = [InstaHideFamily(pools), DisguisedNetsFamily(keys)]
-    kinds = [ReconstructionKind(pools, device=device, settings=AttackSettings(
-        working_bytes=audits.pool_memory_bytes, refine_sets=audits.refine_sets, refine_steps=audits.refine_steps))]
+    attack_settings = AttackSettings(working_bytes=audits.pool_memory_bytes, refine_sets=audits.refine_sets,
+                                     refine_steps=audits.refine_steps)
+    kinds = [ReconstructionKind({
+        "instahide": InstaHideReconstruction(pools, device=device, settings=attack_settings),
+        "disguised_nets": DisguisedNetsReconstruction(device=device, settings=attack_settings)})]
     encoder = BatchEncoder(device=device, families=families, limits=limits, metrics=metrics)
     store = open_audit_store(config.state_dir, max_bytes=audits.db_max_bytes)  # never raises
     jobs = AuditJobs(store, workers=audits.workers or default_workers(device), queue_size=audits.queue_size,

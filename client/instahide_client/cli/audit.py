@@ -22,8 +22,18 @@ import numpy as np
 from tqdm import tqdm
 
 from instahide_client.audits import STATE_VALUES, Audit, AuditEvent, AuditReport
-from instahide_client.cli.common import CliError, client, connection_arguments, load_npz, positive_int, seed
+from instahide_client.cli.common import (
+    CliError,
+    client,
+    connection_arguments,
+    load_npz,
+    non_negative_int,
+    positive_int,
+    seed,
+)
+from instahide_client.cli.keys import add_parameter_arguments, given_parameters, parameters
 from instahide_client.client import InstaHideClient
+from instahide_client.keys import METHODS
 
 LEGACY_FLAGS = {"--no-key-aware": ("skip", "key_aware"), "--no-pool-aware": ("skip", "pool_aware"),
                 "--photo-aware": ("add", "photo_aware")}
@@ -72,6 +82,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     attacks.add_argument("--no-key-aware", action="store_true", help="the same as --skip-attack key_aware")
     attacks.add_argument("--no-pool-aware", action="store_true", help="the same as --skip-attack pool_aware")
     attacks.add_argument("--photo-aware", action="store_true", help="the same as --add-attack photo_aware")
+    disguised = start.add_argument_group(
+        "DisguisedNets", "audit DisguisedNets instead of InstaHide: the service disguises each image once under a "
+                         "fresh key of these parameters (or a stored key's, never its material); labels optional")
+    disguised.add_argument("--disguise", choices=tuple(METHODS), metavar="METHOD",
+                           help="audit DisguisedNets with this method: rmt or aes")
+    disguised.add_argument("--key-params", metavar="KEY",
+                           help="audit DisguisedNets with the parameters of stored key keys/ID (read with GetKey)")
+    add_parameter_arguments(disguised)
+    disguised.add_argument("--known-pairs", type=non_negative_int, metavar="M",
+                           help="images the Level-2 attacker holds with their disguises (default 4; 0: none)")
+    disguised.add_argument("--no-curves", action="store_true",
+                           help="leave out the curves of SSIM against pairs held and noise")
     start.add_argument("--display-name", default="", help="a name for people")
     start.add_argument("--chunk-images", type=positive_int, default=1024,
                        help="images per upload message (default %(default)s)")
@@ -103,7 +125,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _follow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-dir", metavar="DIR",
-                        help="when the audit succeeds, write report.json, grid.png and recoveries.npz here")
+                        help="when the audit succeeds, write report.json, grid.png, recoveries.npz (and for "
+                             "DisguisedNets curves.png) here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -127,13 +150,18 @@ def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
         encoded = load_npz(args.encodings, ("encodings", "labels"))
         inputs = {"images": originals["images"], "encodings": encoded["encodings"],
                   "encoding_labels": encoded["labels"]}
-    elif args.images:
-        inputs = load_npz(args.images, ("images", "labels"))
+    disguised = _disguised_nets(client, args)
+    if args.images and not args.encodings:
+        # A DisguisedNets audit's labels are optional: they score the papers' attack success.
+        inputs = load_npz(args.images, ("images",), ("labels",)) if disguised else \
+            load_npz(args.images, ("images", "labels"))
+        inputs.setdefault("labels", None)
     source = args.encodings or args.images or args.dataset
+    instahide = {} if disguised else {"mode": args.mode, "k": args.k, "encodings_per_image": args.encodings_per_image,
+                                      "num_classes": args.num_classes}
     try:
         audit = client.start_audit(
-            **inputs, dataset=args.dataset, mode=args.mode, k=args.k,
-            encodings_per_image=args.encodings_per_image, num_classes=args.num_classes, seed=args.seed,
+            **inputs, dataset=args.dataset, seed=args.seed, **instahide, **disguised,
             **_attack_options(args), display_name=args.display_name,
             chunk_images=args.chunk_images, timeout=args.timeout)
     except (ValueError, TypeError) as exc:
@@ -144,6 +172,32 @@ def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
         print(f"follow it with: instahide audit watch {audit.id} --target {args.target}", file=sys.stderr)
         return 0
     return _follow(client, audit.name, args)
+
+
+def _disguised_nets(client: InstaHideClient, args: argparse.Namespace) -> dict:
+    """start_audit's DisguisedNets options from the flags ({} for an InstaHide audit); CliError for flags that
+    do not go together."""
+    flags = given_parameters(args) + [flag for flag, on in (("--known-pairs", args.known_pairs is not None),
+                                                            ("--no-curves", args.no_curves)) if on]
+    if not (args.disguise or args.key_params):
+        if flags:
+            raise CliError(f"{', '.join(flags)}: DisguisedNets options; add --disguise METHOD or --key-params KEY")
+        return {}
+    if args.disguise and args.key_params:
+        raise CliError("--disguise and --key-params both name the parameters; give one")
+    instahide = [flag for flag, on in (("--encodings", args.encodings), ("--mode", args.mode != "cross"),
+                                       ("--k", args.k), ("--encodings-per-image", args.encodings_per_image),
+                                       ("--num-classes", args.num_classes)) if on]
+    if instahide:
+        raise CliError(f"{', '.join(instahide)}: InstaHide's options, not a DisguisedNets audit's")
+    if args.key_params:
+        if given_parameters(args):
+            raise CliError(f"{', '.join(given_parameters(args))}: --key-params takes the stored key's parameters")
+        params = client.get_key(args.key_params if args.key_params.startswith("keys/") else f"keys/{args.key_params}",
+                                timeout=args.timeout).params
+    else:
+        params = parameters(args, args.disguise)
+    return {"disguised_nets": params, "known_pairs": args.known_pairs, "skip_curves": args.no_curves}
 
 
 def _attack_options(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -295,9 +349,27 @@ def format_summary(report: AuditReport) -> str:
     pool = f"  pool: {report.pool_images} images ({report.pool_fingerprint[:12]})" if report.pool_images else ""
     found = "".join(f"\n{result.title} found public images in {result.scores.public_coverage:.0%} of the encodings"
                     for result in report.results.values() if result.scores.public_coverage is not None)
+    disguised = "".join(f"\n{result.title}: {details}" for result in report.results.values()
+                        for details in [_disguise_details(result.scores)] if details)
+    sizes = (f"images: {report.images}  attacked: {report.encodings}  known pairs: {report.known_pairs}"
+             if report.curves or report.known_pairs or disguised else
+             f"images: {report.images}  encodings: {report.encodings}")
     return (f"{table}\n"
-            f"device: {report.device}  images: {report.images}  encodings: {report.encodings}  "
-            f"seconds: {report.seconds:.1f}{pool}{found}")
+            f"device: {report.device}  {sizes}  seconds: {report.seconds:.1f}{pool}{found}{disguised}")
+
+
+def _disguise_details(scores) -> str:
+    """A DisguisedNets attack's permutation found, codebook hit rate and attack success, in words ("" for none)."""
+    parts = []
+    if scores.permutation_accuracy is not None:
+        parts.append(f"permutation {scores.permutation_accuracy:.0%} right")
+    if scores.hit_rate is not None:
+        parts.append(f"codebook hit rate {scores.hit_rate:.1%}")
+    if scores.attack_success is not None:
+        success = scores.attack_success
+        parts.append(f"attack success {success['success']:.2f} (accuracy {success['recovered_accuracy']:.2f} on "
+                     f"recoveries, {success['original_accuracy']:.2f} on originals, chance {success['chance']:.2f})")
+    return ", ".join(parts)
 
 
 def format_audit(audit: Audit) -> str:
@@ -305,10 +377,17 @@ def format_audit(audit: Audit) -> str:
     spec = audit.spec
     source = (f"dataset {spec.dataset}" if spec.dataset else
               "precomputed encodings" if spec.precomputed_encodings else "uploaded images")
+    if spec.disguised_nets is not None:
+        params = spec.disguised_nets
+        rows, cols = params["block"]
+        configuration = (f"DisguisedNets {params['method']} {rows}x{cols}, noise {params['noise']:g}, scale "
+                         f"{params['scale']}, {spec.known_pairs} known pairs")
+    else:
+        configuration = f"mode {spec.mode}, k {spec.k or 'default'}, T {spec.encodings_per_image or 'E/N'}"
     lines = [
         f"{audit.name}  {audit.state}" + (f"  ({spec.display_name})" if spec.display_name else ""),
         f"created {_when(audit.create_time)}  started {_when(audit.start_time)}  ended {_when(audit.end_time)}",
-        f"{spec.kind} of {source}; mode {spec.mode}, k {spec.k or 'default'}, T {spec.encodings_per_image or 'E/N'}, "
+        f"{spec.kind} of {source}; {configuration}, "
         f"seed {'none' if spec.seed is None else spec.seed}; attacks {', '.join(spec.attacks) or 'default'}",
     ]
     if audit.state in ("queued", "running"):

@@ -27,6 +27,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer at least 0, got {value}")
+    return value
+
+
 def seed(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**64:

@@ -43,6 +43,43 @@ def _non_negative(text: str) -> float:
     return value
 
 
+PARAMETER_DEFAULTS = {"block": (4, 4), "matrix": "orthogonal", "noise": 0.0, "matrix_per_channel": False,
+                      "no_permute": False, "aes_key_per_block": False, "scale": 1, "salt_pepper": 0.0}
+
+
+def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
+    """A DisguisedNets key's parameter flags (all but the method), each None when not given (see ``parameters``)."""
+    parser.add_argument("--block", type=_block, metavar="S|R,S",
+                        help="block side, or rows,cols; must divide the image (default 4)")
+    parser.add_argument("--matrix", choices=tuple(MATRICES), help="RMT matrices (default orthogonal)")
+    parser.add_argument("--noise", type=_non_negative,
+                        help="RMT noise bound on the 0-255 scale, fresh per call (default 0: none)")
+    parser.add_argument("--matrix-per-channel", action="store_true", default=None,
+                        help="RMT: one matrix per channel too")
+    parser.add_argument("--no-permute", action="store_true", default=None, help="keep blocks in place")
+    parser.add_argument("--aes-key-per-block", action="store_true", default=None,
+                        help="AES: one AES key per block position")
+    parser.add_argument("--scale", type=positive_int,
+                        help="AES: encrypt each pixel as an FxF cell, keep each cell's mean (default 1: off)")
+    parser.add_argument("--salt-pepper", type=_non_negative, metavar="P",
+                        help="AES: salt-and-pepper rate before encryption (default 0)")
+
+
+def given_parameters(args: argparse.Namespace) -> list[str]:
+    """The parameter flags given on the command line."""
+    return [f"--{name.replace('_', '-')}" for name in PARAMETER_DEFAULTS if getattr(args, name) is not None]
+
+
+def parameters(args: argparse.Namespace, method: str) -> dict:
+    """``disguised_nets_params``' options from the flags, defaults where not given."""
+    value = {name: default if getattr(args, name) is None else getattr(args, name)
+             for name, default in PARAMETER_DEFAULTS.items()}
+    return {"method": method, "block": value["block"], "permute": not value["no_permute"], "matrix": value["matrix"],
+            "noise": value["noise"], "matrix_per_channel": value["matrix_per_channel"],
+            "aes_key_per_block": value["aes_key_per_block"], "scale": value["scale"],
+            "salt_pepper": value["salt_pepper"]}
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     keys = commands.add_parser("keys", help="create, list, read, delete, export and import stored keys",
                                description=__doc__.split("\n\n")[1] if __doc__ else None)
@@ -55,19 +92,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--method", choices=tuple(METHODS), default="rmt",
                         help="rmt: per-block random projection (float output); aes: AES-128-ECB (uint8 output); "
                              "default %(default)s")
-    create.add_argument("--block", type=_block, default=(4, 4), metavar="S|R,S",
-                        help="block side, or rows,cols; must divide the image (default 4)")
-    create.add_argument("--matrix", choices=tuple(MATRICES), default="orthogonal",
-                        help="RMT matrices (default %(default)s)")
-    create.add_argument("--noise", type=_non_negative, default=0.0,
-                        help="RMT noise bound on the 0-255 scale, fresh per call (default 0: none)")
-    create.add_argument("--matrix-per-channel", action="store_true", help="RMT: one matrix per channel too")
-    create.add_argument("--no-permute", action="store_true", help="keep blocks in place")
-    create.add_argument("--aes-key-per-block", action="store_true", help="AES: one AES key per block position")
-    create.add_argument("--scale", type=positive_int, default=1,
-                        help="AES: encrypt each pixel as an FxF cell, keep each cell's mean (default 1: off)")
-    create.add_argument("--salt-pepper", type=_non_negative, default=0.0, metavar="P",
-                        help="AES: salt-and-pepper rate before encryption (default 0)")
+    add_parameter_arguments(create)
     create.add_argument("--seed", type=seed_value, help="reproducible material (flagged seeded); default CSPRNG")
     create.add_argument("--display-name", default="", help="a label for people")
     create.add_argument("--json", action="store_true", help="print the key's description as JSON")
@@ -108,11 +133,8 @@ def _print(key: StoredKey, as_json: bool) -> None:
 def run_create(args: argparse.Namespace) -> int:
     with client(args) as service:
         try:
-            key = service.create_key(args.shape, method=args.method, block=args.block, permute=not args.no_permute,
-                                     matrix=args.matrix, noise=args.noise, matrix_per_channel=args.matrix_per_channel,
-                                     aes_key_per_block=args.aes_key_per_block, scale=args.scale,
-                                     salt_pepper=args.salt_pepper, seed=args.seed, display_name=args.display_name,
-                                     timeout=args.timeout)
+            key = service.create_key(args.shape, **parameters(args, args.method), seed=args.seed,
+                                     display_name=args.display_name, timeout=args.timeout)
         except (ValueError, TypeError) as exc:
             raise CliError(str(exc)) from None
     print(json.dumps(key.to_dict()) if args.json else key.name)

@@ -56,6 +56,7 @@ class ReconstructionParams:
     deployment: Deployment  # encodings_per_image 0 for precomputed encodings without an explicit T (E / N)
     precomputed: bool
     attacks: tuple[str, ...]
+    transform = "instahide"
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,45 @@ class ReconstructionInputs:
 
 
 class ReconstructionKind:
-    """The ``kinds.AuditKind`` of reconstruction audits."""
+    """The ``kinds.AuditKind`` of reconstruction audits: each transform audited (``ReconstructionSpec.transform``'s
+    members) has its own adapter with the same methods; this one hands each call to the spec's."""
 
     field = "reconstruction"
+
+    def __init__(self, transforms: dict) -> None:
+        """``transforms``: member name of ``ReconstructionSpec.transform`` -> its adapter."""
+        self._transforms = transforms
+
+    def accept(self, spec: audit_pb2.AuditSpec) -> Accepted:
+        transform = spec.reconstruction.WhichOneof("transform") or "instahide"
+        adapter = self._transforms.get(transform)
+        if adapter is None:
+            raise InvalidArgument(f"spec.reconstruction.transform: {transform!r} audits are not run here",
+                                  "spec.reconstruction.transform")
+        return adapter.accept(spec)
+
+    def _adapter(self, accepted: Accepted):
+        return self._transforms[accepted.params.transform]
+
+    def upload(self, accepted: Accepted, *, max_images: int):
+        return self._adapter(accepted).upload(accepted, max_images=max_images)
+
+    def read_dataset(self, path: pathlib.Path, accepted: Accepted, *, max_images: int):
+        return self._adapter(accepted).read_dataset(path, accepted, max_images=max_images)
+
+    def prepare(self, accepted: Accepted, inputs) -> None:
+        self._adapter(accepted).prepare(accepted, inputs)
+
+    def describe(self, accepted: Accepted, inputs) -> str:
+        return self._adapter(accepted).describe(accepted, inputs)
+
+    def run(self, accepted: Accepted, inputs, *, progress: ProgressCallback,
+            cancel: CancelToken) -> audit_pb2.AuditReport:
+        return self._adapter(accepted).run(accepted, inputs, progress=progress, cancel=cancel)
+
+
+class InstaHideReconstruction:
+    """The InstaHide half of ``ReconstructionKind``: simulated deployments and precomputed encodings."""
 
     def __init__(self, pools: PoolRegistry, *, device, settings: AttackSettings) -> None:
         self._pools = pools
@@ -88,10 +125,6 @@ class ReconstructionKind:
 
     def accept(self, spec: audit_pb2.AuditSpec) -> Accepted:
         message = spec.reconstruction
-        transform = message.WhichOneof("transform") or "instahide"
-        if transform != "instahide":  # pragma: no cover - the only member today
-            raise InvalidArgument(f"spec.reconstruction.transform: {transform!r} is not audited here",
-                                  "spec.reconstruction.transform")
         config = message.instahide
         if config.return_keys:
             raise InvalidArgument(f"{_CONFIG}.return_keys: an audit returns no keys", f"{_CONFIG}.return_keys")
@@ -259,7 +292,7 @@ class Upload:
         if len(shape) != 4 or any(d <= 0 for d in shape):
             raise InvalidArgument(f"{field}.shape: expected (N, H, W, C) with positive dimensions, got {shape}",
                                   f"{field}.shape")
-        _check_image_side(shape, f"{field}.shape")
+        check_image_side(shape, f"{field}.shape")
         if previous and (tuple(shape[1:]) != previous[0].shape[1:] or numpy_dtype(tensor.dtype) != previous[0].dtype):
             raise InvalidArgument(f"{field}.shape: every chunk must hold images of one shape and dtype; got "
                                   f"{shape[1:]} {dtype_name(tensor.dtype)} after {list(previous[0].shape[1:])} "
@@ -296,7 +329,7 @@ def checked_images(params: ReconstructionParams, images: np.ndarray, labels: np.
     """Check private images and their labels (uploaded or from a dataset) for a simulated deployment."""
     if len(images) < 2:
         raise InvalidArgument(f"images: an audit needs at least 2 private images, got {len(images)}", "images")
-    _check_image_side(images.shape, "images.shape")
+    check_image_side(images.shape, "images.shape")
     if len(labels) != len(images):
         raise InvalidArgument(f"labels: {len(labels)} labels for {len(images)} images; need one per image", "labels")
     if labels.min() < 0:
@@ -308,7 +341,7 @@ def checked_images(params: ReconstructionParams, images: np.ndarray, labels: np.
     return ReconstructionInputs(images, labels)
 
 
-def _check_image_side(shape, field: str) -> None:
+def check_image_side(shape, field: str) -> None:
     """Images smaller than the SSIM window cannot be scored; refuse them before the audit is queued."""
     height, width = shape[1], shape[2]
     if min(height, width) < WINDOW:
@@ -339,7 +372,11 @@ def report_message(report: LeakageReport) -> audit_pb2.AuditReport:
                             reconstruction=attack_scores(attack))
     message.reconstruction.CopyFrom(reconstruction_pb2.ReconstructionReport(
         grid_png=report.grid_png, grid_attack=report.grid_attack, images=report.images, encodings=report.encodings,
-        pool_images=report.pool_images, pool_fingerprint=report.pool_fingerprint))
+        pool_images=report.pool_images, pool_fingerprint=report.pool_fingerprint, known_pairs=report.known_pairs,
+        curves_png=report.curves_png))
+    for point in report.curves:
+        message.reconstruction.curves.add(attack=point.attack, axis=point.axis, value=point.value,
+                                          mean_ssim=point.mean_ssim)
     return message
 
 
@@ -355,8 +392,11 @@ def attack_scores(attack: AttackReport) -> reconstruction_pb2.ReconstructionScor
         best_match=[int(v) for v in recovery.best_match.tolist()],
         recovered=to_tensor(np.ascontiguousarray(attack.recovered.detach().cpu().numpy(), dtype=np.float32)),
     )
-    if attack.public_coverage is not None:
-        scores.public_coverage = attack.public_coverage
+    for extra in ("public_coverage", "hit_rate", "permutation_accuracy"):
+        if getattr(attack, extra) is not None:
+            setattr(scores, extra, getattr(attack, extra))
+    if attack.attack_success is not None:
+        scores.attack_success.CopyFrom(reconstruction_pb2.AttackSuccess(**attack.attack_success.to_dict()))
     edges = [float(v) for v in recovery.histogram_edges.tolist()]
     for lower, upper, count in zip(edges[:-1], edges[1:], recovery.histogram_counts.tolist(), strict=True):
         scores.best_ssim_histogram.add(lower=lower, upper=upper, count=int(count))

@@ -22,25 +22,32 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from instahide_client.instahide.v1 import disguisednets_pb2 as instahide_dot_v1_dot_disguisednets__pb2
 from instahide_client.instahide.v1 import instahide_pb2 as instahide_dot_v1_dot_instahide__pb2
 from instahide_client.instahide.v1 import tensor_pb2 as instahide_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!instahide/v1/reconstruction.proto\x12\x0cinstahide.v1\x1a\x1cinstahide/v1/instahide.proto\x1a\x19instahide/v1/tensor.proto\"\x91\x01\n\x12ReconstructionSpec\x12\x32\n\tinstahide\x18\x01 \x01(\x0b\x32\x1d.instahide.v1.InstaHideConfigH\x00\x12\x1b\n\x13\x65ncodings_per_image\x18\x02 \x01(\r\x12\x1d\n\x15precomputed_encodings\x18\x03 \x01(\x08\x42\x0b\n\ttransform\"\xa3\x01\n\x13ReconstructionChunk\x12$\n\x06images\x18\x01 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x0e\n\x06labels\x18\x02 \x03(\x03\x12\'\n\tencodings\x18\x03 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12-\n\x0f\x65ncoding_labels\x18\x04 \x01(\x0b\x32\x14.instahide.v1.Tensor\">\n\x0fHistogramBucket\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\xd4\x02\n\x14ReconstructionScores\x12\x10\n\x08max_ssim\x18\x01 \x01(\x01\x12\x11\n\tmean_ssim\x18\x02 \x01(\x01\x12\x0e\n\x06min_l2\x18\x03 \x01(\x01\x12\x0f\n\x07mean_l2\x18\x04 \x01(\x01\x12\x1b\n\x13recovered_above_0_5\x18\x05 \x01(\x01\x12\x1b\n\x13recovered_above_0_8\x18\x06 \x01(\x01\x12:\n\x13\x62\x65st_ssim_histogram\x18\x07 \x03(\x0b\x32\x1d.instahide.v1.HistogramBucket\x12\x11\n\tbest_ssim\x18\x08 \x03(\x01\x12\x12\n\nbest_match\x18\t \x03(\x03\x12\'\n\trecovered\x18\n \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x1c\n\x0fpublic_coverage\x18\x0b \x01(\x01H\x00\x88\x01\x01\x42\x12\n\x10_public_coverage\"\x8f\x01\n\x14ReconstructionReport\x12\x10\n\x08grid_png\x18\x01 \x01(\x0c\x12\x13\n\x0bgrid_attack\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x01(\x03\x12\x11\n\tencodings\x18\x04 \x01(\x03\x12\x13\n\x0bpool_images\x18\x05 \x01(\x03\x12\x18\n\x10pool_fingerprint\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!instahide/v1/reconstruction.proto\x12\x0cinstahide.v1\x1a instahide/v1/disguisednets.proto\x1a\x1cinstahide/v1/instahide.proto\x1a\x19instahide/v1/tensor.proto\"\xcd\x01\n\x12ReconstructionSpec\x12\x32\n\tinstahide\x18\x01 \x01(\x0b\x32\x1d.instahide.v1.InstaHideConfigH\x00\x12:\n\x0e\x64isguised_nets\x18\x04 \x01(\x0b\x32 .instahide.v1.DisguisedNetsAuditH\x00\x12\x1b\n\x13\x65ncodings_per_image\x18\x02 \x01(\r\x12\x1d\n\x15precomputed_encodings\x18\x03 \x01(\x08\x42\x0b\n\ttransform\"\xa2\x01\n\x12\x44isguisedNetsAudit\x12\x31\n\x06params\x18\x01 \x01(\x0b\x32!.instahide.v1.DisguisedNetsParams\x12\x18\n\x0bknown_pairs\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x13\n\x0bskip_curves\x18\x04 \x01(\x08\x42\x0e\n\x0c_known_pairsB\x07\n\x05_seed\"\xa3\x01\n\x13ReconstructionChunk\x12$\n\x06images\x18\x01 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x0e\n\x06labels\x18\x02 \x03(\x03\x12\'\n\tencodings\x18\x03 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12-\n\x0f\x65ncoding_labels\x18\x04 \x01(\x0b\x32\x14.instahide.v1.Tensor\">\n\x0fHistogramBucket\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\xe9\x03\n\x14ReconstructionScores\x12\x10\n\x08max_ssim\x18\x01 \x01(\x01\x12\x11\n\tmean_ssim\x18\x02 \x01(\x01\x12\x0e\n\x06min_l2\x18\x03 \x01(\x01\x12\x0f\n\x07mean_l2\x18\x04 \x01(\x01\x12\x1b\n\x13recovered_above_0_5\x18\x05 \x01(\x01\x12\x1b\n\x13recovered_above_0_8\x18\x06 \x01(\x01\x12:\n\x13\x62\x65st_ssim_histogram\x18\x07 \x03(\x0b\x32\x1d.instahide.v1.HistogramBucket\x12\x11\n\tbest_ssim\x18\x08 \x03(\x01\x12\x12\n\nbest_match\x18\t \x03(\x03\x12\'\n\trecovered\x18\n \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x1c\n\x0fpublic_coverage\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08hit_rate\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12!\n\x14permutation_accuracy\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x33\n\x0e\x61ttack_success\x18\x0e \x01(\x0b\x32\x1b.instahide.v1.AttackSuccessB\x12\n\x10_public_coverageB\x0b\n\t_hit_rateB\x17\n\x15_permutation_accuracy\"g\n\rAttackSuccess\x12\x19\n\x11original_accuracy\x18\x01 \x01(\x01\x12\x1a\n\x12recovered_accuracy\x18\x02 \x01(\x01\x12\x0f\n\x07success\x18\x03 \x01(\x01\x12\x0e\n\x06\x63hance\x18\x04 \x01(\x01\"L\n\nCurvePoint\x12\x0e\n\x06\x61ttack\x18\x01 \x01(\t\x12\x0c\n\x04\x61xis\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\tmean_ssim\x18\x04 \x01(\x01\"\xe2\x01\n\x14ReconstructionReport\x12\x10\n\x08grid_png\x18\x01 \x01(\x0c\x12\x13\n\x0bgrid_attack\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x01(\x03\x12\x11\n\tencodings\x18\x04 \x01(\x03\x12\x13\n\x0bpool_images\x18\x05 \x01(\x03\x12\x18\n\x10pool_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bknown_pairs\x18\x07 \x01(\x03\x12(\n\x06\x63urves\x18\x08 \x03(\x0b\x32\x18.instahide.v1.CurvePoint\x12\x12\n\ncurves_png\x18\t \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'instahide_client.instahide.v1.reconstruction_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECONSTRUCTIONSPEC']._serialized_start=109
-  _globals['_RECONSTRUCTIONSPEC']._serialized_end=254
-  _globals['_RECONSTRUCTIONCHUNK']._serialized_start=257
-  _globals['_RECONSTRUCTIONCHUNK']._serialized_end=420
-  _globals['_HISTOGRAMBUCKET']._serialized_start=422
-  _globals['_HISTOGRAMBUCKET']._serialized_end=484
-  _globals['_RECONSTRUCTIONSCORES']._serialized_start=487
-  _globals['_RECONSTRUCTIONSCORES']._serialized_end=827
-  _globals['_RECONSTRUCTIONREPORT']._serialized_start=830
-  _globals['_RECONSTRUCTIONREPORT']._serialized_end=973
+  _globals['_RECONSTRUCTIONSPEC']._serialized_start=143
+  _globals['_RECONSTRUCTIONSPEC']._serialized_end=348
+  _globals['_DISGUISEDNETSAUDIT']._serialized_start=351
+  _globals['_DISGUISEDNETSAUDIT']._serialized_end=513
+  _globals['_RECONSTRUCTIONCHUNK']._serialized_start=516
+  _globals['_RECONSTRUCTIONCHUNK']._serialized_end=679
+  _globals['_HISTOGRAMBUCKET']._serialized_start=681
+  _globals['_HISTOGRAMBUCKET']._serialized_end=743
+  _globals['_RECONSTRUCTIONSCORES']._serialized_start=746
+  _globals['_RECONSTRUCTIONSCORES']._serialized_end=1235
+  _globals['_ATTACKSUCCESS']._serialized_start=1237
+  _globals['_ATTACKSUCCESS']._serialized_end=1340
+  _globals['_CURVEPOINT']._serialized_start=1342
+  _globals['_CURVEPOINT']._serialized_end=1418
+  _globals['_RECONSTRUCTIONREPORT']._serialized_start=1421
+  _globals['_RECONSTRUCTIONREPORT']._serialized_end=1647
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from instahide_client.instahide.v1 import disguisednets_pb2 as _disguisednets_pb2
 from instahide_client.instahide.v1 import instahide_pb2 as _instahide_pb2
 from instahide_client.instahide.v1 import tensor_pb2 as _tensor_pb2
 import builtins as _builtins
@@ -31,6 +32,7 @@ class ReconstructionSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTAHIDE_FIELD_NUMBER: _builtins.int
+    DISGUISED_NETS_FIELD_NUMBER: _builtins.int
     ENCODINGS_PER_IMAGE_FIELD_NUMBER: _builtins.int
     PRECOMPUTED_ENCODINGS_FIELD_NUMBER: _builtins.int
     encodings_per_image: _builtins.int
@@ -49,22 +51,85 @@ class ReconstructionSpec(_message.Message):
         must be false.
         """
 
+    @_builtins.property
+    def disguised_nets(self) -> Global___DisguisedNetsAudit:
+        """DisguisedNets: the owner's images disguised once each under a fresh
+        key of these parameters, as a deployment would; `encodings_per_image`
+        and `precomputed_encodings` must be unset.
+        """
+
     def __init__(
         self,
         *,
         instahide: _instahide_pb2.InstaHideConfig | None = ...,
+        disguised_nets: Global___DisguisedNetsAudit | None = ...,
         encodings_per_image: _builtins.int = ...,
         precomputed_encodings: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["instahide", b"instahide", "transform", b"transform"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "instahide", b"instahide", "transform", b"transform"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encodings_per_image", b"encodings_per_image", "instahide", b"instahide", "precomputed_encodings", b"precomputed_encodings", "transform", b"transform"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "encodings_per_image", b"encodings_per_image", "instahide", b"instahide", "precomputed_encodings", b"precomputed_encodings", "transform", b"transform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_transform: _TypeAlias = _typing.Literal["instahide"]  # noqa: Y015
+    _WhichOneofReturnType_transform: _TypeAlias = _typing.Literal["instahide", "disguised_nets"]  # noqa: Y015
     _WhichOneofArgType_transform: _TypeAlias = _typing.Literal["transform", b"transform"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_transform) -> _WhichOneofReturnType_transform | None: ...
 
 Global___ReconstructionSpec: _TypeAlias = ReconstructionSpec  # noqa: Y015
+
+@_typing.final
+class DisguisedNetsAudit(_message.Message):
+    """What a DisguisedNets reconstruction audit simulates and what its attackers
+    hold.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMS_FIELD_NUMBER: _builtins.int
+    KNOWN_PAIRS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SKIP_CURVES_FIELD_NUMBER: _builtins.int
+    known_pairs: _builtins.int
+    """m: images of the upload a Level-2 attacker holds with their disguises
+    (chosen at random, not scored). Absent means 4; 0 means no attacker holds
+    pairs (attacks that need them are refused when named). At most 256, and
+    at least 2 images must be left to attack.
+    """
+    seed: _builtins.int
+    """Seeds the key, the noise and the choice of pairs (a reproducible audit);
+    absent: all from the CSPRNG, as in production.
+    """
+    skip_curves: _builtins.bool
+    """Leave out the curves (SSIM against the pairs held and against the noise),
+    which rerun the attacks that hold pairs.
+    """
+    @_builtins.property
+    def params(self) -> _disguisednets_pb2.DisguisedNetsParams:
+        """The key parameters under audit (a stored key's, as KeyService.GetKey
+        returns them; an audit never reads a key's material).
+        """
+
+    def __init__(
+        self,
+        *,
+        params: _disguisednets_pb2.DisguisedNetsParams | None = ...,
+        known_pairs: _builtins.int | None = ...,
+        seed: _builtins.int | None = ...,
+        skip_curves: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_known_pairs", b"_known_pairs", "_seed", b"_seed", "known_pairs", b"known_pairs", "params", b"params", "seed", b"seed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_known_pairs", b"_known_pairs", "_seed", b"_seed", "known_pairs", b"known_pairs", "params", b"params", "seed", b"seed", "skip_curves", b"skip_curves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__known_pairs: _TypeAlias = _typing.Literal["known_pairs"]  # noqa: Y015
+    _WhichOneofArgType__known_pairs: _TypeAlias = _typing.Literal["_known_pairs", b"_known_pairs"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__known_pairs) -> _WhichOneofReturnType__known_pairs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+
+Global___DisguisedNetsAudit: _TypeAlias = DisguisedNetsAudit  # noqa: Y015
 
 @_typing.final
 class ReconstructionChunk(_message.Message):
@@ -157,6 +222,9 @@ class ReconstructionScores(_message.Message):
     BEST_MATCH_FIELD_NUMBER: _builtins.int
     RECOVERED_FIELD_NUMBER: _builtins.int
     PUBLIC_COVERAGE_FIELD_NUMBER: _builtins.int
+    HIT_RATE_FIELD_NUMBER: _builtins.int
+    PERMUTATION_ACCURACY_FIELD_NUMBER: _builtins.int
+    ATTACK_SUCCESS_FIELD_NUMBER: _builtins.int
     max_ssim: _builtins.float
     """Mean over encodings of the best SSIM against the encoding's private images."""
     mean_ssim: _builtins.float
@@ -174,6 +242,14 @@ class ReconstructionScores(_message.Message):
     what it holds (the photo-aware attack: crops of the photos); unset for
     the attacks that look for none.
     """
+    hit_rate: _builtins.float
+    """DisguisedNets AES: the share of the disguised codewords the known-pair
+    codebook decrypted (the papers' hit rate); unset for other attacks.
+    """
+    permutation_accuracy: _builtins.float
+    """DisguisedNets: the share of block positions whose move the attack found;
+    unset for attacks that look for none.
+    """
     @_builtins.property
     def best_ssim_histogram(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistogramBucket]:
         """Distribution of each private image's best SSIM over [-1, 1]."""
@@ -190,6 +266,13 @@ class ReconstructionScores(_message.Message):
     def recovered(self) -> _tensor_pb2.Tensor:
         """The recovered images, FLOAT32 (M, H, W, C) in [-1, 1]."""
 
+    @_builtins.property
+    def attack_success(self) -> Global___AttackSuccess:
+        """DisguisedNets: the papers' attack success; unset when the labels cannot
+        train a classifier (fewer than two classes of two images, or one no better
+        than chance on the originals).
+        """
+
     def __init__(
         self,
         *,
@@ -204,16 +287,101 @@ class ReconstructionScores(_message.Message):
         best_match: _abc.Iterable[_builtins.int] | None = ...,
         recovered: _tensor_pb2.Tensor | None = ...,
         public_coverage: _builtins.float | None = ...,
+        hit_rate: _builtins.float | None = ...,
+        permutation_accuracy: _builtins.float | None = ...,
+        attack_success: Global___AttackSuccess | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage", "public_coverage", b"public_coverage", "recovered", b"recovered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_hit_rate", b"_hit_rate", "_permutation_accuracy", b"_permutation_accuracy", "_public_coverage", b"_public_coverage", "attack_success", b"attack_success", "hit_rate", b"hit_rate", "permutation_accuracy", b"permutation_accuracy", "public_coverage", b"public_coverage", "recovered", b"recovered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage", "best_match", b"best_match", "best_ssim", b"best_ssim", "best_ssim_histogram", b"best_ssim_histogram", "max_ssim", b"max_ssim", "mean_l2", b"mean_l2", "mean_ssim", b"mean_ssim", "min_l2", b"min_l2", "public_coverage", b"public_coverage", "recovered", b"recovered", "recovered_above_0_5", b"recovered_above_0_5", "recovered_above_0_8", b"recovered_above_0_8"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hit_rate", b"_hit_rate", "_permutation_accuracy", b"_permutation_accuracy", "_public_coverage", b"_public_coverage", "attack_success", b"attack_success", "best_match", b"best_match", "best_ssim", b"best_ssim", "best_ssim_histogram", b"best_ssim_histogram", "hit_rate", b"hit_rate", "max_ssim", b"max_ssim", "mean_l2", b"mean_l2", "mean_ssim", b"mean_ssim", "min_l2", b"min_l2", "permutation_accuracy", b"permutation_accuracy", "public_coverage", b"public_coverage", "recovered", b"recovered", "recovered_above_0_5", b"recovered_above_0_5", "recovered_above_0_8", b"recovered_above_0_8"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__hit_rate: _TypeAlias = _typing.Literal["hit_rate"]  # noqa: Y015
+    _WhichOneofArgType__hit_rate: _TypeAlias = _typing.Literal["_hit_rate", b"_hit_rate"]  # noqa: Y015
+    _WhichOneofReturnType__permutation_accuracy: _TypeAlias = _typing.Literal["permutation_accuracy"]  # noqa: Y015
+    _WhichOneofArgType__permutation_accuracy: _TypeAlias = _typing.Literal["_permutation_accuracy", b"_permutation_accuracy"]  # noqa: Y015
     _WhichOneofReturnType__public_coverage: _TypeAlias = _typing.Literal["public_coverage"]  # noqa: Y015
     _WhichOneofArgType__public_coverage: _TypeAlias = _typing.Literal["_public_coverage", b"_public_coverage"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hit_rate) -> _WhichOneofReturnType__hit_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__permutation_accuracy) -> _WhichOneofReturnType__permutation_accuracy | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__public_coverage) -> _WhichOneofReturnType__public_coverage | None: ...
 
 Global___ReconstructionScores: _TypeAlias = ReconstructionScores  # noqa: Y015
+
+@_typing.final
+class AttackSuccess(_message.Message):
+    """The DisguisedNets papers' "attack success": a classifier trained on clean
+    images (logistic regression on 8x8 thumbnails, k-fold over the audit's
+    labelled images) applied to held-out originals and to their recoveries.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_ACCURACY_FIELD_NUMBER: _builtins.int
+    RECOVERED_ACCURACY_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    CHANCE_FIELD_NUMBER: _builtins.int
+    original_accuracy: _builtins.float
+    """Its accuracy on the originals."""
+    recovered_accuracy: _builtins.float
+    """Its accuracy on the recoveries."""
+    success: _builtins.float
+    """recovered_accuracy / original_accuracy."""
+    chance: _builtins.float
+    """The commonest class's share (a classifier that learned nothing)."""
+    def __init__(
+        self,
+        *,
+        original_accuracy: _builtins.float = ...,
+        recovered_accuracy: _builtins.float = ...,
+        success: _builtins.float = ...,
+        chance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chance", b"chance", "original_accuracy", b"original_accuracy", "recovered_accuracy", b"recovered_accuracy", "success", b"success"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttackSuccess: _TypeAlias = AttackSuccess  # noqa: Y015
+
+@_typing.final
+class CurvePoint(_message.Message):
+    """One point of a DisguisedNets audit's curves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTACK_FIELD_NUMBER: _builtins.int
+    AXIS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MEAN_SSIM_FIELD_NUMBER: _builtins.int
+    attack: _builtins.str
+    """The attack's registry name."""
+    axis: _builtins.str
+    """What varies: "known_pairs", "noise" (RMT's bound N) or "salt_pepper"
+    (AES's rate).
+    """
+    value: _builtins.float
+    """Its value."""
+    mean_ssim: _builtins.float
+    """The attack's mean SSIM there."""
+    def __init__(
+        self,
+        *,
+        attack: _builtins.str = ...,
+        axis: _builtins.str = ...,
+        value: _builtins.float = ...,
+        mean_ssim: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attack", b"attack", "axis", b"axis", "mean_ssim", b"mean_ssim", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CurvePoint: _TypeAlias = CurvePoint  # noqa: Y015
 
 @_typing.final
 class ReconstructionReport(_message.Message):
@@ -227,6 +395,9 @@ class ReconstructionReport(_message.Message):
     ENCODINGS_FIELD_NUMBER: _builtins.int
     POOL_IMAGES_FIELD_NUMBER: _builtins.int
     POOL_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    KNOWN_PAIRS_FIELD_NUMBER: _builtins.int
+    CURVES_FIELD_NUMBER: _builtins.int
+    CURVES_PNG_FIELD_NUMBER: _builtins.int
     grid_png: _builtins.bytes
     """PNG: private images (top rows) over their best recoveries by the
     strongest attack without keys (`grid_attack`).
@@ -246,6 +417,18 @@ class ReconstructionReport(_message.Message):
     """That pool's fingerprint (SHA-256, hex): the InstaHideKeys.pool_fingerprint
     of the server's Encode responses. "" when pool_images is 0.
     """
+    known_pairs: _builtins.int
+    """DisguisedNets: the images the Level-2 attackers held as known pairs (not
+    attacked; `encodings` counts the disguised images attacked).
+    """
+    curves_png: _builtins.bytes
+    """Those curves drawn (PNG); empty without curves."""
+    @_builtins.property
+    def curves(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurvePoint]:
+        """DisguisedNets: mean SSIM of the attacks holding pairs, and the bound,
+        against the pairs held and against the noise.
+        """
+
     def __init__(
         self,
         *,
@@ -255,10 +438,13 @@ class ReconstructionReport(_message.Message):
         encodings: _builtins.int = ...,
         pool_images: _builtins.int = ...,
         pool_fingerprint: _builtins.str = ...,
+        known_pairs: _builtins.int = ...,
+        curves: _abc.Iterable[Global___CurvePoint] | None = ...,
+        curves_png: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encodings", b"encodings", "grid_attack", b"grid_attack", "grid_png", b"grid_png", "images", b"images", "pool_fingerprint", b"pool_fingerprint", "pool_images", b"pool_images"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["curves", b"curves", "curves_png", b"curves_png", "encodings", b"encodings", "grid_attack", b"grid_attack", "grid_png", b"grid_png", "images", b"images", "known_pairs", b"known_pairs", "pool_fingerprint", b"pool_fingerprint", "pool_images", b"pool_images"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
