@@ -21,9 +21,11 @@ Steps:
 What stays open, by construction: natural images look alike mirrored, and flipping every odd component's sign
 mirrors every block, so the mirrored dataset (every block mirrored, the block columns reversed) explains the
 disguised set exactly as well. The attack returns one of the two; an auditor should score both (``torch.flip``
-over the width) and count the better: one bit for the whole dataset. Non-orthogonal matrices (gaussian, uniform)
-are read by whitening the rows and taking the rotation left open from the mean and the covariance between a
-block's vertically adjacent rows (AMUSE, Tong et al. 1991): weaker, since that covariance's spectrum is flatter.
+over the width) and count the better: one bit for the whole dataset. Only a key that does not permute settles it
+(the blocks stayed in place, so a solution with reversed columns is the mirror). Non-orthogonal matrices
+(gaussian, uniform) are read by whitening the rows and taking the rotation left open from the mean and the
+covariance between a block's vertically adjacent rows (AMUSE, Tong et al. 1991): weaker, since that covariance's
+spectrum is flatter and the public photos' contrast stands in for the private images'.
 """
 
 from __future__ import annotations
@@ -85,8 +87,15 @@ def ciphertext_only_rmt(disguised: torch.Tensor, params: DisguisedNetsParams,
     solution = solve_jigsaw_with_candidates(sample.to(torch.float32), (h // r, w // s))
     chosen = candidates[:, torch.arange(len(solution.choices)), torch.as_tensor(solution.choices)]
     images = from_blocks(chosen, h, w).clamp(0, 255).to(torch.float32)
-    return CiphertextOnlyResult(move_blocks(images, params.block, np.argsort(solution.permutation)),
-                                solution.permutation)
+    recovered = move_blocks(images, params.block, np.argsort(solution.permutation))
+    permutation = solution.permutation
+    if not params.permute:  # blocks that never moved settle the mirror: a mirrored solution reverses the columns
+        cells = np.arange(len(permutation))
+        columns = w // s
+        mirror = cells // columns * columns + columns - 1 - cells % columns
+        if (permutation == mirror).sum() > (permutation == cells).sum():
+            recovered, permutation = recovered.flip(2), permutation[mirror]
+    return CiphertextOnlyResult(recovered, permutation)
 
 
 @dataclass(frozen=True)

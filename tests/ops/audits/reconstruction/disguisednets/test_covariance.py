@@ -65,6 +65,13 @@ def test_orthogonal_keys_give_back_the_permutation_and_the_images_up_to_a_mirror
     assert float((scores > 0.5).float().mean()) >= 0.9
 
 
+def test_a_key_that_does_not_permute_settles_the_mirror(private, photos):
+    params = DisguisedNetsParams(block=(4, 4), permute=False)
+    result = ciphertext_only_rmt(disguise(private, create_key(params, SHAPE, seed=13)), params, photos)
+    assert np.array_equal(result.permutation, np.arange(64))
+    assert float(ssim(result.recovered / 127.5 - 1, private.float() / 127.5 - 1).mean()) > 0.92  # measured 0.96
+
+
 def test_non_orthogonal_keys_are_read_weaker_but_recognisably(private, photos):
     right, scores = _attack(private, photos, DisguisedNetsParams(block=(2, 2), matrix="gaussian"), seed=12)
     assert right >= 0.9
