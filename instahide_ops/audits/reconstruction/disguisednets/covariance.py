@@ -178,7 +178,7 @@ def _decoders(blocks: np.ndarray, params: DisguisedNetsParams, natural: NaturalR
         natural_side = _inverse_square_root(noisy_covariance)
         natural_scale = np.linalg.inv(natural_side)
         white = centred @ whitening[:, :, None]
-        upper, lower = (white[:, :, :, rows_].reshape(p, groups, -1, s) for rows_ in (slice(0, -1), slice(1, None)))
+        upper, lower = (white[:, :, :, part].reshape(p, groups, -1, s) for part in (slice(0, -1), slice(1, None)))
         adjacent = np.swapaxes(upper, -1, -2) @ lower / upper.shape[2]
         disguised_vectors = _descending_eigenvectors((adjacent + np.swapaxes(adjacent, -1, -2)) / 2)
         natural_vectors = _descending_eigenvectors(natural_side @ natural.adjacent @ natural_side)
