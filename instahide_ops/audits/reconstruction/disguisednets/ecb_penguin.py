@@ -11,7 +11,7 @@ codewords are not random: neighbours carry close values. Steps:
 2. **Neighbour graph.** Two ids are joined by how often they sit side by side within a block (left/right,
    above/below) or at the same place in two channels; square-root counts, so that the repeats of flat regions do not
    drown the rest. Intensity is a smooth function on this graph.
-3. **Seriation.** On each connected part of the ids seen at least ``MIN_COUNT`` times, the smoothest non-constant
+3. **Seriation.** On each connected part of the ids seen often enough (``MIN_COUNT``), the smoothest non-constant
    function (the Fiedler vector of the normalised graph) orders the ids by intensity up to direction: gradients in
    natural images chain every grey level to the next.
 4. **Direction and grey levels.** Natural photos are warm (ImageNet's mean RGB is 124, 116, 104): the direction
@@ -44,7 +44,10 @@ from instahide_ops.errors import InvalidInputError
 from instahide_ops.transforms.disguisednets.blocks import from_blocks, move_blocks
 from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsParams, check_params
 
-MIN_COUNT = 5  # sightings an id needs to be seriated: rarer ids add more noise to the ordering than evidence
+# Sightings an id needs to be seriated: rarer ids add more noise to the ordering than evidence. The bar rises with
+# the set (one sighting per 20 images): more images bring more rare plaintexts into each colliding output.
+MIN_COUNT = 5
+MIN_COUNT_PER_IMAGE = 0.05
 MIN_PART = 16  # ids a connected part needs to be seriated on its own
 CHANNEL_WEIGHT = 1.0  # an id's counterpart in another channel, against a spatial neighbour
 MEDIAN_ROUNDS = 2
@@ -92,7 +95,7 @@ def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
 
     # 3–4. seriate each well-connected part, orient it by colour, give its ranks the photos' grey levels
     values = np.full(len(counts), np.nan)
-    frequent = np.flatnonzero(counts >= MIN_COUNT)
+    frequent = np.flatnonzero(counts >= max(MIN_COUNT, MIN_COUNT_PER_IMAGE * len(ids)))
     _, part_of = connected_components(graph[frequent][:, frequent], directed=False)
     for part in np.unique(part_of):
         members = frequent[part_of == part]
@@ -105,7 +108,7 @@ def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
     seriated = np.flatnonzero(~np.isnan(values))
 
     # 5. hubs back among their own region's values; the old value only breaks ties
-    for _ in range(MEDIAN_ROUNDS):
+    for _ in range(MEDIAN_ROUNDS if len(seriated) else 0):  # none when no codeword repeats enough (scale 1)
         medians = _weighted_neighbour_medians(sightings, values, seriated)
         values[seriated] = _quantile_levels(medians + 1e-3 * values[seriated], counts[seriated], reference)
 

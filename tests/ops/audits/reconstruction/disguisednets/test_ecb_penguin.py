@@ -37,10 +37,12 @@ def test_two_pixel_units_show_through_permutation_and_all(privates, photos):
     result = ciphertext_only_aes(disguise(privates, key), params, photos)
     assert np.array_equal(result.permutation, key.permutation)
     mean_photo = np.mean([resize_image(photo, 32, 32) for photo in photos], axis=0, dtype=np.float32)
-    chance = max(_mean_ssim(torch.full(privates.shape, 127.5), privates),
-                 _mean_ssim(torch.from_numpy(mean_photo).expand(privates.shape), privates))
-    # measured: about 0.2 against a chance of about 0.04 (seeds 0–3, keys of four seeds)
-    assert _mean_ssim(result.recovered, privates) > chance + 0.12
+    median_level = float(np.median(np.concatenate([photo.ravel() for photo in photos])))
+    chance = max(_mean_ssim(torch.full(privates.shape, level), privates) for level in (127.5, median_level))
+    chance = max(chance, _mean_ssim(torch.from_numpy(mean_photo).expand(privates.shape), privates))
+    # measured: 0.20–0.23 (sets of seeds 0–3, keys of six seeds) against a chance of about 0.07 (a flat image
+    # at the photos' median level scores on the flatter crops)
+    assert _mean_ssim(result.recovered, privates) > chance + 0.1
     assert result.seriated_share > 0.9
 
 
@@ -74,3 +76,9 @@ def test_grey_images_and_no_photos_are_refused(privates, photos):
     with pytest.raises(InvalidInputError) as caught:
         ciphertext_only_aes(disguise(privates[:3], create_key(params, SHAPE, seed=1)), params, [])
     assert caught.value.field == "photos"
+
+
+def test_sixteen_pixel_units_leave_almost_nothing_to_order(privates, photos):
+    params = DisguisedNetsParams(method="aes", permute=False)  # a whole 4×4 channel block per codeword
+    result = ciphertext_only_aes(disguise(privates[:20], create_key(params, SHAPE, seed=5)), params, photos)
+    assert result.seriated_share < 0.05 and bool(torch.isfinite(result.recovered).all())
