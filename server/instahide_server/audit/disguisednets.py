@@ -19,7 +19,7 @@ import numpy as np
 from instahide_client.instahide.v1 import audit_pb2
 
 from instahide_ops.audits.progress import CancelToken
-from instahide_ops.audits.reconstruction import AttackSettings
+from instahide_ops.audits.reconstruction import AttackSettings, get_attack
 from instahide_ops.audits.reconstruction.disguisednets.audit import (
     DEFAULT_KNOWN_PAIRS,
     DisguiseDeployment,
@@ -126,8 +126,11 @@ class DisguisedNetsReconstruction:
         return checked_images(images, labels)
 
     def prepare(self, accepted: Accepted, inputs: ReconstructionInputs) -> None:
+        deployment = accepted.params.deployment
         with _named_fields():
-            accepted.params.deployment.validate(inputs.image_shape, len(inputs.images))
+            deployment.validate(inputs.image_shape, len(inputs.images))
+            for name in accepted.params.attacks:
+                get_attack(name).check_images(deployment.params, inputs.image_shape)
 
     def describe(self, accepted: Accepted, inputs: ReconstructionInputs) -> str:
         deployment = accepted.params.deployment

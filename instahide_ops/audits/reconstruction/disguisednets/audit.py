@@ -84,9 +84,11 @@ class DisguiseDeployment:
 
 
 def choose(deployment: DisguiseDeployment, attacks: Sequence[str] = (), *, extra: Sequence[str] = (),
-           skipped: Sequence[str] = (), photos: bool = True) -> list:
+           skipped: Sequence[str] = (), photos: bool = True,
+           image_shape: tuple[int, int, int] | None = None) -> list:
     """The attacks an audit of ``deployment`` runs: ``attack.choose_attacks`` over DisguisedNets' attacks, less
-    the defaults that cannot attack its parameters; one asked for by name that cannot is refused."""
+    the defaults that cannot attack its parameters; one asked for by name that cannot is refused. With
+    ``image_shape``, each is also checked against the images (``check_images``)."""
     chosen = choose_attacks(attacks, extra=extra, skipped=skipped, evidence=deployment.evidence(photos),
                             family=FAMILY)
     named = set(attacks) | set(extra)
@@ -97,6 +99,8 @@ def choose(deployment: DisguiseDeployment, attacks: Sequence[str] = (), *, extra
             raise InvalidInputError(f"{attack.name} cannot attack this configuration: {reason}", field="attacks")
         if not reason:
             kept.append(attack)
+    for attack in kept if image_shape is not None else ():
+        attack.check_images(deployment.params, image_shape)
     if not any(not attack.bound for attack in kept):
         raise InvalidInputError("no attack without the key can attack this configuration with what this audit "
                                 "holds (known pairs, photos)", field="attacks")
@@ -137,7 +141,8 @@ def audit_disguise(privates: np.ndarray, labels: np.ndarray | None, deployment: 
     if privates.ndim != 4:
         raise InvalidInputError(f"expected (N, H, W, C) images, got {list(privates.shape)}", field="images.shape")
     deployment.validate(privates.shape[1:], len(privates))
-    chosen = choose(deployment, attacks, extra=extra, skipped=skipped, photos=photos is not None)
+    chosen = choose(deployment, attacks, extra=extra, skipped=skipped, photos=photos is not None,
+                    image_shape=privates.shape[1:])
     params, m, seed = deployment.params, deployment.known_pairs, deployment.seed
     device = torch.device(device)
 
@@ -164,7 +169,7 @@ def audit_disguise(privates: np.ndarray, labels: np.ndarray | None, deployment: 
     labels_attacked = None if labels is None else np.asarray(labels).reshape(-1)[attacked]
     scored = {}
     for attack in chosen:
-        result: DisguiseAttackResult = results[attack.name]
+        result = _oriented(results[attack.name], originals, key.image_shape, params.block)
         permutation_accuracy = None if result.permutation is None else \
             float(np.mean(np.asarray(result.permutation) == key.permutation))
         success = None if labels_attacked is None else attack_success(originals.numpy(), result.recovered.numpy(),
@@ -183,6 +188,26 @@ def audit_disguise(privates: np.ndarray, labels: np.ndarray | None, deployment: 
     return LeakageReport(scored, device_name(device), len(pixels), len(attacked), encode_png(grid),
                          strongest.attack.name, time.perf_counter() - start, known_pairs=m, curves=tuple(curves),
                          curves_png=_draw_curves(curves, chosen) if curves else b"")
+
+
+def _oriented(result: DisguiseAttackResult, originals: torch.Tensor, image_shape: tuple[int, int, int],
+              block: tuple[int, int]) -> DisguiseAttackResult:
+    """A result right up to a mirror of the whole set, in the orientation that scores better (one choice for every
+    image; its permutation read in that orientation)."""
+    if not result.mirror_ambiguous:
+        return result
+    mirrored = result.recovered.flip(2)
+    if float(aligned_recovery(mirrored, originals).best_ssim.mean()) <= \
+            float(aligned_recovery(result.recovered, originals).best_ssim.mean()):
+        return result
+    permutation = result.permutation
+    if permutation is not None:  # the attack's position i is the mirror of the true one
+        columns = image_shape[1] // block[1]
+        cells = np.arange(len(permutation))
+        mirror = cells // columns * columns + columns - 1 - cells % columns
+        permutation = np.empty_like(result.permutation)
+        permutation[mirror] = result.permutation
+    return dataclasses.replace(result, recovered=mirrored, permutation=permutation, mirror_ambiguous=False)
 
 
 def _disguise(pixels: torch.Tensor, key, seed: int | None, device: torch.device) -> torch.Tensor:

@@ -38,11 +38,11 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 
-from instahide_ops.audits.reconstruction.disguisednets.codebook import _codewords, _ids
+from instahide_ops.audits.reconstruction.disguisednets.codebook import codeword_ids, codeword_length, codewords
 from instahide_ops.audits.reconstruction.disguisednets.jigsaw import solve_jigsaw
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.transforms.disguisednets.blocks import from_blocks, move_blocks
-from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsParams, check_params
+from instahide_ops.transforms.disguisednets.keys import DisguisedNetsParams, check_params
 
 # Sightings an id needs to be seriated: rarer ids add more noise to the ordering than evidence. The bar rises with
 # the set (one sighting per 20 images): more images bring more rare plaintexts into each colliding output.
@@ -117,7 +117,7 @@ def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
 
     # 7. put the blocks back where they came from
     r, s = params.block
-    length = _codeword_length(params)
+    length = codeword_length(params)
     pixels = np.repeat(values[ids][..., None], length, axis=-1).reshape(len(ids), -1, c, r, s)
     blocks = torch.from_numpy(pixels.astype(np.float32))  # (N, P, C, r, s), at the disguised positions
     if params.permute:
@@ -128,19 +128,15 @@ def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
     return EcbPenguinResult(recovered, permutation, float(counts[seriated].sum() / counts.sum()))
 
 
-def _codeword_length(params: DisguisedNetsParams) -> int:
-    return AES_UNIT_BYTES // params.scale if params.scale > 1 else AES_UNIT_BYTES
-
-
 def _id_grid(images: np.ndarray, params: DisguisedNetsParams) -> np.ndarray:
     """(N, P, C, rows, columns) int64: the id of every codeword, laid out as the codewords tile each block's channel
     (rows, columns of codewords); with a key per position, ids of different positions never coincide."""
-    codewords = _codewords(images, params)  # (N, P, C·K, L); raises for codewords that span rows at scale > 1
-    n, p = codewords.shape[:2]
+    units = codewords(images, params)  # (N, P, C·K, L); raises for codewords that span rows at scale > 1
+    n, p = units.shape[:2]
     r, s = params.block
-    length = _codeword_length(params)
+    length = codeword_length(params)
     layout = (r, s // length) if length <= s else (r * s // length, 1)  # a scale-1 unit can hold several rows
-    ids = _ids(codewords)
+    ids = codeword_ids(units)
     if params.aes_key_per_block:  # the same bytes at two positions are two plaintexts
         ids = np.unique(ids * p + np.arange(p)[None, :, None], return_inverse=True)[1].reshape(ids.shape)
     return ids.reshape(n, p, -1, *layout)

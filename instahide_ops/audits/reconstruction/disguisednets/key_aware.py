@@ -179,6 +179,9 @@ class KeyAware:
     def check(self, image_shape: tuple[int, int, int]) -> None:
         pass
 
+    def check_images(self, params: DisguisedNetsParams, image_shape: tuple[int, int, int]) -> None:
+        pass
+
     def run(self, view: DisguisedView, *, start: DisguiseAttackResult | None, settings: AttackSettings,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> DisguiseAttackResult:
         key = view.key

@@ -126,6 +126,9 @@ class KnownPairs:
     def check(self, image_shape: tuple[int, int, int]) -> None:
         pass
 
+    def check_images(self, params: DisguisedNetsParams, image_shape: tuple[int, int, int]) -> None:
+        pass
+
     def run(self, view: DisguisedView, *, start: DisguiseAttackResult | None, settings: AttackSettings,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> DisguiseAttackResult:
         if view.pairs is None:

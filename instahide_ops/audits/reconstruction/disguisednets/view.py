@@ -84,6 +84,8 @@ class DisguiseAttackResult:
         stage_seconds: seconds per stage, in stage order.
         hit_rate: the share of disguised codewords a codebook decrypted (the AES papers' figure), or None.
         device: where it ran.
+        mirror_ambiguous: the recoveries are right up to one left–right mirror of the whole set (the permutation
+            then reads mirrored positions), which the disguised data cannot settle; the audit scores the better.
     """
 
     recovered: torch.Tensor
@@ -91,6 +93,7 @@ class DisguiseAttackResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     hit_rate: float | None = None
     device: str = "cpu"
+    mirror_ambiguous: bool = False
 
 
 def unit_range(pixels: torch.Tensor) -> torch.Tensor:

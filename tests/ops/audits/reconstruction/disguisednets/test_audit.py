@@ -85,6 +85,18 @@ def test_the_curves_rise_with_pairs_and_fall_with_noise(privates):
     assert width > 10 * 32 * 4 and height > 2 * 2 * 32 * 4  # 20 pairs in two double-rows, captions and a title
 
 
+def test_level_1_recovers_rmt_at_the_papers_cifar_setting(privates, public_photos):
+    images, labels = privates
+    report = audit_disguise(images, labels, DisguiseDeployment(DisguisedNetsParams(block=(2, 2), noise=25.0),
+                                                               known_pairs=0, seed=8), photos=public_photos)
+    assert list(report.attacks) == ["disguise_ciphertext_only", "disguise_key_aware"]
+    level1, bound = report.attacks["disguise_ciphertext_only"], report.attacks["disguise_key_aware"]
+    assert level1.permutation_accuracy >= 0.9 and level1.recovery.fractions[0.5] >= 0.9  # the target: half
+    assert level1.scores.mean_ssim >= bound.scores.mean_ssim - 0.05
+    assert report.curves == ()  # nothing holds pairs: no curve
+    assert report.grid_attack == "disguise_ciphertext_only"
+
+
 def test_aes_scale_8_codebook_and_its_bound(privates):
     images, labels = privates
     report = audit_disguise(images, labels, DisguiseDeployment(DisguisedNetsParams(method="aes", scale=8),
@@ -105,12 +117,13 @@ def test_the_aes_bound_without_pairs_beats_a_grey_guess(privates, public_photos)
     assert float(ssim(result.recovered, originals).mean()) > grey + 0.2
 
 
-def test_each_attack_sees_only_what_it_holds(privates):
+def test_each_attack_sees_only_what_it_holds(privates, public_photos):
     images, _ = privates
     params = DisguisedNetsParams(block=(4, 4))
     key = create_key(params, images.shape[1:], seed=6)
     disguised = disguise(torch.from_numpy(images), key)
-    full = DisguisedView(disguised[2:], params, KnownPairs(torch.from_numpy(images[:2]), disguised[:2]), key=key)
+    full = DisguisedView(disguised[2:], params, KnownPairs(torch.from_numpy(images[:2]), disguised[:2]),
+                         public_photos, key)
     for name in attack_names("disguised_nets"):
         attack = get_attack(name)
         held = full.holding(attack.holds)
