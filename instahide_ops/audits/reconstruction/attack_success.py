@@ -10,6 +10,7 @@ scikit-learn's logistic regression on standardised 8×8 thumbnails, k-fold over 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -46,8 +47,8 @@ def attack_success(originals: np.ndarray, recovered: np.ndarray, labels: np.ndar
     """The papers' metric for recoveries of ``originals`` (both (N, H, W, C) in [-1, 1], aligned) with ``labels``.
 
     Images of a class with a single image are left out (they can be neither trained on nor tested). None when the
-    labels cannot train and test a classifier (fewer than two classes of two images), or when it does no better
-    than chance on the originals (the ratio would mean nothing).
+    labels cannot train and test a classifier (fewer than two classes of two images), or when it is not clearly
+    better than chance on the originals (within two standard errors: the ratio would mean nothing).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -69,7 +70,8 @@ def attack_success(originals: np.ndarray, recovered: np.ndarray, labels: np.ndar
         right_recovered += int((model.predict(scaler.transform(attacked[test])) == labels[test]).sum())
     chance = float(counts.max() / counts.sum())
     original_accuracy = right_original / len(labels)
-    if original_accuracy <= chance:
+    # A classifier within two standard errors of chance on the originals recognises nothing: no ratio then.
+    if original_accuracy - chance < 2 * math.sqrt(chance * (1 - chance) / len(labels)):
         return None
     recovered_accuracy = right_recovered / len(labels)
     return AttackSuccess(original_accuracy, recovered_accuracy, recovered_accuracy / original_accuracy, chance)

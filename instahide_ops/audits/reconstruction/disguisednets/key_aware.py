@@ -3,7 +3,8 @@
 It is the ceiling the attacks without keys are measured against, not an attack on the data:
 
 - **RMT**: ``undisguise`` with the key, less the noise's mean N/2 (the noise itself stays: nothing removes it).
-- **AES, scale 1**: ``undisguise``, exact (salt-and-pepper stays).
+- **AES, scale 1**: ``undisguise``, exact but for salt-and-pepper, which a 3×3 median takes out where a pixel is
+  0 or 255 (as at every scale).
 - **AES, scale f with codewords of one or two pixels** (16/f ≤ 2): the cells' means cannot be decrypted, but with
   the key every plaintext codeword can be encrypted: the full codebook (256 or 65,536 codewords per key). Several
   plaintexts give each output (about five at scale 8); the bound picks the one nearest an estimate of the image
@@ -156,6 +157,14 @@ def _decode_scaled(view: DisguisedView, key: DisguisedNetsKey) -> torch.Tensor:
     return torch.from_numpy(decoded)
 
 
+def _despeckle(images: torch.Tensor) -> torch.Tensor:
+    """Salt-and-pepper taken out as the key holder would: each pixel at 0 or 255 replaced by its 3×3 median."""
+    pixels = images.round().clamp(0, 255).to(torch.uint8).numpy()
+    medians = np.stack([cv2.medianBlur(np.ascontiguousarray(image), 3) for image in pixels])
+    speckled = (pixels == 0) | (pixels == 255)
+    return torch.from_numpy(np.where(speckled, medians, pixels).astype(np.float32))
+
+
 @register_attack
 class KeyAware:
     """The bound: the attacker who holds the key."""
@@ -198,5 +207,7 @@ class KeyAware:
                 recovered = undisguise(view.disguised, key).float()
             else:
                 recovered = _decode_scaled(view, key)
+            if view.params.method == "aes" and view.params.salt_pepper:
+                recovered = _despeckle(recovered)
         return DisguiseAttackResult(unit_range(recovered), key.permutation.copy(), dict(tracker.seconds),
                                     device=str(view.disguised.device))

@@ -6,8 +6,9 @@ configuration being audited (block size, method, matrix kind, noise bound), neve
 
 1. **Permutation.** Every image moves its blocks alike, so a source position i and a target position j belong
    together when the pairs' blocks at j are a linear image of those at i: stacking the m·C·r block rows, the
-   residual of the least-squares fit B_j ≈ A_i·R is zero without noise for the true j (and small with noise). With
-   too few rows for a fit (m·C·r ≤ s) an orthogonal R still keeps each block row's norm, which is matched instead.
+   residual of the least-squares fit B_j ≈ A_i·R is zero without noise for the true j (and small with noise). An
+   orthogonal R also keeps each block row's norm, which is matched too: it alone decides when the rows are too few
+   for a fit (m·C·r ≤ s), or too alike (a grey image's equal channels).
    One assignment over the P × P costs (Hungarian) makes it a permutation.
 2. **Matrices.** R_i by least squares from the stacked rows, with the noise's known mean N/2 added to the
    originals' side ((X + Δ)·R = (X + N/2)·R + (Δ − N/2)·R: zero-mean noise on the fitted side), minimum-norm
@@ -57,10 +58,14 @@ def match_positions(originals: torch.Tensor, disguised: torch.Tensor, params: Di
         energy = rows_out.pow(2).sum(dim=(1, 2, 3))
         projected = torch.einsum("ikns,jknt->ijkst", basis, rows_out).pow(2).sum(dim=(2, 3, 4))
         cost = (energy.unsqueeze(0) - projected) / energy.clamp_min(1e-9).unsqueeze(0)
-    else:  # too few rows to fit: an orthogonal R keeps each row's norm
+    else:
+        cost = torch.zeros(p, p, dtype=rows_in.dtype)
+    if params.matrix == "orthogonal":
+        # An orthogonal R keeps each row's norm: this alone decides when the rows are too few (or, as in grey
+        # images whose channels are equal, too alike) for the fit's residual to tell positions apart.
         norms_in = (rows_in + params.noise / 2).norm(dim=-1).flatten(1)
         norms_out = rows_out.norm(dim=-1).flatten(1)
-        cost = torch.cdist(norms_in, norms_out)
+        cost = cost + torch.cdist(norms_in, norms_out) / norms_out.norm(dim=1).mean().clamp_min(1e-9)
     sources, targets = linear_sum_assignment(cost.numpy())
     permutation = np.empty(p, dtype=np.int64)
     permutation[sources] = targets
