@@ -169,7 +169,7 @@ def audit_disguise(privates: np.ndarray, labels: np.ndarray | None, deployment: 
     labels_attacked = None if labels is None else np.asarray(labels).reshape(-1)[attacked]
     scored = {}
     for attack in chosen:
-        result = _oriented(results[attack.name], originals, key.image_shape, params.block)
+        result = _best_reading(results[attack.name], originals)
         permutation_accuracy = None if result.permutation is None else \
             float(np.mean(np.asarray(result.permutation) == key.permutation))
         success = None if labels_attacked is None else attack_success(originals.numpy(), result.recovered.numpy(),
@@ -190,24 +190,14 @@ def audit_disguise(privates: np.ndarray, labels: np.ndarray | None, deployment: 
                          curves_png=_draw_curves(curves, chosen) if curves else b"")
 
 
-def _oriented(result: DisguiseAttackResult, originals: torch.Tensor, image_shape: tuple[int, int, int],
-              block: tuple[int, int]) -> DisguiseAttackResult:
-    """A result right up to a mirror of the whole set, in the orientation that scores better (one choice for every
-    image; its permutation read in that orientation)."""
-    if not result.mirror_ambiguous:
+def _best_reading(result: DisguiseAttackResult, originals: torch.Tensor) -> DisguiseAttackResult:
+    """Of a result's readings of the whole set (itself and its ``alternatives``), the one that scores best."""
+    if not result.alternatives:
         return result
-    mirrored = result.recovered.flip(2)
-    if float(aligned_recovery(mirrored, originals).best_ssim.mean()) <= \
-            float(aligned_recovery(result.recovered, originals).best_ssim.mean()):
-        return result
-    permutation = result.permutation
-    if permutation is not None:  # the attack's position i is the mirror of the true one
-        columns = image_shape[1] // block[1]
-        cells = np.arange(len(permutation))
-        mirror = cells // columns * columns + columns - 1 - cells % columns
-        permutation = np.empty_like(result.permutation)
-        permutation[mirror] = result.permutation
-    return dataclasses.replace(result, recovered=mirrored, permutation=permutation, mirror_ambiguous=False)
+    readings = [(result.recovered, result.permutation), *result.alternatives]
+    scores = [float(aligned_recovery(recovered, originals).best_ssim.mean()) for recovered, _ in readings]
+    recovered, permutation = readings[int(np.argmax(scores))]
+    return dataclasses.replace(result, recovered=recovered, permutation=permutation, alternatives=())
 
 
 def _disguise(pixels: torch.Tensor, key, seed: int | None, device: torch.device) -> torch.Tensor:

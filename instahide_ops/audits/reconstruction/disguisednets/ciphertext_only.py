@@ -2,13 +2,16 @@
 parameters and public natural photos, nothing else. RMT: ``covariance`` (natural row statistics, the dataset-wide
 jigsaw); AES-ECB: ``ecb_penguin`` (the neighbour graph of codewords, seriated, given grey levels, the jigsaw).
 
-RMT is recovered up to one left–right mirror of the whole dataset when blocks were moved: natural images look alike
-mirrored and nothing in the ciphertext tells the two apart. The result says so (``mirror_ambiguous``) and the
-audit scores the better orientation: one bit for the whole set, which an attacker settles by looking at a single
-recovery.
+RMT is recovered up to one left–right mirror of the whole dataset when blocks were moved (natural images look alike
+mirrored and nothing in the ciphertext tells the two apart), and grey AES images up to the direction of their grey
+levels (which colour decides otherwise). The result carries the other reading (``alternatives``) and the audit
+scores the better: one bit for the whole set, which an attacker settles by looking at a single recovery.
 """
 
 from __future__ import annotations
+
+import numpy as np
+import torch
 
 from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTracker
 from instahide_ops.audits.reconstruction.attack import PHOTOS, AttackSettings, register_attack
@@ -58,8 +61,29 @@ class CiphertextOnly:
         if not view.photos:
             raise InvalidInputError("the ciphertext-only attack needs public photos", field="photos")
         tracker = StageTracker(progress, cancel)
-        with tracker.stage("ciphertext_only"):
-            attack = ciphertext_only_rmt if view.params.method == "rmt" else ciphertext_only_aes
-            found = attack(view.disguised.cpu(), view.params, view.photos)
+        params = view.params
+        disguised = view.disguised.cpu()
+        with tracker.stage("ciphertext_only") as report:
+            if params.method == "rmt":
+                found = ciphertext_only_rmt(disguised, params, view.photos)
+                alternatives = [_mirrored(found.recovered, found.permutation, params)] if params.permute else []
+            else:
+                found = ciphertext_only_aes(disguised, params, view.photos)
+                alternatives = []
+                if found.direction_undecided:  # grey: the other direction is as likely
+                    report(0.5)
+                    other = ciphertext_only_aes(disguised, params, view.photos, grey_direction=-1.0)
+                    alternatives = [(unit_range(other.recovered), other.permutation)]
         return DisguiseAttackResult(unit_range(found.recovered), found.permutation, dict(tracker.seconds),
-                                    mirror_ambiguous=view.params.method == "rmt" and view.params.permute)
+                                    alternatives=tuple(alternatives))
+
+
+def _mirrored(recovered: torch.Tensor, permutation: np.ndarray, params: DisguisedNetsParams):
+    """The mirror reading of an RMT recovery: every image flipped left–right, and the permutation read from the
+    mirrored positions (the attack's position i is the mirror of the true one)."""
+    columns = recovered.shape[2] // params.block[1]
+    cells = np.arange(len(permutation))
+    mirror = cells // columns * columns + columns - 1 - cells % columns
+    moved = np.empty_like(permutation)
+    moved[mirror] = permutation
+    return unit_range(recovered.flip(2)), moved

@@ -51,6 +51,7 @@ MIN_COUNT_PER_IMAGE = 0.05
 MIN_PART = 16  # ids a connected part needs to be seriated on its own
 CHANNEL_WEIGHT = 1.0  # an id's counterpart in another channel, against a spatial neighbour
 MEDIAN_ROUNDS = 2
+GREY_MARGIN = 1e-6  # red against blue closer than this (relative to the ordering's scale) tells no direction
 EXTENSION_SWEEPS = 30
 REFERENCE_PIXELS = 65536  # pixels of each public photo in the grey-level reference: every photo counts alike
 RED, BLUE = 0, 2
@@ -58,18 +59,21 @@ RED, BLUE = 0, 2
 
 @dataclass(frozen=True)
 class EcbPenguinResult:
-    """The recoveries (N, H, W, C) float32 on the 0–255 scale, the permutation found (the keys' convention), and the
-    share of codeword sightings whose id was seriated (the rest were extended from neighbours)."""
+    """The recoveries (N, H, W, C) float32 on the 0–255 scale, the permutation found (the keys' convention), the
+    share of codeword sightings whose id was seriated (the rest were extended from neighbours), and whether colour
+    left a part's direction undecided (grey images: ``grey_direction`` chose it)."""
 
     recovered: torch.Tensor
     permutation: np.ndarray
     seriated_share: float
+    direction_undecided: bool = False
 
 
-def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
-                        photos: Sequence[np.ndarray]) -> EcbPenguinResult:
+def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams, photos: Sequence[np.ndarray], *,
+                        grey_direction: float = 1.0) -> EcbPenguinResult:
     """Recover (N, H, W, 3) AES-disguised images from the disguised set alone, with public natural ``photos``
-    ((H, W, 3) uint8, any size) for the grey levels.
+    ((H, W, 3) uint8, any size) for the grey levels. ``grey_direction`` (+1 or −1) orients the parts colour cannot
+    orient (grey images): run both to have both readings.
 
     Raises:
         InvalidInputError: parameters that are not AES's, a scale whose codewords span rows, images that are not
@@ -95,6 +99,7 @@ def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
 
     # 3–4. seriate each well-connected part, orient it by colour, give its ranks the photos' grey levels
     values = np.full(len(counts), np.nan)
+    undecided = False
     frequent = np.flatnonzero(counts >= max(MIN_COUNT, MIN_COUNT_PER_IMAGE * len(ids)))
     _, part_of = connected_components(graph[frequent][:, frequent], directed=False)
     for part in np.unique(part_of):
@@ -102,7 +107,10 @@ def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
         if len(members) < MIN_PART:
             continue
         order = _fiedler(graph[members][:, members])
-        if _redder_than_blue(ids, members, order) < 0:
+        redder = _redder_than_blue(ids, members, order)
+        if abs(redder) <= GREY_MARGIN * np.abs(order).mean():  # grey: colour cannot tell; one guess for every part
+            undecided, redder = True, grey_direction
+        if redder < 0:
             order = -order
         values[members] = _quantile_levels(order, counts[members], reference)
     seriated = np.flatnonzero(~np.isnan(values))
@@ -125,7 +133,7 @@ def ciphertext_only_aes(disguised: torch.Tensor, params: DisguisedNetsParams,
     else:
         permutation = np.arange(blocks.shape[1])
     recovered = move_blocks(from_blocks(blocks, h, w), params.block, np.argsort(permutation))
-    return EcbPenguinResult(recovered, permutation, float(counts[seriated].sum() / counts.sum()))
+    return EcbPenguinResult(recovered, permutation, float(counts[seriated].sum() / counts.sum()), undecided)
 
 
 def _id_grid(images: np.ndarray, params: DisguisedNetsParams) -> np.ndarray:

@@ -84,8 +84,9 @@ class DisguiseAttackResult:
         stage_seconds: seconds per stage, in stage order.
         hit_rate: the share of disguised codewords a codebook decrypted (the AES papers' figure), or None.
         device: where it ran.
-        mirror_ambiguous: the recoveries are right up to one left–right mirror of the whole set (the permutation
-            then reads mirrored positions), which the disguised data cannot settle; the audit scores the better.
+        alternatives: other readings of the whole set, each (recovered, permutation), that the disguised data
+            cannot tell from this one (one bit for the whole set: RMT's left–right mirror, AES's grey direction);
+            an attacker settles it by looking at one recovery, so the audit scores the best reading.
     """
 
     recovered: torch.Tensor
@@ -93,7 +94,7 @@ class DisguiseAttackResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     hit_rate: float | None = None
     device: str = "cpu"
-    mirror_ambiguous: bool = False
+    alternatives: tuple[tuple[torch.Tensor, np.ndarray | None], ...] = ()
 
 
 def unit_range(pixels: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ challenge's with each recovery against its own image, and the curves and picture
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -163,3 +164,28 @@ def test_attack_success_is_the_papers_ratio(privates):
     assert attack_success(originals, originals, np.zeros(len(images), dtype=np.int64)) is None  # one class
     coin = np.arange(len(images)) % 2  # labels nothing in the images tells apart
     assert attack_success(originals, originals, coin) is None
+
+
+def test_level_1_offers_the_reading_the_data_cannot_settle_and_the_audit_scores_the_better(privates, public_photos):
+    images, labels = privates
+    grey = np.repeat(images.mean(axis=3, keepdims=True).round().astype(np.uint8), 3, axis=3)
+    attack = get_attack("disguise_ciphertext_only")
+    aes, rmt = DisguisedNetsParams(method="aes", scale=8), DisguisedNetsParams(block=(2, 2))
+    cases = [(images, aes, 0), (grey, aes, 1), (images, rmt, 1), (images, dataclasses.replace(rmt, permute=False), 0)]
+    for pixels, params, readings in cases:
+        key = create_key(params, pixels.shape[1:], seed=9)
+        view = DisguisedView(disguise(torch.from_numpy(pixels), key), params, photos=public_photos)
+        result = attack.run(view, start=None, settings=AttackSettings())
+        assert len(result.alternatives) == readings, params
+        if params.method == "rmt" and readings:
+            assert torch.equal(result.alternatives[0][0], result.recovered.flip(2))
+    report = audit_disguise(grey, labels, DisguiseDeployment(DisguisedNetsParams(method="aes", scale=8), 0, seed=9,
+                                                             curves=False), photos=public_photos,
+                            attacks=["disguise_ciphertext_only"])
+    originals = torch.from_numpy(unit_range_array(grey))
+    view = DisguisedView(disguise(torch.from_numpy(grey), create_key(DisguisedNetsParams(method="aes", scale=8),
+                                                                     grey.shape[1:], seed=9)),
+                         DisguisedNetsParams(method="aes", scale=8), photos=public_photos)
+    result = attack.run(view, start=None, settings=AttackSettings())
+    best = max(float(ssim(r, originals).mean()) for r in (result.recovered, result.alternatives[0][0]))
+    assert report.attacks["disguise_ciphertext_only"].scores.mean_ssim == pytest.approx(best, abs=1e-6)
