@@ -45,7 +45,8 @@ def test_cli_audits_a_stored_keys_parameters(server, privates, tmp_path, capsys)
     assert main(["audit", "start", "--target", server.target, "--images", str(folder / "labelled.npz"),
                  "--key-params", key, "--known-pairs", "4", "--seed", "2", "--quiet",
                  "--report-dir", str(report_dir)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "known pairs (Level-2)" in out and "key-aware bound" in out
     assert "known pairs (Level-2): permutation" in out and "attacked: 16  known pairs: 4" in out, out
     report = json.loads((report_dir / "report.json").read_text())
@@ -60,6 +61,12 @@ def test_cli_audits_a_stored_keys_parameters(server, privates, tmp_path, capsys)
     assert 0.0 < report["known_pairs"]["max_ssim"] <= report["disguise_key_aware"]["max_ssim"] + 0.01
     assert cv2.imread(str(report_dir / "curves.png")).shape == (600, 480, 3)
     assert cv2.imread(str(report_dir / "grid.png")) is not None
+    audit_id = captured.err.split("started audits/")[1].split()[0]
+    assert main(["audit", "get", audit_id, "--target", server.target]) == 0
+    shown = capsys.readouterr().out
+    assert "reconstruction of uploaded images; DisguisedNets rmt 2x2, noise 25, scale 1, 4 known pairs, seed 2" in shown
+    assert main(["audit", "list", "--target", server.target]) == 0
+    assert f"audits/{audit_id}" in capsys.readouterr().out
 
 
 def test_cli_audits_aes_flags_without_labels(server, privates, capsys):
