@@ -31,10 +31,10 @@ from instahide_ops.photos import bundled_sources
 from instahide_ops.transforms.disguisednets import check_params
 from instahide_ops.transforms.instahide.challenge import PUBLIC_SOURCE_NAMES
 from instahide_server.audit import reconstruction
-from instahide_server.audit.inputs import UNREADABLE, check_unit_range, concatenate, open_npz
+from instahide_server.audit.inputs import concatenate, read_images
 from instahide_server.audit.kinds import Accepted, ProgressCallback
 from instahide_server.audit.reconstruction import ReconstructionInputs
-from instahide_server.errors import InvalidArgument, ResourceExhausted
+from instahide_server.errors import InvalidArgument
 from instahide_server.transform.disguisednets import param_fields, params_from_message, params_message
 
 _SPEC = "spec.reconstruction.disguised_nets"
@@ -105,25 +105,8 @@ class DisguisedNetsReconstruction:
         return Upload(accepted.params, max_images=max_images)
 
     def read_dataset(self, path: pathlib.Path, accepted: Accepted, *, max_images: int) -> ReconstructionInputs:
-        name = accepted.dataset
-        try:
-            with open_npz(path, name, ("images",)) as data:
-                images = data["images"]
-                if images.ndim != 4 or 0 in images.shape[1:] or images.dtype not in (np.uint8, np.float16,
-                                                                                       np.float32):
-                    raise InvalidArgument(f"spec.dataset: {name!r} images must be (N, H, W, C) uint8 or float, got "
-                                          f"{images.dtype} {list(images.shape)}", "spec.dataset")
-                if len(images) > max_images:
-                    raise ResourceExhausted(f"spec.dataset: {len(images)} images, more than this server's "
-                                            f"limit of {max_images} per audit", "spec.dataset")
-                labels = np.asarray(data["labels"]).reshape(-1).astype(np.int64) if "labels" in data.files \
-                    else np.zeros(0, dtype=np.int64)
-                images = np.asarray(images)
-        except UNREADABLE as exc:
-            raise InvalidArgument(f"spec.dataset: cannot read {name!r} as a .npz: {exc}", "spec.dataset") from None
-        if images.dtype != np.uint8:
-            check_unit_range(images, "spec.dataset")
-        return checked_images(images, labels)
+        images, labels = read_images(path, accepted.dataset, max_images=max_images, labels_required=False)
+        return checked_images(images, np.zeros(0, dtype=np.int64) if labels is None else labels)
 
     def prepare(self, accepted: Accepted, inputs: ReconstructionInputs) -> None:
         deployment = accepted.params.deployment

@@ -16,7 +16,7 @@ import numpy as np
 from instahide_client.instahide.v1 import tensor_pb2
 from instahide_client.tensors import TensorFormatError, to_numpy
 
-from instahide_server.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from instahide_server.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 # What reading an untrusted .npz can raise besides our own refusals.
 UNREADABLE = (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
@@ -72,6 +72,33 @@ def open_npz(path: pathlib.Path, name: str, required: tuple[str, ...]) -> np.lib
         loaded.close()
         raise InvalidArgument(f"spec.dataset: {name!r} lacks {sorted(missing)}", "spec.dataset")
     return loaded
+
+
+def read_images(path: pathlib.Path, name: str, *, max_images: int,
+                labels_required: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A dataset's ``images`` ((N, H, W, C) uint8, or float in [-1, 1]) and ``labels`` (int64, or None when
+    absent and not required), loaded whole (blocking).
+
+    Raises:
+        InvalidArgument: not such a ``.npz``, images of another rank or dtype, floats out of range.
+        ResourceExhausted: more images than ``max_images``.
+    """
+    try:
+        with open_npz(path, name, ("images", "labels") if labels_required else ("images",)) as data:
+            images = data["images"]
+            if images.ndim != 4 or 0 in images.shape[1:] or images.dtype not in (np.uint8, np.float16, np.float32):
+                raise InvalidArgument(f"spec.dataset: {name!r} images must be (N, H, W, C) uint8 or float, got "
+                                      f"{images.dtype} {list(images.shape)}", "spec.dataset")
+            if len(images) > max_images:
+                raise ResourceExhausted(f"spec.dataset: {len(images)} images, more than this server's "
+                                        f"limit of {max_images} per audit", "spec.dataset")
+            labels = np.asarray(data["labels"]).reshape(-1).astype(np.int64) if "labels" in data.files else None
+            images = np.asarray(images)
+    except UNREADABLE as exc:  # a corrupt member
+        raise InvalidArgument(f"spec.dataset: cannot read {name!r} as a .npz: {exc}", "spec.dataset") from None
+    if images.dtype != np.uint8:
+        check_unit_range(images, "spec.dataset")
+    return images, labels
 
 
 def decode(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:

@@ -35,7 +35,7 @@ from instahide_ops.audits.reconstruction.audit import DEFAULT_ENCODINGS_PER_IMAG
 from instahide_ops.audits.reconstruction.instahide.ciphertext_only import check_public_parameters
 from instahide_ops.audits.reconstruction.scores import WINDOW
 from instahide_ops.errors import InvalidInputError
-from instahide_server.audit.inputs import UNREADABLE, check_unit_range, concatenate, decode, dtype_name, open_npz
+from instahide_server.audit.inputs import check_unit_range, concatenate, decode, dtype_name, read_images
 from instahide_server.audit.kinds import Accepted, ProgressCallback
 from instahide_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from instahide_server.transform.instahide import MODE_VALUES, encode_params
@@ -167,23 +167,7 @@ class InstaHideReconstruction:
         return Upload(accepted.params, max_images=max_images)
 
     def read_dataset(self, path: pathlib.Path, accepted: Accepted, *, max_images: int) -> ReconstructionInputs:
-        name = accepted.dataset
-        try:
-            with open_npz(path, name, ("images", "labels")) as data:
-                images = data["images"]
-                if images.ndim != 4 or 0 in images.shape[1:] or images.dtype not in (np.uint8, np.float16,
-                                                                                       np.float32):
-                    raise InvalidArgument(f"spec.dataset: {name!r} images must be (N, H, W, C) uint8 or float, got "
-                                          f"{images.dtype} {list(images.shape)}", "spec.dataset")
-                if len(images) > max_images:
-                    raise ResourceExhausted(f"spec.dataset: {len(images)} images, more than this server's "
-                                            f"limit of {max_images} per audit", "spec.dataset")
-                labels = np.asarray(data["labels"]).reshape(-1).astype(np.int64)
-                images = np.asarray(images)
-        except UNREADABLE as exc:  # a corrupt member
-            raise InvalidArgument(f"spec.dataset: cannot read {name!r} as a .npz: {exc}", "spec.dataset") from None
-        if images.dtype != np.uint8:
-            check_unit_range(images, "spec.dataset")
+        images, labels = read_images(path, accepted.dataset, max_images=max_images, labels_required=True)
         return checked_images(accepted.params, images, labels)
 
     def prepare(self, accepted: Accepted, inputs: ReconstructionInputs) -> None:

@@ -17,38 +17,34 @@ from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTr
 from instahide_ops.audits.reconstruction.attack import PHOTOS, AttackSettings, register_attack
 from instahide_ops.audits.reconstruction.disguisednets.covariance import ciphertext_only_rmt
 from instahide_ops.audits.reconstruction.disguisednets.ecb_penguin import ciphertext_only_aes
-from instahide_ops.audits.reconstruction.disguisednets.view import DisguiseAttackResult, DisguisedView, unit_range
+from instahide_ops.audits.reconstruction.disguisednets.view import (
+    DisguiseAttackResult,
+    DisguisedNetsAttack,
+    DisguisedView,
+    codewords_span_rows,
+    unit_range,
+)
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsParams
+from instahide_ops.transforms.disguisednets.keys import DisguisedNetsParams
 
 
 @register_attack
-class CiphertextOnly:
+class CiphertextOnly(DisguisedNetsAttack):
     """Level-1: the disguised dataset and public photos."""
 
     name = "disguise_ciphertext_only"
     title = "ciphertext-only (Level-1)"
     threat = ("holds the disguised dataset, the configuration (block size, method) and public natural photos "
               "(the papers' Level-1), never the key nor any original")
-    family = "disguised_nets"
     holds = frozenset({PHOTOS})
-    bound = False
-    default = True
-    starts_from = None
 
     def unsupported(self, params: DisguisedNetsParams) -> str | None:
-        r, s = params.block
-        if params.method == "aes" and params.scale > 1 and (s * params.scale) % AES_UNIT_BYTES:
-            return f"at scale {params.scale} a {r}x{s} block's codewords span rows"
-        if params.method == "rmt" and params.matrix != "orthogonal" and r < 2:
+        if params.method == "rmt" and params.matrix != "orthogonal" and params.block[0] < 2:
             return "a non-orthogonal matrix is read from a block's adjacent rows: blocks need two rows"
-        return None
+        return codewords_span_rows(params)
 
     def stages(self, view: DisguisedView, settings: AttackSettings) -> dict[str, float]:
         return {"ciphertext_only": 0.015}
-
-    def check(self, image_shape: tuple[int, int, int]) -> None:
-        pass
 
     def check_images(self, params: DisguisedNetsParams, image_shape: tuple[int, int, int]) -> None:
         """InvalidInputError (field "attacks") for images this attack cannot read."""

@@ -22,7 +22,13 @@ import torch
 from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTracker
 from instahide_ops.audits.reconstruction.attack import KEYS, AttackSettings, register_attack
 from instahide_ops.audits.reconstruction.disguisednets.codebook import codebook_attack, codeword_length, codewords
-from instahide_ops.audits.reconstruction.disguisednets.view import DisguiseAttackResult, DisguisedView, unit_range
+from instahide_ops.audits.reconstruction.disguisednets.view import (
+    DisguiseAttackResult,
+    DisguisedNetsAttack,
+    DisguisedView,
+    codewords_span_rows,
+    unit_range,
+)
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.images import resize_image
 from instahide_ops.transforms.disguisednets import DisguisedNetsKey, DisguisedNetsParams, disguise, undisguise
@@ -36,14 +42,10 @@ PRIOR_CROPS = 512  # crops of the public photos whose codewords weigh the candid
 
 def unsupported(params: DisguisedNetsParams) -> str | None:
     """Why the bound cannot run on ``params``, or None when it can."""
-    if params.method == "aes" and params.scale > 1:
-        r, s = params.block
-        if (s * params.scale) % 16:
-            return f"at scale {params.scale} a {r}x{s} block's units span rows; no codebook is enumerated"
-        if codeword_length(params) > MAX_CODEWORD_PIXELS:
-            return (f"at scale {params.scale} a codeword is {codeword_length(params)} pixels, "
-                    f"256^{codeword_length(params)} plaintexts: too many to enumerate")
-    return None
+    if params.method == "aes" and params.scale > 1 and codeword_length(params) > MAX_CODEWORD_PIXELS:
+        return (f"at scale {params.scale} a codeword is {codeword_length(params)} pixels, "
+                f"256^{codeword_length(params)} plaintexts: too many to enumerate")
+    return codewords_span_rows(params)
 
 
 def _full_codebook(key: DisguisedNetsKey) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,30 +168,21 @@ def _despeckle(images: torch.Tensor) -> torch.Tensor:
 
 
 @register_attack
-class KeyAware:
+class KeyAware(DisguisedNetsAttack):
     """The bound: the attacker who holds the key."""
 
     name = "disguise_key_aware"
     title = "key-aware bound"
     threat = ("holds the key (a leaked key store) and whatever the audit's other attackers hold: an upper bound, "
               "not an attack")
-    family = "disguised_nets"
     holds = frozenset({KEYS})
     bound = True
-    default = True
-    starts_from = None
 
     def unsupported(self, params: DisguisedNetsParams) -> str | None:
         return unsupported(params)
 
     def stages(self, view: DisguisedView, settings: AttackSettings) -> dict[str, float]:
         return {"undisguise": 0.02}
-
-    def check(self, image_shape: tuple[int, int, int]) -> None:
-        pass
-
-    def check_images(self, params: DisguisedNetsParams, image_shape: tuple[int, int, int]) -> None:
-        pass
 
     def run(self, view: DisguisedView, *, start: DisguiseAttackResult | None, settings: AttackSettings,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> DisguiseAttackResult:

@@ -29,10 +29,16 @@ from instahide_ops.audits.progress import CancelToken, ProgressCallback, StageTr
 from instahide_ops.audits.reconstruction.attack import PAIRS, AttackSettings, register_attack
 from instahide_ops.audits.reconstruction.disguisednets.codebook import codebook_attack
 from instahide_ops.audits.reconstruction.disguisednets.pairs import check_pairs
-from instahide_ops.audits.reconstruction.disguisednets.view import DisguiseAttackResult, DisguisedView, unit_range
+from instahide_ops.audits.reconstruction.disguisednets.view import (
+    DisguiseAttackResult,
+    DisguisedNetsAttack,
+    DisguisedView,
+    codewords_span_rows,
+    unit_range,
+)
 from instahide_ops.errors import InvalidInputError
 from instahide_ops.transforms.disguisednets.blocks import from_blocks, to_blocks
-from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsParams
+from instahide_ops.transforms.disguisednets.keys import DisguisedNetsParams
 
 
 def _block_rows(images: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -106,33 +112,20 @@ def known_pair_attack(disguised: torch.Tensor, pair_originals: torch.Tensor, pai
 
 
 @register_attack
-class KnownPairs:
+class KnownPairs(DisguisedNetsAttack):
     """Level-2: the attacker holds m original/disguised pairs (RMT: least squares; AES-ECB: the codebook)."""
 
     name = "known_pairs"
     title = "known pairs (Level-2)"
     threat = ("holds the disguised dataset and m of the owner's images with their disguises under the same key "
               "(the papers' Level-2), never the key")
-    family = "disguised_nets"
     holds = frozenset({PAIRS})
-    bound = False
-    default = True
-    starts_from = None
 
     def unsupported(self, params: DisguisedNetsParams) -> str | None:
-        r, s = params.block
-        if params.method == "aes" and params.scale > 1 and (s * params.scale) % AES_UNIT_BYTES:
-            return f"at scale {params.scale} a {r}x{s} block's codewords span rows"
-        return None
+        return codewords_span_rows(params)
 
     def stages(self, view: DisguisedView, settings: AttackSettings) -> dict[str, float]:
         return {"known_pairs": 0.05}
-
-    def check(self, image_shape: tuple[int, int, int]) -> None:
-        pass
-
-    def check_images(self, params: DisguisedNetsParams, image_shape: tuple[int, int, int]) -> None:
-        pass
 
     def run(self, view: DisguisedView, *, start: DisguiseAttackResult | None, settings: AttackSettings,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> DisguiseAttackResult:

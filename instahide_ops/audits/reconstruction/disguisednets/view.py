@@ -1,4 +1,4 @@
-"""What an attacker on DisguisedNets sees and what its attack returns.
+"""What an attacker on DisguisedNets sees, what its attack returns, and what every such attack shares.
 
 Every attacker holds the disguised dataset and the configuration under audit (block size, method, matrix kind,
 noise bound, scale: the public parameters, as Kerckhoffs would have it), never the key's material unless it is
@@ -17,7 +17,7 @@ import torch
 
 from instahide_ops.audits.reconstruction.attack import KEYS, PAIRS, PHOTOS
 from instahide_ops.errors import InvalidInputError
-from instahide_ops.transforms.disguisednets.keys import DisguisedNetsKey, DisguisedNetsParams
+from instahide_ops.transforms.disguisednets.keys import AES_UNIT_BYTES, DisguisedNetsKey, DisguisedNetsParams
 
 
 @dataclass(frozen=True)
@@ -100,3 +100,33 @@ class DisguiseAttackResult:
 def unit_range(pixels: torch.Tensor) -> torch.Tensor:
     """0–255 recoveries → float32 [-1, 1] on the CPU, as the scores take them."""
     return (pixels.detach().float().clamp(0, 255) / 127.5 - 1).cpu()
+
+
+class DisguisedNetsAttack:
+    """Defaults every attack on DisguisedNets shares (``attack.Attack``'s protocol, family ``disguised_nets``): it
+    attacks every configuration and image shape, runs by default, starts from nothing and is no bound. An attack
+    overrides what differs."""
+
+    family = "disguised_nets"
+    bound = False
+    default = True
+    starts_from = None
+
+    def unsupported(self, params: DisguisedNetsParams) -> str | None:
+        """Why it cannot attack ``params`` (the audit leaves it out, or refuses it when named), or None."""
+        return None
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        pass
+
+    def check_images(self, params: DisguisedNetsParams, image_shape: tuple[int, int, int]) -> None:
+        """InvalidInputError (field "attacks") for images it cannot read."""
+
+
+def codewords_span_rows(params: DisguisedNetsParams) -> str | None:
+    """Why an AES attack cannot read ``params``' codewords (at scale f a block row's scaled units must be whole,
+    s·f a multiple of 16), or None."""
+    r, s = params.block
+    if params.method == "aes" and params.scale > 1 and (s * params.scale) % AES_UNIT_BYTES:
+        return f"at scale {params.scale} a {r}x{s} block's codewords span rows"
+    return None
