@@ -23,6 +23,7 @@ Domain metrics (``instahide_*``):
   audit_max_ssim{attack,bound}        the Max_SSIM of each succeeded reconstruction audit, per attack it ran
                                       (its registry name: ciphertext_only, pool_aware, ...); bound="true" for
                                       the attackers that hold the keys, "false" for the others
+  audit_membership_auc{attack}        the AUC of each succeeded membership audit, per attack it ran
   device_info{device}                 1, for the device the server encodes on
   gpu_memory_bytes{kind}              torch's allocated / reserved CUDA memory (absent on CPU)
   build_info{version}                 1, for the installed instahide-server version
@@ -53,6 +54,7 @@ AUDIT_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200
                  float("inf"))
 KEY_FAMILIES = ("disguised_nets",)  # the families with stored keys
 SSIM_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, float("inf"))
+AUC_BUCKETS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0, float("inf"))
 
 
 class ServerMetrics:
@@ -89,6 +91,9 @@ class ServerMetrics:
         self.audit_max_ssim = Histogram("instahide_audit_max_ssim",
                                         "Max_SSIM of each succeeded audit, per attack it ran.", ("attack", "bound"),
                                         buckets=SSIM_BUCKETS, registry=registry)
+        self.audit_membership_auc = Histogram("instahide_audit_membership_auc",
+                                              "AUC of each succeeded membership audit, per attack it ran.",
+                                              ("attack",), buckets=AUC_BUCKETS, registry=registry)
         info = Gauge("instahide_device_info", "1, for the device the server encodes on.", ("device",),
                      registry=registry)
         build = Gauge("instahide_build_info", "1, for the installed instahide-server version.", ("version",),

@@ -48,6 +48,7 @@ from instahide_ops.transforms.instahide.pool import load_photos, load_pool
 from instahide_server.audit import servicer as audit_servicer
 from instahide_server.audit.disguisednets import DisguisedNetsReconstruction
 from instahide_server.audit.jobs import AuditJobs, default_workers
+from instahide_server.audit.membership import MembershipKind
 from instahide_server.audit.reconstruction import InstaHideReconstruction, ReconstructionKind
 from instahide_server.audit.store import open_audit_store
 from instahide_server.config import ConfigError, ServerConfig
@@ -61,6 +62,7 @@ from instahide_server.keys.store import open_key_store
 from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
 from instahide_server.tls import load_tls, log_transport
 from instahide_server.transform import servicer as transform_servicer
+from instahide_server.transform.defenses import OutputDefenseFamily
 from instahide_server.transform.disguisednets import DisguisedNetsFamily
 from instahide_server.transform.encoder import BatchEncoder
 from instahide_server.transform.instahide import InstaHideFamily
@@ -138,12 +140,13 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     limits = Limits(max_images_per_request=transforms.max_images_per_request,
                     max_message_bytes=transport.max_message_bytes)
     # The transform families and audit kinds this server runs; each is a registry entry in instahide_ops.
-    families = [InstaHideFamily(pools), DisguisedNetsFamily(keys)]
+    families = [InstaHideFamily(pools), DisguisedNetsFamily(keys), OutputDefenseFamily()]
     attack_settings = AttackSettings(working_bytes=audits.pool_memory_bytes, refine_sets=audits.refine_sets,
                                      refine_steps=audits.refine_steps)
     kinds = [ReconstructionKind({
         "instahide": InstaHideReconstruction(pools, device=device, settings=attack_settings),
-        "disguised_nets": DisguisedNetsReconstruction(device=device, settings=attack_settings)})]
+        "disguised_nets": DisguisedNetsReconstruction(device=device, settings=attack_settings)}),
+        MembershipKind(device=device)]
     encoder = BatchEncoder(device=device, families=families, limits=limits, metrics=metrics)
     store = open_audit_store(config.state_dir, max_bytes=audits.db_max_bytes)  # never raises
     jobs = AuditJobs(store, workers=audits.workers or default_workers(device), queue_size=audits.queue_size,

@@ -442,6 +442,8 @@ class AuditJobs:
                 if row.HasField("reconstruction"):
                     metrics.audit_max_ssim.labels(attack=row.attack, bound=str(row.bound).lower()).observe(
                         row.reconstruction.max_ssim)
+                elif row.HasField("membership"):
+                    metrics.audit_membership_auc.labels(attack=row.attack).observe(row.membership.auc)
         self._count_queued()
 
     def _notify(self, job: _Job) -> None:

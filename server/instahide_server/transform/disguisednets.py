@@ -18,7 +18,7 @@ from instahide_ops.transforms import TransformOutput, get_transform
 from instahide_ops.transforms.disguisednets import DisguisedNetsKey, DisguisedNetsParams
 from instahide_server.errors import InvalidArgument
 from instahide_server.keys.store import KeyStore
-from instahide_server.transform.validation import Batch, Limits, check_response_size
+from instahide_server.transform.validation import IMAGES, Batch, Limits, check_response_size
 
 pb = disguisednets_pb2
 METHODS = {pb.DISGUISE_METHOD_UNSPECIFIED: "rmt", pb.DISGUISE_METHOD_RMT: "rmt", pb.DISGUISE_METHOD_AES: "aes"}
@@ -87,6 +87,7 @@ class DisguisedNetsFamily:
     """The adapter of ``families.Family`` for DisguisedNets; keys come from the server's key store."""
 
     field = "disguised_nets"
+    inputs = IMAGES
 
     def __init__(self, keys: KeyStore) -> None:
         self._keys = keys

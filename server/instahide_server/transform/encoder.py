@@ -60,8 +60,8 @@ class BatchEncoder:
         started = time.perf_counter()
         metrics.encode_bytes_received.inc(request.ByteSize())
         try:
-            batch = check_batch(request, config, self._limits)
             family, message = family_of(config, self._families)
+            batch = check_batch(request, config, self._limits, family.inputs)
             plan = family.plan(message, batch, self._limits, principal=principal)
             try:
                 images = _to_device(batch.images, self._device)

@@ -15,7 +15,7 @@ from instahide_client.instahide.v1 import transform_pb2
 
 from instahide_ops.transforms import TransformOutput
 from instahide_server.errors import InvalidArgument
-from instahide_server.transform.validation import Batch, Limits
+from instahide_server.transform.validation import Batch, InputSpec, Limits
 
 DEFAULT_FAMILY = "instahide"  # what a config without a transform means
 
@@ -26,9 +26,11 @@ class Family(Protocol):
     Class attributes:
         field: its member of ``EncodeConfig.transform`` (also its ``instahide_ops.transforms`` name and the
             ``family`` label of the metrics).
+        inputs: what it takes in a request's ``images`` (``validation.IMAGES`` for the image families).
     """
 
     field: ClassVar[str]
+    inputs: ClassVar[InputSpec]
 
     def plan(self, message: Message, batch: Batch, limits: Limits, *, principal: str) -> Any:
         """Check the family's config (``message``) against the batch, before any device work; the plan is what

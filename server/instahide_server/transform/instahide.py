@@ -20,7 +20,7 @@ from instahide_ops.transforms.instahide.keys import EncodeKeys
 from instahide_ops.transforms.instahide.pool import PublicPool
 from instahide_server.errors import InvalidArgument
 from instahide_server.transform.pools import PoolRegistry
-from instahide_server.transform.validation import Batch, Limits, check_response_size
+from instahide_server.transform.validation import IMAGES, Batch, Limits, check_response_size
 
 MODES = {
     instahide_pb2.MIXING_MODE_UNSPECIFIED: "cross",
@@ -61,6 +61,7 @@ class InstaHideFamily:
     """The adapter of ``families.Family`` for InstaHide; its pools come from the server's ``PoolRegistry``."""
 
     field = "instahide"
+    inputs = IMAGES
 
     def __init__(self, pools: PoolRegistry) -> None:
         self._pools = pools

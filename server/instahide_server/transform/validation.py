@@ -18,6 +18,7 @@ from instahide_client.tensors import TensorFormatError, numpy_dtype, to_numpy
 from instahide_server.errors import InvalidArgument, ResourceExhausted
 
 _IMAGE_DTYPES = (tensor_pb2.DATA_TYPE_UINT8, tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)
+_FLOAT_DTYPES = (tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)
 _OUTPUT_DTYPES = {
     tensor_pb2.DATA_TYPE_UNSPECIFIED: torch.float32,
     tensor_pb2.DATA_TYPE_FLOAT32: torch.float32,
@@ -25,6 +26,19 @@ _OUTPUT_DTYPES = {
 }
 # Room for everything in a response besides its tensors' contents (ids, shapes, tags, fingerprint).
 RESPONSE_OVERHEAD_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a family takes in a request's ``images`` tensor: its ranks (with their layouts, for messages) and
+    element types."""
+
+    layouts: dict[int, str]  # rank -> layout, e.g. {4: "(N, H, W, C)"}
+    dtypes: tuple[int, ...]
+
+
+IMAGES = InputSpec({4: "(N, H, W, C)"}, _IMAGE_DTYPES)
+MODEL_OUTPUTS = InputSpec({2: "(N, C)", 4: "(N, C, h, w)"}, _FLOAT_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -50,8 +64,10 @@ class Batch:
         return height, width, channels
 
 
-def check_batch(request: transform_pb2.EncodeRequest, config: transform_pb2.EncodeConfig, limits: Limits) -> Batch:
-    """Decode and check one request's images and labels, and its effective config's output type.
+def check_batch(request: transform_pb2.EncodeRequest, config: transform_pb2.EncodeConfig, limits: Limits,
+                inputs: InputSpec = IMAGES) -> Batch:
+    """Decode and check one request's images (of the family's ``inputs``) and labels, and its effective config's
+    output type.
 
     Raises:
         InvalidArgument: a malformed request; ``field`` names the request field.
@@ -59,7 +75,7 @@ def check_batch(request: transform_pb2.EncodeRequest, config: transform_pb2.Enco
     """
     if not request.HasField("images"):
         raise InvalidArgument("images: required", "images")
-    images = _images(request.images, limits)
+    images = _images(request.images, limits, inputs)
     labels = np.fromiter(request.labels, dtype=np.int64, count=len(request.labels))
     if config.output_dtype not in _OUTPUT_DTYPES:
         raise InvalidArgument(f"config.output_dtype: expected DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT16, "
@@ -80,17 +96,19 @@ def check_response_size(size: int, limits: Limits) -> None:
                                 "images")
 
 
-def _images(tensor: tensor_pb2.Tensor, limits: Limits) -> np.ndarray:
+def _images(tensor: tensor_pb2.Tensor, limits: Limits, inputs: InputSpec) -> np.ndarray:
     try:
         numpy_dtype(tensor.dtype)
     except TensorFormatError as exc:
         raise InvalidArgument(f"images.dtype: {exc}", "images.dtype") from None
-    if tensor.dtype not in _IMAGE_DTYPES:
-        raise InvalidArgument(f"images.dtype: expected DATA_TYPE_UINT8, DATA_TYPE_FLOAT16 or "
-                              f"DATA_TYPE_FLOAT32, got {_dtype_name(tensor.dtype)}", "images.dtype")
+    if tensor.dtype not in inputs.dtypes:
+        names = ", ".join(_dtype_name(d) for d in inputs.dtypes)
+        raise InvalidArgument(f"images.dtype: expected one of {names}, got {_dtype_name(tensor.dtype)}",
+                              "images.dtype")
     shape = list(tensor.shape)
-    if len(shape) != 4:
-        raise InvalidArgument(f"images.shape: expected rank 4 (N, H, W, C), got {shape}", "images.shape")
+    if len(shape) not in inputs.layouts:
+        expected = " or ".join(f"rank {rank} {layout}" for rank, layout in inputs.layouts.items())
+        raise InvalidArgument(f"images.shape: expected {expected}, got {shape}", "images.shape")
     if any(d <= 0 for d in shape):
         raise InvalidArgument(f"images.shape: every dimension must be positive, got {shape}", "images.shape")
     if shape[0] > limits.max_images_per_request:

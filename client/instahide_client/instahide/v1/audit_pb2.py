@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from instahide_client.instahide.v1 import membership_pb2 as instahide_dot_v1_dot_membership__pb2
 from instahide_client.instahide.v1 import reconstruction_pb2 as instahide_dot_v1_dot_reconstruction__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18instahide/v1/audit.proto\x12\x0cinstahide.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!instahide/v1/reconstruction.proto\"\xcf\x02\n\tAuditSpec\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\t \x01(\t\x12\x0f\n\x07\x61ttacks\x18\x0c \x03(\t\x12\x15\n\rextra_attacks\x18\r \x03(\t\x12\x17\n\x0fskipped_attacks\x18\x0e \x03(\t\x12:\n\x0ereconstruction\x18\x0f \x01(\x0b\x32 .instahide.v1.ReconstructionSpecH\x00\x42\x06\n\x04kindJ\x04\x08\x01\x10\x05J\x04\x08\x06\x10\tJ\x04\x08\n\x10\x0bJ\x04\x08\x0b\x10\x0cR\x04modeR\x01kR\x13\x65ncodings_per_imageR\x0bnum_classesR\x15precomputed_encodingsR\x04seedR\x0fkey_aware_boundR\x11pool_aware_attackR\x12photo_aware_attack\"\xb2\x01\n\x11StartAuditRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.instahide.v1.AuditSpec\x12;\n\x0ereconstruction\x18\x06 \x01(\x0b\x32!.instahide.v1.ReconstructionChunkH\x00\x42\x07\n\x05\x63hunkJ\x04\x08\x02\x10\x06R\x06imagesR\x06labelsR\tencodingsR\x0f\x65ncoding_labels\"H\n\rAuditProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x16\n\x0estage_fraction\x18\x02 \x01(\x02\x12\x10\n\x08\x66raction\x18\x03 \x01(\x02\"\x8e\x02\n\x0c\x41ttackResult\x12\x0e\n\x06\x61ttack\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06threat\x18\x03 \x01(\t\x12\r\n\x05\x62ound\x18\x04 \x01(\x08\x12\x43\n\rstage_seconds\x18\x05 \x03(\x0b\x32,.instahide.v1.AttackResult.StageSecondsEntry\x12<\n\x0ereconstruction\x18\x06 \x01(\x0b\x32\".instahide.v1.ReconstructionScoresH\x00\x1a\x33\n\x11StageSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06scores\"\xaa\x02\n\x0b\x41uditReport\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12+\n\x07\x61ttacks\x18\x0c \x03(\x0b\x32\x1a.instahide.v1.AttackResult\x12<\n\x0ereconstruction\x18\r \x01(\x0b\x32\".instahide.v1.ReconstructionReportH\x00\x42\x06\n\x04kindJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x07J\x04\x08\x08\x10\x0cR\x0f\x63iphertext_onlyR\tkey_awareR\x08grid_pngR\x06imagesR\tencodingsR\npool_awareR\x0bphoto_awareR\x0bpool_imagesR\x10pool_fingerprint\"\xdd\x02\n\x05\x41udit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.instahide.v1.AuditState\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04spec\x18\x06 \x01(\x0b\x32\x17.instahide.v1.AuditSpec\x12-\n\x08progress\x18\x07 \x01(\x0b\x32\x1b.instahide.v1.AuditProgress\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12)\n\x06report\x18\t \x01(\x0b\x32\x19.instahide.v1.AuditReport\"8\n\x12StartAuditResponse\x12\"\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x13.instahide.v1.Audit\"!\n\x11WatchAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"{\n\x12WatchAuditResponse\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.instahide.v1.AuditState\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.instahide.v1.AuditProgress\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"5\n\x0fGetAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0csummary_only\x18\x02 \x01(\x08\"6\n\x10GetAuditResponse\x12\"\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x13.instahide.v1.Audit\"c\n\x11ListAuditsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.instahide.v1.AuditState\"R\n\x12ListAuditsResponse\x12#\n\x06\x61udits\x18\x01 \x03(\x0b\x32\x13.instahide.v1.Audit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x43\x61ncelAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13\x43\x61ncelAuditResponse\x12\"\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x13.instahide.v1.Audit\"\"\n\x12\x44\x65leteAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAuditResponse*\xa8\x01\n\nAuditState\x12\x1b\n\x17\x41UDIT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41UDIT_STATE_QUEUED\x10\x01\x12\x17\n\x13\x41UDIT_STATE_RUNNING\x10\x02\x12\x19\n\x15\x41UDIT_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12\x41UDIT_STATE_FAILED\x10\x04\x12\x19\n\x15\x41UDIT_STATE_CANCELLED\x10\x05\x32\xf8\x03\n\x0c\x41uditService\x12Q\n\nStartAudit\x12\x1f.instahide.v1.StartAuditRequest\x1a .instahide.v1.StartAuditResponse(\x01\x12Q\n\nWatchAudit\x12\x1f.instahide.v1.WatchAuditRequest\x1a .instahide.v1.WatchAuditResponse0\x01\x12I\n\x08GetAudit\x12\x1d.instahide.v1.GetAuditRequest\x1a\x1e.instahide.v1.GetAuditResponse\x12O\n\nListAudits\x12\x1f.instahide.v1.ListAuditsRequest\x1a .instahide.v1.ListAuditsResponse\x12R\n\x0b\x43\x61ncelAudit\x12 .instahide.v1.CancelAuditRequest\x1a!.instahide.v1.CancelAuditResponse\x12R\n\x0b\x44\x65leteAudit\x12 .instahide.v1.DeleteAuditRequest\x1a!.instahide.v1.DeleteAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18instahide/v1/audit.proto\x12\x0cinstahide.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dinstahide/v1/membership.proto\x1a!instahide/v1/reconstruction.proto\"\x83\x03\n\tAuditSpec\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\t \x01(\t\x12\x0f\n\x07\x61ttacks\x18\x0c \x03(\t\x12\x15\n\rextra_attacks\x18\r \x03(\t\x12\x17\n\x0fskipped_attacks\x18\x0e \x03(\t\x12:\n\x0ereconstruction\x18\x0f \x01(\x0b\x32 .instahide.v1.ReconstructionSpecH\x00\x12\x32\n\nmembership\x18\x10 \x01(\x0b\x32\x1c.instahide.v1.MembershipSpecH\x00\x42\x06\n\x04kindJ\x04\x08\x01\x10\x05J\x04\x08\x06\x10\tJ\x04\x08\n\x10\x0bJ\x04\x08\x0b\x10\x0cR\x04modeR\x01kR\x13\x65ncodings_per_imageR\x0bnum_classesR\x15precomputed_encodingsR\x04seedR\x0fkey_aware_boundR\x11pool_aware_attackR\x12photo_aware_attack\"\xe7\x01\n\x11StartAuditRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.instahide.v1.AuditSpec\x12;\n\x0ereconstruction\x18\x06 \x01(\x0b\x32!.instahide.v1.ReconstructionChunkH\x00\x12\x33\n\nmembership\x18\x07 \x01(\x0b\x32\x1d.instahide.v1.MembershipChunkH\x00\x42\x07\n\x05\x63hunkJ\x04\x08\x02\x10\x06R\x06imagesR\x06labelsR\tencodingsR\x0f\x65ncoding_labels\"H\n\rAuditProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x16\n\x0estage_fraction\x18\x02 \x01(\x02\x12\x10\n\x08\x66raction\x18\x03 \x01(\x02\"\xc4\x02\n\x0c\x41ttackResult\x12\x0e\n\x06\x61ttack\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06threat\x18\x03 \x01(\t\x12\r\n\x05\x62ound\x18\x04 \x01(\x08\x12\x43\n\rstage_seconds\x18\x05 \x03(\x0b\x32,.instahide.v1.AttackResult.StageSecondsEntry\x12<\n\x0ereconstruction\x18\x06 \x01(\x0b\x32\".instahide.v1.ReconstructionScoresH\x00\x12\x34\n\nmembership\x18\x07 \x01(\x0b\x32\x1e.instahide.v1.MembershipScoresH\x00\x1a\x33\n\x11StageSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06scores\"\xe0\x02\n\x0b\x41uditReport\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12+\n\x07\x61ttacks\x18\x0c \x03(\x0b\x32\x1a.instahide.v1.AttackResult\x12<\n\x0ereconstruction\x18\r \x01(\x0b\x32\".instahide.v1.ReconstructionReportH\x00\x12\x34\n\nmembership\x18\x0e \x01(\x0b\x32\x1e.instahide.v1.MembershipReportH\x00\x42\x06\n\x04kindJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x07J\x04\x08\x08\x10\x0cR\x0f\x63iphertext_onlyR\tkey_awareR\x08grid_pngR\x06imagesR\tencodingsR\npool_awareR\x0bphoto_awareR\x0bpool_imagesR\x10pool_fingerprint\"\xdd\x02\n\x05\x41udit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.instahide.v1.AuditState\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04spec\x18\x06 \x01(\x0b\x32\x17.instahide.v1.AuditSpec\x12-\n\x08progress\x18\x07 \x01(\x0b\x32\x1b.instahide.v1.AuditProgress\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12)\n\x06report\x18\t \x01(\x0b\x32\x19.instahide.v1.AuditReport\"8\n\x12StartAuditResponse\x12\"\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x13.instahide.v1.Audit\"!\n\x11WatchAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"{\n\x12WatchAuditResponse\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.instahide.v1.AuditState\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x1b.instahide.v1.AuditProgress\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"5\n\x0fGetAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0csummary_only\x18\x02 \x01(\x08\"6\n\x10GetAuditResponse\x12\"\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x13.instahide.v1.Audit\"c\n\x11ListAuditsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.instahide.v1.AuditState\"R\n\x12ListAuditsResponse\x12#\n\x06\x61udits\x18\x01 \x03(\x0b\x32\x13.instahide.v1.Audit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x43\x61ncelAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13\x43\x61ncelAuditResponse\x12\"\n\x05\x61udit\x18\x01 \x01(\x0b\x32\x13.instahide.v1.Audit\"\"\n\x12\x44\x65leteAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteAuditResponse*\xa8\x01\n\nAuditState\x12\x1b\n\x17\x41UDIT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41UDIT_STATE_QUEUED\x10\x01\x12\x17\n\x13\x41UDIT_STATE_RUNNING\x10\x02\x12\x19\n\x15\x41UDIT_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12\x41UDIT_STATE_FAILED\x10\x04\x12\x19\n\x15\x41UDIT_STATE_CANCELLED\x10\x05\x32\xf8\x03\n\x0c\x41uditService\x12Q\n\nStartAudit\x12\x1f.instahide.v1.StartAuditRequest\x1a .instahide.v1.StartAuditResponse(\x01\x12Q\n\nWatchAudit\x12\x1f.instahide.v1.WatchAuditRequest\x1a .instahide.v1.WatchAuditResponse0\x01\x12I\n\x08GetAudit\x12\x1d.instahide.v1.GetAuditRequest\x1a\x1e.instahide.v1.GetAuditResponse\x12O\n\nListAudits\x12\x1f.instahide.v1.ListAuditsRequest\x1a .instahide.v1.ListAuditsResponse\x12R\n\x0b\x43\x61ncelAudit\x12 .instahide.v1.CancelAuditRequest\x1a!.instahide.v1.CancelAuditResponse\x12R\n\x0b\x44\x65leteAudit\x12 .instahide.v1.DeleteAuditRequest\x1a!.instahide.v1.DeleteAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,44 +36,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ATTACKRESULT_STAGESECONDSENTRY']._loaded_options = None
   _globals['_ATTACKRESULT_STAGESECONDSENTRY']._serialized_options = b'8\001'
-  _globals['_AUDITSTATE']._serialized_start=2298
-  _globals['_AUDITSTATE']._serialized_end=2466
-  _globals['_AUDITSPEC']._serialized_start=111
-  _globals['_AUDITSPEC']._serialized_end=446
-  _globals['_STARTAUDITREQUEST']._serialized_start=449
-  _globals['_STARTAUDITREQUEST']._serialized_end=627
-  _globals['_AUDITPROGRESS']._serialized_start=629
-  _globals['_AUDITPROGRESS']._serialized_end=701
-  _globals['_ATTACKRESULT']._serialized_start=704
-  _globals['_ATTACKRESULT']._serialized_end=974
-  _globals['_ATTACKRESULT_STAGESECONDSENTRY']._serialized_start=913
-  _globals['_ATTACKRESULT_STAGESECONDSENTRY']._serialized_end=964
-  _globals['_AUDITREPORT']._serialized_start=977
-  _globals['_AUDITREPORT']._serialized_end=1275
-  _globals['_AUDIT']._serialized_start=1278
-  _globals['_AUDIT']._serialized_end=1627
-  _globals['_STARTAUDITRESPONSE']._serialized_start=1629
-  _globals['_STARTAUDITRESPONSE']._serialized_end=1685
-  _globals['_WATCHAUDITREQUEST']._serialized_start=1687
-  _globals['_WATCHAUDITREQUEST']._serialized_end=1720
-  _globals['_WATCHAUDITRESPONSE']._serialized_start=1722
-  _globals['_WATCHAUDITRESPONSE']._serialized_end=1845
-  _globals['_GETAUDITREQUEST']._serialized_start=1847
-  _globals['_GETAUDITREQUEST']._serialized_end=1900
-  _globals['_GETAUDITRESPONSE']._serialized_start=1902
-  _globals['_GETAUDITRESPONSE']._serialized_end=1956
-  _globals['_LISTAUDITSREQUEST']._serialized_start=1958
-  _globals['_LISTAUDITSREQUEST']._serialized_end=2057
-  _globals['_LISTAUDITSRESPONSE']._serialized_start=2059
-  _globals['_LISTAUDITSRESPONSE']._serialized_end=2141
-  _globals['_CANCELAUDITREQUEST']._serialized_start=2143
-  _globals['_CANCELAUDITREQUEST']._serialized_end=2177
-  _globals['_CANCELAUDITRESPONSE']._serialized_start=2179
-  _globals['_CANCELAUDITRESPONSE']._serialized_end=2236
-  _globals['_DELETEAUDITREQUEST']._serialized_start=2238
-  _globals['_DELETEAUDITREQUEST']._serialized_end=2272
-  _globals['_DELETEAUDITRESPONSE']._serialized_start=2274
-  _globals['_DELETEAUDITRESPONSE']._serialized_end=2295
-  _globals['_AUDITSERVICE']._serialized_start=2469
-  _globals['_AUDITSERVICE']._serialized_end=2973
+  _globals['_AUDITSTATE']._serialized_start=2542
+  _globals['_AUDITSTATE']._serialized_end=2710
+  _globals['_AUDITSPEC']._serialized_start=142
+  _globals['_AUDITSPEC']._serialized_end=529
+  _globals['_STARTAUDITREQUEST']._serialized_start=532
+  _globals['_STARTAUDITREQUEST']._serialized_end=763
+  _globals['_AUDITPROGRESS']._serialized_start=765
+  _globals['_AUDITPROGRESS']._serialized_end=837
+  _globals['_ATTACKRESULT']._serialized_start=840
+  _globals['_ATTACKRESULT']._serialized_end=1164
+  _globals['_ATTACKRESULT_STAGESECONDSENTRY']._serialized_start=1103
+  _globals['_ATTACKRESULT_STAGESECONDSENTRY']._serialized_end=1154
+  _globals['_AUDITREPORT']._serialized_start=1167
+  _globals['_AUDITREPORT']._serialized_end=1519
+  _globals['_AUDIT']._serialized_start=1522
+  _globals['_AUDIT']._serialized_end=1871
+  _globals['_STARTAUDITRESPONSE']._serialized_start=1873
+  _globals['_STARTAUDITRESPONSE']._serialized_end=1929
+  _globals['_WATCHAUDITREQUEST']._serialized_start=1931
+  _globals['_WATCHAUDITREQUEST']._serialized_end=1964
+  _globals['_WATCHAUDITRESPONSE']._serialized_start=1966
+  _globals['_WATCHAUDITRESPONSE']._serialized_end=2089
+  _globals['_GETAUDITREQUEST']._serialized_start=2091
+  _globals['_GETAUDITREQUEST']._serialized_end=2144
+  _globals['_GETAUDITRESPONSE']._serialized_start=2146
+  _globals['_GETAUDITRESPONSE']._serialized_end=2200
+  _globals['_LISTAUDITSREQUEST']._serialized_start=2202
+  _globals['_LISTAUDITSREQUEST']._serialized_end=2301
+  _globals['_LISTAUDITSRESPONSE']._serialized_start=2303
+  _globals['_LISTAUDITSRESPONSE']._serialized_end=2385
+  _globals['_CANCELAUDITREQUEST']._serialized_start=2387
+  _globals['_CANCELAUDITREQUEST']._serialized_end=2421
+  _globals['_CANCELAUDITRESPONSE']._serialized_start=2423
+  _globals['_CANCELAUDITRESPONSE']._serialized_end=2480
+  _globals['_DELETEAUDITREQUEST']._serialized_start=2482
+  _globals['_DELETEAUDITREQUEST']._serialized_end=2516
+  _globals['_DELETEAUDITRESPONSE']._serialized_start=2518
+  _globals['_DELETEAUDITRESPONSE']._serialized_end=2539
+  _globals['_AUDITSERVICE']._serialized_start=2713
+  _globals['_AUDITSERVICE']._serialized_end=3217
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from instahide_client.instahide.v1 import membership_pb2 as _membership_pb2
 from instahide_client.instahide.v1 import reconstruction_pb2 as _reconstruction_pb2
 import builtins as _builtins
 import sys
@@ -71,6 +72,7 @@ class AuditSpec(_message.Message):
     EXTRA_ATTACKS_FIELD_NUMBER: _builtins.int
     SKIPPED_ATTACKS_FIELD_NUMBER: _builtins.int
     RECONSTRUCTION_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """A server-side dataset (a .npz) named relative to the server's data root;
     empty when the inputs are uploaded. A reconstruction audit's dataset holds
@@ -102,6 +104,10 @@ class AuditSpec(_message.Message):
     def reconstruction(self) -> _reconstruction_pb2.ReconstructionSpec:
         """What an attacker recovers of the images from their disguised versions."""
 
+    @_builtins.property
+    def membership(self) -> _membership_pb2.MembershipSpec:
+        """What a model's outputs reveal about its training set."""
+
     def __init__(
         self,
         *,
@@ -111,12 +117,13 @@ class AuditSpec(_message.Message):
         extra_attacks: _abc.Iterable[_builtins.str] | None = ...,
         skipped_attacks: _abc.Iterable[_builtins.str] | None = ...,
         reconstruction: _reconstruction_pb2.ReconstructionSpec | None = ...,
+        membership: _membership_pb2.MembershipSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reconstruction", b"reconstruction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "membership", b"membership", "reconstruction", b"reconstruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "dataset", b"dataset", "display_name", b"display_name", "extra_attacks", b"extra_attacks", "kind", b"kind", "reconstruction", b"reconstruction", "skipped_attacks", b"skipped_attacks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "dataset", b"dataset", "display_name", b"display_name", "extra_attacks", b"extra_attacks", "kind", b"kind", "membership", b"membership", "reconstruction", b"reconstruction", "skipped_attacks", b"skipped_attacks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["reconstruction", "membership"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -130,6 +137,7 @@ class StartAuditRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     RECONSTRUCTION_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> Global___AuditSpec:
         """The spec (first message only)."""
@@ -138,17 +146,22 @@ class StartAuditRequest(_message.Message):
     def reconstruction(self) -> _reconstruction_pb2.ReconstructionChunk:
         """Images (and precomputed encodings) of a reconstruction audit."""
 
+    @_builtins.property
+    def membership(self) -> _membership_pb2.MembershipChunk:
+        """Model outputs, labels and memberships of a membership audit."""
+
     def __init__(
         self,
         *,
         spec: Global___AuditSpec | None = ...,
         reconstruction: _reconstruction_pb2.ReconstructionChunk | None = ...,
+        membership: _membership_pb2.MembershipChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "reconstruction", b"reconstruction", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "membership", b"membership", "reconstruction", b"reconstruction", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "reconstruction", b"reconstruction", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "membership", b"membership", "reconstruction", b"reconstruction", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_chunk: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofReturnType_chunk: _TypeAlias = _typing.Literal["reconstruction", "membership"]  # noqa: Y015
     _WhichOneofArgType_chunk: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_chunk) -> _WhichOneofReturnType_chunk | None: ...
 
@@ -219,6 +232,7 @@ class AttackResult(_message.Message):
     BOUND_FIELD_NUMBER: _builtins.int
     STAGE_SECONDS_FIELD_NUMBER: _builtins.int
     RECONSTRUCTION_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     attack: _builtins.str
     """The attack's registry name, e.g. "ciphertext_only"."""
     title: _builtins.str
@@ -238,6 +252,10 @@ class AttackResult(_message.Message):
     def reconstruction(self) -> _reconstruction_pb2.ReconstructionScores:
         """How much of the private images the attack recovered."""
 
+    @_builtins.property
+    def membership(self) -> _membership_pb2.MembershipScores:
+        """How well the attack told members from non-members."""
+
     def __init__(
         self,
         *,
@@ -247,12 +265,13 @@ class AttackResult(_message.Message):
         bound: _builtins.bool = ...,
         stage_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         reconstruction: _reconstruction_pb2.ReconstructionScores | None = ...,
+        membership: _membership_pb2.MembershipScores | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reconstruction", b"reconstruction", "scores", b"scores"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["membership", b"membership", "reconstruction", b"reconstruction", "scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attack", b"attack", "bound", b"bound", "reconstruction", b"reconstruction", "scores", b"scores", "stage_seconds", b"stage_seconds", "threat", b"threat", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attack", b"attack", "bound", b"bound", "membership", b"membership", "reconstruction", b"reconstruction", "scores", b"scores", "stage_seconds", b"stage_seconds", "threat", b"threat", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_scores: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofReturnType_scores: _TypeAlias = _typing.Literal["reconstruction", "membership"]  # noqa: Y015
     _WhichOneofArgType_scores: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_scores) -> _WhichOneofReturnType_scores | None: ...
 
@@ -268,6 +287,7 @@ class AuditReport(_message.Message):
     SECONDS_FIELD_NUMBER: _builtins.int
     ATTACKS_FIELD_NUMBER: _builtins.int
     RECONSTRUCTION_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     device: _builtins.str
     """Where the attacks ran, e.g. "cuda:0 (NVIDIA H100)" or "cpu"."""
     seconds: _builtins.float
@@ -280,6 +300,10 @@ class AuditReport(_message.Message):
     def reconstruction(self) -> _reconstruction_pb2.ReconstructionReport:
         """A reconstruction audit's picture, sizes and pool."""
 
+    @_builtins.property
+    def membership(self) -> _membership_pb2.MembershipReport:
+        """A membership audit's task, sizes, utility, ROC picture and defenses."""
+
     def __init__(
         self,
         *,
@@ -287,12 +311,13 @@ class AuditReport(_message.Message):
         seconds: _builtins.float = ...,
         attacks: _abc.Iterable[Global___AttackResult] | None = ...,
         reconstruction: _reconstruction_pb2.ReconstructionReport | None = ...,
+        membership: _membership_pb2.MembershipReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reconstruction", b"reconstruction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "membership", b"membership", "reconstruction", b"reconstruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "device", b"device", "kind", b"kind", "reconstruction", b"reconstruction", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "device", b"device", "kind", b"kind", "membership", b"membership", "reconstruction", b"reconstruction", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["reconstruction"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["reconstruction", "membership"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -30,7 +30,7 @@ class AuditServiceStub:
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
     listed, cancelled and deleted. Its spec and report carry its kind
-    (reconstruction today); its attacks are named by registry names.
+    (reconstruction or membership); its attacks are named by registry names.
     """
 
     def __init__(self, channel):
@@ -76,7 +76,7 @@ class AuditServiceServicer:
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
     listed, cancelled and deleted. Its spec and report carry its kind
-    (reconstruction today); its attacks are named by registry names.
+    (reconstruction or membership); its attacks are named by registry names.
     """
 
     def StartAudit(self, request_iterator, context):
@@ -172,7 +172,7 @@ class AuditService:
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
     listed, cancelled and deleted. Its spec and report carry its kind
-    (reconstruction today); its attacks are named by registry names.
+    (reconstruction or membership); its attacks are named by registry names.
     """
 
     @staticmethod

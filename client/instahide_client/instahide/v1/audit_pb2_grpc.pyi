@@ -31,7 +31,7 @@ class AuditServiceStub:
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
     listed, cancelled and deleted. Its spec and report carry its kind
-    (reconstruction today); its attacks are named by registry names.
+    (reconstruction or membership); its attacks are named by registry names.
     """
 
     @_typing.overload
@@ -64,7 +64,7 @@ class AuditServiceAsyncStub(AuditServiceStub):
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
     listed, cancelled and deleted. Its spec and report carry its kind
-    (reconstruction today); its attacks are named by registry names.
+    (reconstruction or membership); its attacks are named by registry names.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -93,7 +93,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     configuration an owner is about to ship, and reports what leaks. An audit is
     a long-running resource ("audits/{audit}") that can be watched, read,
     listed, cancelled and deleted. Its spec and report carry its kind
-    (reconstruction today); its attacks are named by registry names.
+    (reconstruction or membership); its attacks are named by registry names.
     """
 
     @_abc_1.abstractmethod

@@ -22,26 +22,27 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from instahide_client.instahide.v1 import defenses_pb2 as instahide_dot_v1_dot_defenses__pb2
 from instahide_client.instahide.v1 import disguisednets_pb2 as instahide_dot_v1_dot_disguisednets__pb2
 from instahide_client.instahide.v1 import instahide_pb2 as instahide_dot_v1_dot_instahide__pb2
 from instahide_client.instahide.v1 import tensor_pb2 as instahide_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinstahide/v1/transform.proto\x12\x0cinstahide.v1\x1a instahide/v1/disguisednets.proto\x1a\x1cinstahide/v1/instahide.proto\x1a\x19instahide/v1/tensor.proto\"\xae\x02\n\x0c\x45ncodeConfig\x12,\n\x0coutput_dtype\x18\x07 \x01(\x0e\x32\x16.instahide.v1.DataType\x12\x32\n\tinstahide\x18\x0b \x01(\x0b\x32\x1d.instahide.v1.InstaHideConfigH\x00\x12;\n\x0e\x64isguised_nets\x18\x0c \x01(\x0b\x32!.instahide.v1.DisguisedNetsConfigH\x00\x42\x0b\n\ttransformJ\x04\x08\x01\x10\x07J\x04\x08\x08\x10\x0bR\x04modeR\x01kR\x0fprivate_per_mixR\x0fmax_coefficientR\x10min_private_massR\tsign_flipR\x0breturn_keysR\x04seedR\x0bnum_classes\"\x85\x01\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12*\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.instahide.v1.EncodeConfig\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\xf4\x01\n\x0e\x45ncodeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12$\n\x06labels\x18\x03 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x0e\n\x06seeded\x18\x05 \x01(\x08\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.instahide.v1.ItemError\x12\x35\n\x0einstahide_keys\x18\x07 \x01(\x0b\x32\x1b.instahide.v1.InstaHideKeysH\x00\x42\x06\n\x04keysJ\x04\x08\x04\x10\x05R\x04keys2[\n\x10TransformService\x12G\n\x06\x45ncode\x12\x1b.instahide.v1.EncodeRequest\x1a\x1c.instahide.v1.EncodeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinstahide/v1/transform.proto\x12\x0cinstahide.v1\x1a\x1binstahide/v1/defenses.proto\x1a instahide/v1/disguisednets.proto\x1a\x1cinstahide/v1/instahide.proto\x1a\x19instahide/v1/tensor.proto\"\xeb\x02\n\x0c\x45ncodeConfig\x12,\n\x0coutput_dtype\x18\x07 \x01(\x0e\x32\x16.instahide.v1.DataType\x12\x32\n\tinstahide\x18\x0b \x01(\x0b\x32\x1d.instahide.v1.InstaHideConfigH\x00\x12;\n\x0e\x64isguised_nets\x18\x0c \x01(\x0b\x32!.instahide.v1.DisguisedNetsConfigH\x00\x12;\n\x0eoutput_defense\x18\r \x01(\x0b\x32!.instahide.v1.OutputDefenseConfigH\x00\x42\x0b\n\ttransformJ\x04\x08\x01\x10\x07J\x04\x08\x08\x10\x0bR\x04modeR\x01kR\x0fprivate_per_mixR\x0fmax_coefficientR\x10min_private_massR\tsign_flipR\x0breturn_keysR\x04seedR\x0bnum_classes\"\x85\x01\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06images\x18\x02 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12*\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.instahide.v1.EncodeConfig\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"\xf4\x01\n\x0e\x45ncodeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12$\n\x06labels\x18\x03 \x01(\x0b\x32\x14.instahide.v1.Tensor\x12\x0e\n\x06seeded\x18\x05 \x01(\x08\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.instahide.v1.ItemError\x12\x35\n\x0einstahide_keys\x18\x07 \x01(\x0b\x32\x1b.instahide.v1.InstaHideKeysH\x00\x42\x06\n\x04keysJ\x04\x08\x04\x10\x05R\x04keys2[\n\x10TransformService\x12G\n\x06\x45ncode\x12\x1b.instahide.v1.EncodeRequest\x1a\x1c.instahide.v1.EncodeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'instahide_client.instahide.v1.transform_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODECONFIG']._serialized_start=138
-  _globals['_ENCODECONFIG']._serialized_end=440
-  _globals['_ENCODEREQUEST']._serialized_start=443
-  _globals['_ENCODEREQUEST']._serialized_end=576
-  _globals['_ITEMERROR']._serialized_start=578
-  _globals['_ITEMERROR']._serialized_end=635
-  _globals['_ENCODERESPONSE']._serialized_start=638
-  _globals['_ENCODERESPONSE']._serialized_end=882
-  _globals['_TRANSFORMSERVICE']._serialized_start=884
-  _globals['_TRANSFORMSERVICE']._serialized_end=975
+  _globals['_ENCODECONFIG']._serialized_start=167
+  _globals['_ENCODECONFIG']._serialized_end=530
+  _globals['_ENCODEREQUEST']._serialized_start=533
+  _globals['_ENCODEREQUEST']._serialized_end=666
+  _globals['_ITEMERROR']._serialized_start=668
+  _globals['_ITEMERROR']._serialized_end=725
+  _globals['_ENCODERESPONSE']._serialized_start=728
+  _globals['_ENCODERESPONSE']._serialized_end=972
+  _globals['_TRANSFORMSERVICE']._serialized_start=974
+  _globals['_TRANSFORMSERVICE']._serialized_end=1065
 # @@protoc_insertion_point(module_scope)

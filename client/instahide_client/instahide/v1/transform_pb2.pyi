@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from instahide_client.instahide.v1 import defenses_pb2 as _defenses_pb2
 from instahide_client.instahide.v1 import disguisednets_pb2 as _disguisednets_pb2
 from instahide_client.instahide.v1 import instahide_pb2 as _instahide_pb2
 from instahide_client.instahide.v1 import tensor_pb2 as _tensor_pb2
@@ -32,6 +33,7 @@ class EncodeConfig(_message.Message):
     OUTPUT_DTYPE_FIELD_NUMBER: _builtins.int
     INSTAHIDE_FIELD_NUMBER: _builtins.int
     DISGUISED_NETS_FIELD_NUMBER: _builtins.int
+    OUTPUT_DEFENSE_FIELD_NUMBER: _builtins.int
     output_dtype: _tensor_pb2.DataType.ValueType
     """Element type of the encoded batch: DATA_TYPE_FLOAT32 (default) or
     DATA_TYPE_FLOAT16. DisguisedNets AES always answers DATA_TYPE_UINT8 (its
@@ -45,18 +47,23 @@ class EncodeConfig(_message.Message):
     def disguised_nets(self) -> _disguisednets_pb2.DisguisedNetsConfig:
         """DisguisedNets: block permutation and RMT or AES under a stored key."""
 
+    @_builtins.property
+    def output_defense(self) -> _defenses_pb2.OutputDefenseConfig:
+        """An output defense on a model's outputs (the request's `images`)."""
+
     def __init__(
         self,
         *,
         output_dtype: _tensor_pb2.DataType.ValueType = ...,
         instahide: _instahide_pb2.InstaHideConfig | None = ...,
         disguised_nets: _disguisednets_pb2.DisguisedNetsConfig | None = ...,
+        output_defense: _defenses_pb2.OutputDefenseConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "instahide", b"instahide", "transform", b"transform"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "instahide", b"instahide", "output_defense", b"output_defense", "transform", b"transform"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "instahide", b"instahide", "output_dtype", b"output_dtype", "transform", b"transform"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disguised_nets", b"disguised_nets", "instahide", b"instahide", "output_defense", b"output_defense", "output_dtype", b"output_dtype", "transform", b"transform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_transform: _TypeAlias = _typing.Literal["instahide", "disguised_nets"]  # noqa: Y015
+    _WhichOneofReturnType_transform: _TypeAlias = _typing.Literal["instahide", "disguised_nets", "output_defense"]  # noqa: Y015
     _WhichOneofArgType_transform: _TypeAlias = _typing.Literal["transform", b"transform"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_transform) -> _WhichOneofReturnType_transform | None: ...
 
@@ -77,7 +84,9 @@ class EncodeRequest(_message.Message):
     @_builtins.property
     def images(self) -> _tensor_pb2.Tensor:
         """Images, shape (N, H, W, C): DATA_TYPE_UINT8 in [0, 255], or
-        DATA_TYPE_FLOAT32 / DATA_TYPE_FLOAT16 already scaled to [-1, 1].
+        DATA_TYPE_FLOAT32 / DATA_TYPE_FLOAT16 already scaled to [-1, 1]. With
+        an output defense: the model's outputs, FLOAT32 or FLOAT16, (N, C) or
+        (N, C, h, w).
         """
 
     @_builtins.property

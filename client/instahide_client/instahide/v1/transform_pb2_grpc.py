@@ -28,7 +28,8 @@ if _version_not_supported:
 class TransformServiceStub:
     """Disguises image batches on their way to an untrusted training cluster, with
     the transform a request's config names: InstaHide (one-time keys) or
-    DisguisedNets (a stored key, KeyService).
+    DisguisedNets (a stored key, KeyService); and defends a model's outputs
+    before they are released (an output defense).
     """
 
     def __init__(self, channel):
@@ -47,7 +48,8 @@ class TransformServiceStub:
 class TransformServiceServicer:
     """Disguises image batches on their way to an untrusted training cluster, with
     the transform a request's config names: InstaHide (one-time keys) or
-    DisguisedNets (a stored key, KeyService).
+    DisguisedNets (a stored key, KeyService); and defends a model's outputs
+    before they are released (an output defense).
     """
 
     def Encode(self, request_iterator, context):
@@ -79,7 +81,8 @@ def add_TransformServiceServicer_to_server(servicer, server):
 class TransformService:
     """Disguises image batches on their way to an untrusted training cluster, with
     the transform a request's config names: InstaHide (one-time keys) or
-    DisguisedNets (a stored key, KeyService).
+    DisguisedNets (a stored key, KeyService); and defends a model's outputs
+    before they are released (an output defense).
     """
 
     @staticmethod

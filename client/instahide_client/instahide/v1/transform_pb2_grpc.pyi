@@ -29,7 +29,8 @@ GRPC_VERSION: str
 class TransformServiceStub:
     """Disguises image batches on their way to an untrusted training cluster, with
     the transform a request's config names: InstaHide (one-time keys) or
-    DisguisedNets (a stored key, KeyService).
+    DisguisedNets (a stored key, KeyService); and defends a model's outputs
+    before they are released (an output defense).
     """
 
     @_typing.overload
@@ -47,7 +48,8 @@ class TransformServiceStub:
 class TransformServiceAsyncStub(TransformServiceStub):
     """Disguises image batches on their way to an untrusted training cluster, with
     the transform a request's config names: InstaHide (one-time keys) or
-    DisguisedNets (a stored key, KeyService).
+    DisguisedNets (a stored key, KeyService); and defends a model's outputs
+    before they are released (an output defense).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -61,7 +63,8 @@ class TransformServiceAsyncStub(TransformServiceStub):
 class TransformServiceServicer(metaclass=_abc_1.ABCMeta):
     """Disguises image batches on their way to an untrusted training cluster, with
     the transform a request's config names: InstaHide (one-time keys) or
-    DisguisedNets (a stored key, KeyService).
+    DisguisedNets (a stored key, KeyService); and defends a model's outputs
+    before they are released (an output defense).
     """
 
     @_abc_1.abstractmethod
