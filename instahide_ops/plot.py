@@ -18,7 +18,8 @@ from instahide_ops.errors import InvalidInputError
 WIDTH, HEIGHT = 480, 300
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 48, 12, 26, 40
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
-_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # matplotlib's tab10
 _INK, _GRID = (40, 40, 40), (225, 225, 225)
 
 
