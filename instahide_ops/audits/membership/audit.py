@@ -12,6 +12,7 @@ utility cost. ``bench/membership.py`` and the audit service both call this, so t
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def audit_membership(data: MembershipData, *, attacks: Sequence[str] = (), extra
     for attack in chosen:
         with tracker.stage(attack.name):
             results[attack.name] = attack.run(MembershipView(data, seed), cancel=cancel)
-    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+    generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
     defended = []
     for defense in defenses:
         with tracker.stage(f"defense:{defense}") as report:
