@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 
 from instahide_client._types import MODES, EncodeBatch
-from instahide_client.instahide.v1 import disguisednets_pb2, instahide_pb2, tensor_pb2, transform_pb2
+from instahide_client.defenses import defense_message
+from instahide_client.defenses import outputs_kind as outputs_kind_value
+from instahide_client.instahide.v1 import defenses_pb2, disguisednets_pb2, instahide_pb2, tensor_pb2, transform_pb2
 from instahide_client.keys import key_name
 from instahide_client.tensors import to_tensor
 
@@ -108,6 +110,23 @@ def key_config(key: str, *, output_dtype: str | np.dtype | type = "float32") -> 
                                       disguised_nets=disguisednets_pb2.DisguisedNetsConfig(key=key_name(key)))
 
 
+def defense_config(defense: Any, *, outputs_kind: str = "auto", seed: int | None = None,
+                   output_dtype: str | np.dtype | type = "float32") -> transform_pb2.EncodeConfig:
+    """The ``EncodeConfig`` of an output defense ("gauss:0.1", "argmax", ... or an ``OutputDefense``).
+
+    Examples:
+        >>> defense_config("topk:3").output_defense.defense.top_k.k
+        3
+    """
+    config = defenses_pb2.OutputDefenseConfig(defense=defense_message(defense),
+                                              outputs_kind=outputs_kind_value(outputs_kind))
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        config.seed = int(seed)
+    return transform_pb2.EncodeConfig(output_dtype=_output_dtype(output_dtype), output_defense=config)
+
+
 def _output_dtype(output_dtype: str | np.dtype | type) -> int:
     dtype_name = output_dtype if isinstance(output_dtype, str) else _dtype_name(output_dtype)
     if dtype_name not in OUTPUT_DTYPES:
@@ -140,32 +159,37 @@ def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def check_batch(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def check_batch(images: Any, labels: Any, *, model_outputs: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Check one batch before it is sent; return it as arrays.
 
     Args:
-        images: (N, H, W, C) uint8, float32 or float16.
-        labels: (N,) integers; None sends none (a stored key's encoding takes labels optionally).
+        images: (N, H, W, C) uint8, float32 or float16; with ``model_outputs``, a model's outputs: (N, C) or
+            (N, C, h, w) float32 or float16.
+        labels: (N,) integers; None sends none (a stored key's encoding and a defense take labels optionally).
 
     Raises:
         ValueError: a wrong rank, dtype or length, with the actual and expected values.
     """
     images = np.asarray(images)
-    if labels is None:
-        if images.ndim != 4:
-            raise ValueError(f"images must have shape (N, H, W, C), got shape {images.shape}")
-        return check_batch(images, np.zeros(len(images), np.int64))[0], np.zeros(0, np.int64)
-    labels = np.asarray(labels)
-    if images.ndim != 4:
+    if model_outputs:
+        if images.ndim not in (2, 4):
+            raise ValueError(f"outputs must have shape (N, C) or (N, C, h, w), got shape {images.shape}")
+        if images.dtype not in (np.float32, np.float16):
+            raise ValueError(f"outputs must be float32 or float16, got {images.dtype}")
+    elif images.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got shape {images.shape}")
-    if images.dtype not in IMAGE_DTYPES:
+    elif images.dtype not in IMAGE_DTYPES:
         raise ValueError(f"images must be uint8, float32 or float16, got {images.dtype}")
+    if labels is None:
+        return images, np.zeros(0, np.int64)
+    labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must have shape (N,), got shape {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers, got {labels.dtype}")
     if len(labels) != len(images):
-        raise ValueError(f"labels has length {len(labels)} but images has {len(images)}")
+        raise ValueError(f"labels has length {len(labels)} but {'outputs' if model_outputs else 'images'} has "
+                         f"{len(images)}")
     return images, labels
 
 
@@ -178,11 +202,12 @@ def as_batch(item: Any) -> EncodeBatch:
     raise TypeError(f"expected an EncodeBatch or an (images, labels) tuple, got {type(item).__name__}")
 
 
-def make_request(item: Any, index: int,
-                 config: transform_pb2.EncodeConfig | None) -> transform_pb2.EncodeRequest:
-    """The request for one stream item; its id is the item's own or ``str(index)``."""
+def make_request(item: Any, index: int, config: transform_pb2.EncodeConfig | None, *,
+                 model_outputs: bool = False) -> transform_pb2.EncodeRequest:
+    """The request for one stream item; its id is the item's own or ``str(index)``. ``model_outputs``: the
+    stream's config is an output defense, whose items are a model's outputs."""
     batch = as_batch(item)
-    images, labels = check_batch(batch.images, batch.labels)
+    images, labels = check_batch(batch.images, batch.labels, model_outputs=model_outputs)
     request = transform_pb2.EncodeRequest(
         request_id=str(index) if batch.request_id is None else str(batch.request_id),
         images=to_tensor(images),

@@ -42,7 +42,8 @@ class _Sender:
             if self.stop.is_set():
                 return
             try:
-                request = make_request(next(batches), index, config if index == 0 else None)
+                request = make_request(next(batches), index, config if index == 0 else None,
+                                       model_outputs=config.HasField("output_defense"))
             except StopIteration:
                 return
             except BaseException as exc:  # raised by EncodeStream after the earlier results

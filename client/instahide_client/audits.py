@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from instahide_client._types import MODE_NAMES
-from instahide_client.instahide.v1 import audit_pb2
+from instahide_client.defenses import defense_name
+from instahide_client.instahide.v1 import audit_pb2, membership_pb2
 from instahide_client.keys import params_dict
 from instahide_client.tensors import optional_numpy
 
@@ -43,6 +44,8 @@ NAME_PREFIX = "audits/"
 REPORT_JSON = "report.json"
 GRID_PNG = "grid.png"
 CURVES_PNG = "curves.png"
+ROC_PNG = "roc.png"
+SCORES_NPZ = "scores.npz"
 RECOVERIES_NPZ = "recoveries.npz"
 
 
@@ -115,6 +118,7 @@ class AuditSpec:
         transform: the family audited: "instahide" or "disguised_nets".
         disguised_nets: DisguisedNets: the key parameters audited (``keys.disguised_nets_params``' options).
         known_pairs: DisguisedNets: images the Level-2 attacker held.
+        defenses: membership: the output defenses audited ("gauss:0.1", "argmax", ...).
     """
 
     kind: str = "reconstruction"
@@ -130,10 +134,16 @@ class AuditSpec:
     transform: str = "instahide"
     disguised_nets: dict[str, Any] | None = None
     known_pairs: int | None = None
+    defenses: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: audit_pb2.AuditSpec) -> AuditSpec:
         kind = msg.WhichOneof("kind") or "reconstruction"
+        if kind == "membership":
+            spec = msg.membership
+            return cls(kind=kind, dataset=msg.dataset, attacks=tuple(msg.attacks), display_name=msg.display_name,
+                       seed=int(spec.seed) if spec.HasField("seed") else None, transform="",
+                       defenses=tuple(defense_name(d) for d in spec.defenses))
         reconstruction = msg.reconstruction
         if reconstruction.WhichOneof("transform") == "disguised_nets":
             audited = reconstruction.disguised_nets
@@ -157,6 +167,7 @@ class AuditSpec:
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["attacks"] = list(self.attacks)
+        out["defenses"] = list(self.defenses)
         if self.disguised_nets is not None:
             out["disguised_nets"] = {**self.disguised_nets, "block": list(self.disguised_nets["block"])}
         return out
@@ -269,6 +280,96 @@ class AttackScores:
 
 
 @dataclass(frozen=True)
+class MembershipScores:
+    """How one attack told members from non-members on a membership audit.
+
+    Attributes:
+        auc: area under the ROC curve (0.5: guessing).
+        advantage: max over thresholds of TPR − FPR.
+        tpr_at_fpr: FPR -> the TPR at it (None: too few non-members to estimate it).
+        roc_fpr, roc_tpr: the ROC curve.
+        slices: name ("class=3", "correct", "incorrect", ...) -> (examples, AUC or None, advantage or None).
+        stage_seconds: seconds the attack took.
+        risk_scores: (N,) float64 each example's membership score (higher: likelier a member), None in a summary.
+    """
+
+    auc: float
+    advantage: float
+    tpr_at_fpr: dict[float, float | None]
+    roc_fpr: np.ndarray
+    roc_tpr: np.ndarray
+    slices: dict[str, tuple[int, float | None, float | None]]
+    stage_seconds: dict[str, float]
+    risk_scores: np.ndarray | None
+
+    @classmethod
+    def from_message(cls, msg: membership_pb2.MembershipScores, stage_seconds: dict[str, float]) -> MembershipScores:
+        return cls(float(msg.auc), float(msg.advantage),
+                   {float(p.fpr): float(p.tpr) if p.HasField("tpr") else None for p in msg.tpr_at_fpr},
+                   np.asarray(msg.roc_fpr, dtype=np.float64), np.asarray(msg.roc_tpr, dtype=np.float64),
+                   {s.name: (int(s.examples), float(s.auc) if s.HasField("auc") else None,
+                             float(s.advantage) if s.HasField("advantage") else None) for s in msg.slices},
+                   stage_seconds, optional_numpy(msg, "risk_scores"))
+
+    def tpr(self, fpr: float) -> float | None:
+        """The TPR at ``fpr`` (one of the reported FPRs), None when not estimable."""
+        return self.tpr_at_fpr.get(fpr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"auc": json_number(self.auc), "advantage": json_number(self.advantage),
+                "tpr_at_fpr": {f"{fpr:g}": json_number(tpr) for fpr, tpr in self.tpr_at_fpr.items()},
+                "slices": {name: {"examples": n, "auc": json_number(auc), "advantage": json_number(adv)}
+                           for name, (n, auc, adv) in self.slices.items()},
+                "seconds": json_number(sum(self.stage_seconds.values()))}
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """``{prefix}_risk_scores`` (when present), ``{prefix}_roc_fpr`` and ``{prefix}_roc_tpr``."""
+        out = {f"{prefix}_roc_fpr": self.roc_fpr, f"{prefix}_roc_tpr": self.roc_tpr}
+        if self.risk_scores is not None:
+            out[f"{prefix}_risk_scores"] = np.asarray(self.risk_scores, dtype=np.float64)
+        return out
+
+
+@dataclass(frozen=True)
+class DefenseOutcome:
+    """A membership audit's result under one output defense: its utility and every attack's scores."""
+
+    name: str
+    utility: float
+    attacks: dict[str, MembershipScores]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"utility": json_number(self.utility), "attacks": {n: s.to_dict() for n, s in self.attacks.items()}}
+
+
+@dataclass(frozen=True)
+class MembershipSummary:
+    """What a membership audit reports beside its attacks' rows."""
+
+    task: str
+    examples: int
+    members: int
+    references: int
+    utility_name: str
+    utility: float
+    roc_png: bytes
+    defenses: list[DefenseOutcome]
+
+    @classmethod
+    def from_message(cls, msg: membership_pb2.MembershipReport) -> MembershipSummary:
+        return cls(msg.task, int(msg.examples), int(msg.members), int(msg.references), msg.utility_name,
+                   float(msg.utility), bytes(msg.roc_png),
+                   [DefenseOutcome(d.name, float(d.utility),
+                                   {n: MembershipScores.from_message(s, {}) for n, s in d.attacks.items()})
+                    for d in msg.defenses])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "examples": self.examples, "members": self.members,
+                "references": self.references, self.utility_name: json_number(self.utility),
+                "defenses": {d.name: d.to_dict() for d in self.defenses}}
+
+
+@dataclass(frozen=True)
 class AttackResult:
     """One attack that ran, as the service names and describes it.
 
@@ -277,18 +378,20 @@ class AttackResult:
         title: its name for people, e.g. "pool-aware".
         threat: what its attacker holds, in a sentence.
         bound: it holds the keys: an upper bound (a leaked key store), not what the encodings give away.
-        scores: how it did.
+        scores: how it did (``AttackScores`` in a reconstruction audit, ``MembershipScores`` in a membership one).
     """
 
     name: str
     title: str
     threat: str
     bound: bool
-    scores: AttackScores
+    scores: AttackScores | MembershipScores
 
     @classmethod
     def from_proto(cls, row: audit_pb2.AttackResult) -> AttackResult:
-        return cls(row.attack, row.title or row.attack, row.threat, bool(row.bound), AttackScores.from_proto(row))
+        scores = MembershipScores.from_message(row.membership, {k: float(v) for k, v in row.stage_seconds.items()}) \
+            if row.HasField("membership") else AttackScores.from_proto(row)
+        return cls(row.attack, row.title or row.attack, row.threat, bool(row.bound), scores)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -311,9 +414,10 @@ class AuditReport:
         known_pairs: DisguisedNets: images the Level-2 attacker held (not attacked).
         curves: DisguisedNets: points (attack, axis, value, mean_ssim) of SSIM against pairs held and noise.
         curves_png: those curves drawn (b"" in a summary), written as ``curves.png``.
+        membership: a membership audit's task, sizes, utility, ROC picture and defenses (None otherwise).
         audit: the owning audit's name, state, times and spec (JSON-ready), written into report.json.
 
-    ``report.<attack name>`` is that attack's scores (``report.ciphertext_only.max_ssim``).
+    ``report.<attack name>`` is that attack's scores (``report.ciphertext_only.max_ssim``, ``report.lira_online.auc``).
     """
 
     results: dict[str, AttackResult]
@@ -329,6 +433,7 @@ class AuditReport:
     known_pairs: int = 0
     curves: list[dict[str, Any]] = field(default_factory=list)
     curves_png: bytes = b""
+    membership: MembershipSummary | None = None
     audit: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -350,6 +455,7 @@ class AuditReport:
             curves=[{"attack": p.attack, "axis": p.axis, "value": float(p.value), "mean_ssim": float(p.mean_ssim)}
                     for p in reconstruction.curves],
             curves_png=bytes(reconstruction.curves_png),
+            membership=MembershipSummary.from_message(msg.membership) if kind == "membership" else None,
             audit=dict(audit or {}),
         )
 
@@ -364,22 +470,30 @@ class AuditReport:
         """The scores of the attacks that ran, by name, in the order they ran."""
         return {name: result.scores for name, result in self.results.items()}
 
-    def strongest_attack_without_keys(self) -> tuple[str, AttackScores]:
-        """The attack without keys that recovered most (highest Max_SSIM), as ``(name, scores)``.
+    def strongest_attack_without_keys(self) -> tuple[str, AttackScores | MembershipScores]:
+        """The attack without keys that leaked most, as ``(name, scores)``: the highest Max_SSIM (reconstruction),
+        or the highest TPR at 1 % FPR, then AUC (membership).
 
         This is the report's headline: the leakage to an attacker who holds no key. The earlier attack wins a
-        tie, and a NaN Max_SSIM never wins.
+        tie, and a NaN never wins.
         """
         keyless = [(name, result.scores) for name, result in self.results.items() if not result.bound]
         if not keyless:
             raise ValueError("no attack without keys ran")
-        return max(keyless, key=lambda item: item[1].max_ssim if math.isfinite(item[1].max_ssim) else -math.inf)
+        return max(keyless, key=lambda item: _strength(item[1]))
 
     def to_dict(self) -> dict[str, Any]:
         """Every number of the report, JSON-clean, with the audit's name, state, times and spec."""
         out: dict[str, Any] = {}
         if self.audit:
             out["audit"] = self.audit
+        if self.membership is not None:
+            out.update({"kind": self.kind, "device": self.device, "seconds": json_number(self.seconds),
+                        **self.membership.to_dict()})
+            for name, result in self.results.items():
+                out[name] = {"title": result.title, "threat": result.threat, **result.scores.to_dict()}
+            out["files"] = {"roc": ROC_PNG if self.membership.roc_png else None, "scores": SCORES_NPZ}
+            return out
         out.update({"kind": self.kind, "device": self.device, "images": self.images, "encodings": self.encodings,
                     "seconds": json_number(self.seconds), "pool_images": self.pool_images,
                     "pool_fingerprint": self.pool_fingerprint, "grid_attack": self.grid_attack})
@@ -395,14 +509,16 @@ class AuditReport:
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays of ``recoveries.npz``: ``<attack>_recovered``, ``_best_match``, ``_best_ssim``."""
+        """The arrays of ``recoveries.npz``: ``<attack>_recovered``, ``_best_match``, ``_best_ssim``; of a
+        membership audit's ``scores.npz``: ``<attack>_risk_scores``, ``_roc_fpr``, ``_roc_tpr``."""
         out: dict[str, np.ndarray] = {}
         for name, scores in self.attacks().items():
             out.update(scores.arrays(name))
         return out
 
     def write(self, report_dir: str | os.PathLike) -> list[Path]:
-        """Write ``report.json``, ``grid.png`` (when the report has one) and ``recoveries.npz``.
+        """Write ``report.json``, ``grid.png`` (when the report has one) and ``recoveries.npz``; for a membership
+        audit ``report.json``, ``roc.png`` and ``scores.npz``.
 
         Each file is written to a temporary file beside it and renamed into place, so a reader
         never sees half a file; the folder is created when missing. Files are readable by their
@@ -422,10 +538,23 @@ class AuditReport:
             written.append(_atomic_write(directory / GRID_PNG, self.grid_png))
         if self.curves_png:
             written.append(_atomic_write(directory / CURVES_PNG, self.curves_png))
+        if self.membership is not None and self.membership.roc_png:
+            written.append(_atomic_write(directory / ROC_PNG, self.membership.roc_png))
         buffer = io.BytesIO()
         np.savez(buffer, **self.arrays())
-        written.append(_atomic_write(directory / RECOVERIES_NPZ, buffer.getvalue()))
+        arrays = SCORES_NPZ if self.membership is not None else RECOVERIES_NPZ
+        written.append(_atomic_write(directory / arrays, buffer.getvalue()))
         return written
+
+
+def _strength(scores: AttackScores | MembershipScores) -> tuple[float, ...]:
+    """How much an attack leaked, for ordering (NaN and not-estimable lowest)."""
+    def finite(value: float | None) -> float:
+        return value if value is not None and math.isfinite(value) else -math.inf
+
+    if isinstance(scores, MembershipScores):
+        return finite(scores.tpr(0.01)), finite(scores.auc)
+    return (finite(scores.max_ssim),)
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:

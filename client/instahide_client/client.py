@@ -11,7 +11,8 @@ import numpy as np
 
 from instahide_client import _health
 from instahide_client._audit_requests import audit_requests, check_audit_inputs
-from instahide_client._requests import batch_bounds, check_batch, encode_config, key_config
+from instahide_client._membership_requests import check_membership_inputs, membership_requests
+from instahide_client._requests import batch_bounds, check_batch, defense_config, encode_config, key_config
 from instahide_client._stream import EncodeStream, OnError
 from instahide_client._types import EncodeBatch, EncodeOutput, KeyRecord, concatenate_keys
 from instahide_client.audits import Audit, AuditEvent, audit_name, state_value
@@ -315,6 +316,45 @@ class InstaHideClient:
         return EncodeOutput(np.concatenate(encoded), np.concatenate(passed) if sent_labels else labels.copy(),
                             None, seeded)
 
+    # -- output defenses ---------------------------------------------------------------------------
+
+    def defend(self, outputs: np.ndarray, defense: Any, *, labels: np.ndarray | None = None,
+               outputs_kind: str = "auto", seed: int | None = None, batch_size: int = 1024,
+               output_dtype: str = "float32", max_in_flight: int = 4, timeout: float | None = None,
+               metadata: Metadata | None = None) -> np.ndarray:
+        """Apply an output defense to a model's outputs before releasing them, over one Encode stream.
+
+        Args:
+            outputs: (N, C) or (N, C, h, w) float32/float16 logits or probabilities, classes on axis 1.
+            defense: "argmax", "gauss:SIGMA", "topk:K", "round:DECIMALS", "temperature:T" (or an
+                ``OutputDefense`` message): what a membership audit's ``defenses`` audit.
+            labels: optional (N,) integers; they pass through.
+            outputs_kind: "auto" (probabilities when every row is non-negative and sums to 1), "logits" or
+                "probabilities".
+            seed: seeds the Gaussian noise (reproducible); None: fresh noise from the server's CSPRNG.
+
+        Returns:
+            The defended probabilities, same shape, ``output_dtype``.
+
+        Raises:
+            ValueError: malformed outputs or options, found before anything is sent.
+            InstaHideError: the call or a batch failed (e.g. INVALID_ARGUMENT for top-k past the classes).
+        """
+        config = defense_config(defense, outputs_kind=outputs_kind, seed=seed, output_dtype=output_dtype)
+        outputs, labels = check_batch(outputs, labels, model_outputs=True)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        bounds = [(start, min(start + batch_size, len(outputs))) for start in range(0, len(outputs), batch_size)]
+        sent_labels = len(labels) > 0
+        batches = ((outputs[a:b], labels[a:b] if sent_labels else None) for a, b in bounds)
+        defended = []
+        with self.encode_stream(batches, config=config, max_in_flight=max_in_flight, timeout=timeout,
+                                metadata=metadata) as stream:
+            defended.extend(batch.encoded for batch in stream)
+        if len(defended) != len(bounds):  # cancelled by another thread
+            raise InstaHideError(grpc.StatusCode.CANCELLED, "the defense stream ended early")
+        return np.concatenate(defended) if defended else np.zeros(outputs.shape, np.float32)
+
     # -- stored keys ------------------------------------------------------------------------------
 
     def create_key(self, image_shape: Sequence[int], *, method: str = "rmt", block: int | Sequence[int] = 4,
@@ -475,6 +515,61 @@ class InstaHideClient:
             display_name=display_name, disguised_nets=disguised_nets, known_pairs=known_pairs,
             skip_curves=skip_curves)
         requests = audit_requests(upload, chunk_images=chunk_images, max_message_bytes=self.max_message_bytes)
+        return Audit.from_proto(self._unary(self._audits.StartAudit, requests, timeout, metadata).audit)
+
+    def start_membership_audit(
+        self,
+        outputs: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        member: np.ndarray | None = None,
+        *,
+        reference_outputs: np.ndarray | None = None,
+        reference_member: np.ndarray | None = None,
+        defenses: Sequence[Any] = (),
+        outputs_kind: str = "auto",
+        ignore_index: int | None = None,
+        seed: int | None = None,
+        attacks: Sequence[str] = (),
+        extra_attacks: Sequence[str] = (),
+        skipped_attacks: Sequence[str] = (),
+        dataset: str | None = None,
+        display_name: str = "",
+        chunk_examples: int = 1024,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Audit:
+        """Start a membership audit: what a model's outputs reveal about which examples it was trained on.
+
+        Run the model yourself and give what it would release on a labelled audit set (or name a server-side
+        ``dataset``: an .npz with ``outputs`` or ``logits``, ``labels``, ``member`` and optionally
+        ``reference_outputs``, ``reference_member``):
+
+        Args:
+            outputs: (N, C) logits or probabilities, or (N, C, h, w) segmentation posteriors; float32/float16.
+            labels: (N,) classes, or (N, h, w) label maps (``ignore_index`` pixels ignored; default 255).
+            member: (N,) booleans: the model was trained on the example.
+            reference_outputs, reference_member: K reference models' outputs on the same examples
+                (K, N, C[, h, w]) and their (K, N) memberships: what LiRA and RMIA need.
+            defenses: output defenses to audit beside the raw outputs, each with its utility cost: "argmax",
+                "gauss:SIGMA", "topk:K", "round:DECIMALS", "temperature:T" (as :meth:`defend` serves them).
+            outputs_kind: "auto", "logits" or "probabilities".
+            seed: seeds the attacks' folds and the defenses' noise (reproducible); None: the CSPRNG.
+            attacks, extra_attacks, skipped_attacks: by the service's registry names (loss, lira_online, ...).
+
+        Returns:
+            The accepted ``Audit`` (queued); ``wait_audit`` follows it.
+
+        Raises:
+            ValueError, TypeError: bad inputs or options, found before anything is sent.
+            InstaHideError: the call failed (e.g. INVALID_ARGUMENT naming the field).
+        """
+        upload = check_membership_inputs(
+            outputs, labels, member, reference_outputs=reference_outputs, reference_member=reference_member,
+            dataset=dataset, defenses=defenses, outputs_kind_name=outputs_kind, ignore_index=ignore_index,
+            seed=seed, attacks=attacks, extra_attacks=extra_attacks, skipped_attacks=skipped_attacks,
+            display_name=display_name)
+        requests = membership_requests(upload, chunk_examples=chunk_examples,
+                                       max_message_bytes=self.max_message_bytes)
         return Audit.from_proto(self._unary(self._audits.StartAudit, requests, timeout, metadata).audit)
 
     def watch_audit(self, name_or_id: str, *, timeout: float | None = None,

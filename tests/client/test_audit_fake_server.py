@@ -290,7 +290,7 @@ class TestCli:
         assert "has no report yet (state queued)" in capsys.readouterr().err
         assert main(["audit", "list", *target]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].split() == ["name", "state", "created", "images", "strongest_attack", "Max_SSIM"]
+        assert lines[0].split() == ["name", "state", "created", "images", "strongest_attack", "leakage"]
         assert lines[1].startswith("audits/a1 ") and "queued" in lines[1] and lines[1].split()[-3:] == ["-", "-", "-"]
         # The report's key-aware bound scores 0.45 too, but only attacks without keys are named.
         assert lines[2].startswith("audits/a0") and lines[2].split()[-3:] == ["3", "ciphertext-only", "0.4500"]

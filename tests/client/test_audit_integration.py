@@ -134,7 +134,7 @@ def test_cli_start_list_get_delete(audit_server, privates, tmp_path, capsys):
 
     assert main(["audit", "list", *target]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[0].split() == ["name", "state", "created", "images", "strongest_attack", "Max_SSIM"]
+    assert rows[0].split() == ["name", "state", "created", "images", "strongest_attack", "leakage"]
     (row,) = [row.split() for row in rows[1:] if row.startswith(name)]
     assert row[1] == "succeeded" and row[-3:-1] == ["10", "ciphertext-only"]
     assert float(row[-1]) == pytest.approx(data["ciphertext_only"]["max_ssim"], abs=5e-5)

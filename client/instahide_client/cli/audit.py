@@ -60,6 +60,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="arrays `images` (uint8 (N,H,W,C)) and `labels` (N,); with --encodings, "
                              "the originals (`labels` ignored)")
     source.add_argument("--dataset", metavar="NAME", help="a dataset on the server, under its data root")
+    source.add_argument("--outputs", metavar="OUTPUTS.npz",
+                        help="a membership audit of a model's outputs: arrays `outputs` (or `logits`) (N,C) or "
+                             "(N,C,h,w), `labels`, `member` (bool (N,)), optionally `reference_outputs` "
+                             "(K,N,...) and `reference_member` (K,N)")
     start.add_argument("--encodings", metavar="ENC.npz",
                        help="audit encodings made elsewhere: arrays `encodings` (E,H,W,C) and `labels` "
                             "(mixed, (E, classes)); needs --images for the originals")
@@ -82,6 +86,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     attacks.add_argument("--no-key-aware", action="store_true", help="the same as --skip-attack key_aware")
     attacks.add_argument("--no-pool-aware", action="store_true", help="the same as --skip-attack pool_aware")
     attacks.add_argument("--photo-aware", action="store_true", help="the same as --add-attack photo_aware")
+    membership = start.add_argument_group(
+        "membership", "what a model's outputs reveal about its training set (with --outputs, or --dataset and "
+                      "--membership)")
+    membership.add_argument("--membership", action="store_true",
+                            help="a membership audit (implied by --outputs; with --dataset, the dataset holds "
+                                 "the arrays --outputs takes)")
+    membership.add_argument("--defense", action="append", default=[], metavar="SPEC",
+                            help="also audit the outputs under this defense (repeatable): argmax, gauss:SIGMA, "
+                                 "topk:K, round:DECIMALS, temperature:T")
+    membership.add_argument("--outputs-kind", choices=("auto", "logits", "probabilities"), default="auto",
+                            help="how the outputs are given (default: probabilities when rows sum to 1; a "
+                                 "`logits` array is read as logits)")
+    membership.add_argument("--ignore-index", type=int, metavar="I",
+                            help="segmentation: the label ignored in the maps (default 255)")
     disguised = start.add_argument_group(
         "DisguisedNets", "audit DisguisedNets instead of InstaHide: the service disguises each image once under a "
                          "fresh key of these parameters (or a stored key's, never its material); labels optional")
@@ -142,6 +160,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
+    if args.outputs or args.membership:
+        return _start_membership(client, args)
+    membership_flags = [flag for flag, on in (("--defense", args.defense), ("--outputs-kind",
+                                                                             args.outputs_kind != "auto"),
+                                              ("--ignore-index", args.ignore_index is not None)) if on]
+    if membership_flags:
+        raise CliError(f"{', '.join(membership_flags)}: membership options; add --outputs FILE (or --membership)")
     inputs: dict[str, np.ndarray | None] = {}
     if args.encodings:
         if not args.images:
@@ -170,6 +195,47 @@ def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
     if args.detach:
         print(audit.name)
         print(f"follow it with: instahide audit watch {audit.id} --target {args.target}", file=sys.stderr)
+        return 0
+    return _follow(client, audit.name, args)
+
+
+def _start_membership(client: InstaHideClient, args: argparse.Namespace) -> int:
+    if args.images:
+        raise CliError("--membership audits model outputs: give --outputs FILE (or --dataset NAME), not --images")
+    others = [flag for flag, on in (("--encodings", args.encodings), ("--mode", args.mode != "cross"),
+                                    ("--k", args.k), ("--encodings-per-image", args.encodings_per_image),
+                                    ("--num-classes", args.num_classes), ("--disguise", args.disguise),
+                                    ("--key-params", args.key_params), ("--known-pairs", args.known_pairs is not None),
+                                    ("--no-curves", args.no_curves)) if on] + given_parameters(args)
+    if others:
+        raise CliError(f"{', '.join(others)}: reconstruction options, not a membership audit's")
+    inputs: dict = {}
+    kind = args.outputs_kind
+    if args.outputs:
+        arrays = load_npz(args.outputs, ("labels", "member"), ("outputs", "logits", "reference_outputs",
+                                                               "reference_member"))
+        if "outputs" not in arrays and "logits" not in arrays:
+            raise CliError(f"{args.outputs} has neither `outputs` nor `logits`")
+        logits = "outputs" not in arrays
+        kind = "logits" if logits and kind == "auto" else kind
+        outputs = arrays["logits" if logits else "outputs"]
+        reference = arrays.get("reference_outputs")
+        inputs = {"outputs": outputs.astype(np.float32) if outputs.dtype == np.float64 else outputs,
+                  "labels": arrays["labels"], "member": arrays["member"],
+                  "reference_outputs": None if reference is None else
+                  reference.astype(np.float32) if reference.dtype == np.float64 else reference,
+                  "reference_member": arrays.get("reference_member")}
+    source = args.outputs or args.dataset
+    try:
+        audit = client.start_membership_audit(
+            **inputs, dataset=args.dataset, defenses=args.defense, outputs_kind=kind,
+            ignore_index=args.ignore_index, seed=args.seed, **_attack_options(args),
+            display_name=args.display_name, chunk_examples=args.chunk_images, timeout=args.timeout)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"{source}: {exc}") from None
+    print(f"started {audit.name}", file=sys.stderr)
+    if args.detach:
+        print(audit.name)
         return 0
     return _follow(client, audit.name, args)
 
@@ -296,15 +362,18 @@ def _list(client: InstaHideClient, args: argparse.Namespace) -> int:
         if len(audits) >= args.limit:
             break
     rows = [(a.name, a.state, _when(a.create_time), *_headline(a.report)) for a in audits]
-    print(_table(("name", "state", "created", "images", "strongest_attack", "Max_SSIM"), rows))
+    print(_table(("name", "state", "created", "images", "strongest_attack", "leakage"), rows))
     return 0
 
 
 def _headline(report: AuditReport | None) -> tuple[str, str, str]:
-    """Images, and the attack without keys that recovered most with its Max_SSIM ("-" without a report)."""
+    """Images (examples), and the attack without keys that leaked most with its Max_SSIM (a membership audit: its
+    TPR at 1 % FPR); "-" without a report."""
     if report is None:
         return "-", "-", "-"
     name, scores = report.strongest_attack_without_keys()
+    if report.membership is not None:
+        return str(report.membership.examples), report.results[name].title, f"TPR@1%FPR {_rate(scores.tpr(0.01))}"
     return str(report.images), report.results[name].title, _number(scores.max_ssim)
 
 
@@ -337,9 +406,36 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _rate(value: float | None) -> str:
+    return "n/e" if value is None else f"{value:.2%}"
+
+
+def format_membership(report: AuditReport) -> str:
+    """A membership audit's table: one row per attack (AUC, advantage, TPR at low FPR, seconds), the task, sizes
+    and utility, then each defense's utility and its strongest attack."""
+    summary = report.membership
+    assert summary is not None
+    rows = [(result.title, _number(s.auc), _number(s.advantage), _rate(s.tpr(0.1)), _rate(s.tpr(0.01)),
+             _rate(s.tpr(0.001)), f"{sum(s.stage_seconds.values()):.1f}")
+            for result in report.results.values() for s in (result.scores,)]
+    lines = [_table(("attack", "AUC", "advantage", "TPR@10%FPR", "TPR@1%FPR", "TPR@0.1%FPR", "seconds"), rows),
+             f"device: {report.device}  task: {summary.task}  examples: {summary.examples} ({summary.members} "
+             f"members)  references: {summary.references}  {summary.utility_name}: {summary.utility:.4f}  "
+             f"seconds: {report.seconds:.1f}"]
+    if summary.defenses:
+        defended = []
+        for outcome in summary.defenses:
+            name, best = max(outcome.attacks.items(), key=lambda item: (item[1].tpr(0.01) or 0.0, item[1].auc))
+            defended.append((outcome.name, _number(outcome.utility), name, _number(best.auc), _rate(best.tpr(0.01))))
+        lines.append(_table(("defense", summary.utility_name, "strongest attack", "AUC", "TPR@1%FPR"), defended))
+    return "\n".join(lines)
+
+
 def format_summary(report: AuditReport) -> str:
     """The leakage table: one row per attack, then the device, sizes and the pool mixed in, then, for each attack that
-    looks for public images, the share of the encodings it found one in."""
+    looks for public images, the share of the encodings it found one in (a membership audit: ``format_membership``)."""
+    if report.membership is not None:
+        return format_membership(report)
     rows = [(result.title, _number(s.max_ssim), _number(s.mean_ssim), _number(s.min_l2), _number(s.mean_l2),
              f"{s.recovered_above_0_5:.1%}", f"{s.recovered_above_0_8:.1%}",
              f"{sum(s.stage_seconds.values()):.1f}")
@@ -376,8 +472,11 @@ def format_audit(audit: Audit) -> str:
     """An audit for people: name, state, times, spec, progress or error, and the summary."""
     spec = audit.spec
     source = (f"dataset {spec.dataset}" if spec.dataset else
-              "precomputed encodings" if spec.precomputed_encodings else "uploaded images")
-    if spec.disguised_nets is not None:
+              "precomputed encodings" if spec.precomputed_encodings else
+              "uploaded outputs" if spec.kind == "membership" else "uploaded images")
+    if spec.kind == "membership":
+        configuration = f"defenses {', '.join(spec.defenses) or 'none'}"
+    elif spec.disguised_nets is not None:
         params = spec.disguised_nets
         rows, cols = params["block"]
         configuration = (f"DisguisedNets {params['method']} {rows}x{cols}, noise {params['noise']:g}, scale "

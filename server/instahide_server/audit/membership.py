@@ -27,6 +27,7 @@ from instahide_ops.audits.membership import (
     audit_membership,
     choose_membership_attacks,
 )
+from instahide_ops.audits.membership.audit import example_slices
 from instahide_ops.audits.membership.metrics import MembershipMetrics
 from instahide_ops.audits.progress import CancelToken
 from instahide_ops.errors import InvalidInputError
@@ -142,7 +143,8 @@ class MembershipKind:
         params: MembershipParams = accepted.params
         report = audit_membership(inputs, attacks=tuple(accepted.spec.attacks), defenses=params.defenses,
                                   seed=params.seed, device=self._device, progress=progress, cancel=cancel)
-        return report_message(report, params.defense_messages)
+        sizes = {name: int(where.sum()) for name, where in example_slices(inputs).items()}
+        return report_message(report, params.defense_messages, sizes)
 
 
 class Upload:
@@ -242,14 +244,16 @@ def _scores(metrics: MembershipMetrics) -> membership_pb2.MembershipScores:
     return message
 
 
-def report_message(report: MembershipReport, defense_messages: tuple) -> audit_pb2.AuditReport:
-    """The wire form of a membership report: a row per attack, then the task, sizes, utility, ROC and defenses."""
+def report_message(report: MembershipReport, defense_messages: tuple,
+                   slice_sizes: dict[str, int]) -> audit_pb2.AuditReport:
+    """The wire form of a membership report: a row per attack, then the task, sizes, utility, ROC and defenses
+    (``slice_sizes``: the examples in each slice the attacks' metrics were sliced by)."""
     message = audit_pb2.AuditReport(device=report.device, seconds=report.seconds)
     for name, row in report.attacks.items():
         scores = _scores(row.metrics)
         scores.risk_scores.CopyFrom(to_tensor(np.asarray(row.scores, dtype=np.float64)))
-        for slice_name, (examples, metrics) in row.slices.items():
-            part = scores.slices.add(name=slice_name, examples=examples)
+        for slice_name, metrics in row.slices.items():
+            part = scores.slices.add(name=slice_name, examples=slice_sizes[slice_name])
             if metrics is not None:
                 part.auc, part.advantage = metrics.auc, metrics.advantage
         message.attacks.add(attack=name, title=row.attack.title, threat=row.attack.threat, bound=False,
