@@ -3,9 +3,22 @@
 - ``data``: what the owner uploads (``MembershipData``: outputs, labels, membership, optional reference models).
 - ``attack``: what an attack is (``MembershipAttack``), sees (``MembershipView``) and returns
   (``MembershipResult``), and the registry (``register_membership_attack``, ``choose_membership_attacks``).
-- every other module defines attacks and registers them on import, so a new attack is a new module here (and its
-  test).
+- ``metrics``: ROC, AUC, advantage and TPR at low FPR (``membership_metrics``).
+- ``statistics``: the per-example statistics attacks score with (loss, entropy, LiRA's logit-scaled confidence).
+- ``thresholds``, ``learned``, ``reference``: the attacks, registered on import (threshold attacks, TF-Privacy's
+  trained attacks, LiRA and RMIA with reference models), so a new attack is a new module here (and its test).
 """
+
+# Each import registers its module's attacks; audits run them in this order, cheapest first.
+from instahide_ops.audits.membership import thresholds  # noqa: F401
+
+# isort: split
+from instahide_ops.audits.membership import learned  # noqa: F401
+
+# isort: split
+from instahide_ops.audits.membership import reference  # noqa: F401
+
+# isort: split
 
 from instahide_ops.audits.membership.attack import (
     MEMBERSHIP_ATTACKS,
