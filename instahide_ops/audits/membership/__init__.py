@@ -6,8 +6,9 @@
 - ``metrics``: ROC, AUC, advantage and TPR at low FPR (``membership_metrics``).
 - ``statistics``: the per-example statistics attacks score with (loss, entropy, LiRA's logit-scaled confidence).
 - ``audit``: the audit as one call (``audit_membership``) and its ``MembershipReport``, defenses re-audited.
-- ``thresholds``, ``learned``, ``reference``: the attacks, registered on import (threshold attacks, TF-Privacy's
-  trained attacks, LiRA and RMIA with reference models), so a new attack is a new module here (and its test).
+- ``thresholds``, ``learned``, ``reference``, ``segmentation``: the attacks, registered on import (threshold
+  attacks, TF-Privacy's trained attacks, LiRA and RMIA with reference models, Segmentations-Leak's CNNs), so a new
+  attack is a new module here (and its test).
 """
 
 # Each import registers its module's attacks; audits run them in this order, cheapest first.
@@ -18,6 +19,9 @@ from instahide_ops.audits.membership import learned  # noqa: F401
 
 # isort: split
 from instahide_ops.audits.membership import reference  # noqa: F401
+
+# isort: split
+from instahide_ops.audits.membership import segmentation  # noqa: F401
 
 # isort: split
 
