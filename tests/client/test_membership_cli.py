@@ -96,7 +96,7 @@ def test_python_client(server, data):
     with InstaHideClient(server.target) as client:
         with pytest.raises(ValueError, match="member must be"):
             client.start_membership_audit(arrays["outputs"], arrays["labels"], arrays["member"][:5])
-        with pytest.raises(InstaHideError, match="spec.attacks"):
+        with pytest.raises(InstaHideError, match=r"spec\.attacks"):
             client.start_membership_audit(arrays["outputs"], arrays["labels"], arrays["member"],
                                           attacks=["lira_online"])  # no references given
         started = client.start_membership_audit(arrays["outputs"], arrays["labels"], arrays["member"],

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from instahide_ops.errors import InvalidInputError
+from instahide_ops.transforms.defenses.defense import SUMS_TO_ONE
 
 TASKS = ("classification", "segmentation")
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
 MIN_EXAMPLES, MIN_PER_SIDE = 4, 2
-_SUMS_TO_ONE = 1e-3  # how far a row of "auto" outputs may sum from 1 and still read as probabilities
 _TINY = 1e-30  # floor of a probability before its log: a released 0 is still a finite, very low score
 
 
@@ -170,7 +170,7 @@ class MembershipData:
     def _are_probabilities(self, outputs: np.ndarray) -> bool:
         if self.outputs_are != "auto":
             return self.outputs_are == "probabilities"
-        return bool(outputs.min() >= 0 and np.abs(outputs.sum(axis=1) - 1).max() <= _SUMS_TO_ONE)
+        return bool(outputs.min() >= 0 and np.abs(outputs.sum(axis=1) - 1).max() <= SUMS_TO_ONE)
 
     @property
     def _dtype(self) -> type:

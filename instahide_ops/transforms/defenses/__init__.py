@@ -13,7 +13,7 @@ Every defense maps probabilities (N, C) or (N, C, h, w), classes along dim 1, to
 ``utility`` measures what a defense costs: accuracy for classification, mean IoU for segmentation.
 """
 
-from instahide_ops.transforms.defenses.defense import KINDS, Defense, apply_defense, parse_defense
+from instahide_ops.transforms.defenses.defense import KINDS, Defense, apply_defense, as_probabilities, parse_defense
 from instahide_ops.transforms.defenses.utility import utility
 
-__all__ = ["KINDS", "Defense", "apply_defense", "parse_defense", "utility"]
+__all__ = ["KINDS", "Defense", "apply_defense", "as_probabilities", "parse_defense", "utility"]

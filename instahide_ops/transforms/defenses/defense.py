@@ -48,6 +48,11 @@ class Defense:
     def __str__(self) -> str:
         return self.kind if self.kind == "argmax" else f"{self.kind}:{self.value:g}"
 
+    def check_classes(self, classes: int) -> None:
+        """InvalidInputError (field "defense") when it cannot apply to outputs over ``classes`` classes."""
+        if self.kind == "topk" and int(self.value) > classes:
+            raise InvalidInputError(f"topk k = {int(self.value)} exceeds the {classes} classes", field="defense")
+
 
 def parse_defense(text: str) -> Defense:
     """``Defense`` from its text form ("argmax", "gauss:0.1", "topk:3", "round:2", "temperature:2")."""
@@ -63,6 +68,25 @@ def parse_defense(text: str) -> Defense:
     except ValueError:
         raise InvalidInputError(f"expected a number after {kind}:, got {text!r}", field="defense") from None
     return Defense(kind, number)
+
+
+SUMS_TO_ONE = 1e-3
+"""How far an "auto" output row may sum from 1 and still read as probabilities."""
+
+
+def as_probabilities(outputs: torch.Tensor, outputs_are: str = "auto") -> torch.Tensor:
+    """Probabilities along dim 1 from ``outputs``: "logits" (softmax), "probabilities" (as given), or "auto"
+    (probabilities when every value is >= 0 and every row sums to 1 within ``SUMS_TO_ONE``, logits otherwise).
+
+    Raises:
+        InvalidInputError: an unknown ``outputs_are`` (field "outputs_kind").
+    """
+    if outputs_are not in ("auto", "logits", "probabilities"):
+        raise InvalidInputError(f"unknown outputs kind {outputs_are!r}", field="outputs_kind")
+    if outputs_are == "auto":
+        given = bool(outputs.min() >= 0) and bool((outputs.sum(1) - 1).abs().max() <= SUMS_TO_ONE)
+        outputs_are = "probabilities" if given else "logits"
+    return outputs if outputs_are == "probabilities" else torch.softmax(outputs, dim=1)
 
 
 def apply_defense(probabilities: torch.Tensor, defense: Defense, *,
@@ -81,7 +105,7 @@ def apply_defense(probabilities: torch.Tensor, defense: Defense, *,
     if probabilities.ndim not in (2, 4) or not probabilities.is_floating_point():
         raise InvalidInputError(f"expected floating (N, C) or (N, C, h, w) probabilities, got "
                                 f"{probabilities.dtype} of shape {list(probabilities.shape)}", field="outputs")
-    classes = probabilities.shape[1]
+    defense.check_classes(probabilities.shape[1])
     if defense.kind == "argmax":
         return torch.zeros_like(probabilities).scatter_(1, probabilities.argmax(1, keepdim=True), 1.0)
     if defense.kind == "gauss":
@@ -91,8 +115,6 @@ def apply_defense(probabilities: torch.Tensor, defense: Defense, *,
         return noisy / noisy.sum(1, keepdim=True)
     if defense.kind == "topk":
         k = int(defense.value)
-        if k > classes:
-            raise InvalidInputError(f"topk k = {k} exceeds the {classes} classes", field="defense")
         top, where = probabilities.topk(k, dim=1)
         kept = torch.zeros_like(probabilities).scatter_(1, where, top)
         return kept / kept.sum(1, keepdim=True)

@@ -40,7 +40,8 @@ _SPEC = "spec.membership"
 _FLOATS = (tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)
 DEFAULT_IGNORE_INDEX = 255
 _FIELDS = {"outputs": "outputs", "labels": "labels", "member": "member", "reference_outputs": "reference_outputs",
-           "reference_member": "reference_member", "ignore_index": f"{_SPEC}.ignore_index", "attacks": "spec.attacks"}
+           "reference_member": "reference_member", "ignore_index": f"{_SPEC}.ignore_index", "attacks": "spec.attacks",
+           "defense": f"{_SPEC}.defenses"}
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class MembershipKind:
         with _named_fields():
             chosen = choose_membership_attacks(inputs, params.attacks, extra=params.extra, skipped=params.skipped)
             for defense in params.defenses:
-                defense.check(inputs.outputs.shape[1])
+                defense.check_classes(inputs.outputs.shape[1])
         accepted.spec.ClearField("extra_attacks")
         accepted.spec.ClearField("skipped_attacks")
         accepted.spec.attacks[:] = [attack.name for attack in chosen]

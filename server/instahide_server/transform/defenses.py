@@ -36,14 +36,10 @@ def defense_from_message(message: defenses_pb2.OutputDefense, *, field: str) -> 
     if member is None:
         raise InvalidArgument(f"{field}: required: one of argmax, gaussian, top_k, rounding, temperature", field)
     if member == "argmax":
-        defense = Defense("argmax")
-    else:
-        kind, parameter = _PARAMETERS[member]
-        defense = Defense(kind, float(getattr(getattr(message, member), parameter)))
-        field = f"{field}.{member}.{parameter}"
-    with named(field):
-        defense.check()
-    return defense
+        return Defense("argmax")
+    kind, parameter = _PARAMETERS[member]
+    with named(f"{field}.{member}.{parameter}"):
+        return Defense(kind, float(getattr(getattr(message, member), parameter)))
 
 
 def outputs_kind(value: int, *, field: str) -> str:
@@ -85,7 +81,7 @@ class OutputDefenseFamily:
             raise InvalidArgument(f"images.shape: outputs over {classes} class; expected at least 2 on axis 1",
                                   "images.shape")
         with named("config.output_defense.defense"):
-            defense.check(classes)
+            defense.check_classes(classes)
         labels = batch.labels
         if len(labels) and len(labels) != count:
             raise InvalidArgument(f"labels: {len(labels)} labels for {count} outputs (one per example, or none)",

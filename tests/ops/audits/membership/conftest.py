@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from defense_stand_in import install_if_missing
+from membership_sets import overfit_segmentation_set, overfit_set
 
-install_if_missing()  # before any test module imports the audit
-
-from membership_sets import overfit_segmentation_set, overfit_set  # noqa: E402
-
-from instahide_ops.audits.membership import MembershipData  # noqa: E402
+from instahide_ops.audits.membership import MembershipData
 
 
 @pytest.fixture(scope="session")

@@ -188,4 +188,4 @@ def test_choosing_keeps_registry_order(overfit):
     chosen = choose_membership_attacks(overfit, ["rmia", "loss"])
     assert [a.name for a in chosen] == ["loss", "rmia"]
     assert [a.name for a in choose_membership_attacks(overfit, skipped=["mlp"], extra=[])] == [
-        a.name for a in MEMBERSHIP_ATTACKS if a.name != "mlp" and a.default]
+        a.name for a in MEMBERSHIP_ATTACKS if a.name != "mlp" and a.default and overfit.task in a.tasks]
