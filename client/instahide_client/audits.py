@@ -290,7 +290,7 @@ class MembershipScores:
         roc_fpr, roc_tpr: the ROC curve.
         slices: name ("class=3", "correct", "incorrect", ...) -> (examples, AUC or None, advantage or None).
         stage_seconds: seconds the attack took.
-        risk_scores: (N,) float64 each example's membership score (higher: likelier a member), None in a summary.
+        risk_scores: (N,) float32 each example's membership score (higher: likelier a member), None in a summary.
     """
 
     auc: float

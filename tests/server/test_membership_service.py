@@ -98,7 +98,7 @@ def test_the_service_report_equals_the_library_audit(stub, data):
         assert got.auc == pytest.approx(want.metrics.auc) and got.advantage == pytest.approx(want.metrics.advantage)
         tprs = {point.fpr: (point.tpr if point.HasField("tpr") else None) for point in got.tpr_at_fpr}
         assert tprs == pytest.approx(want.metrics.tpr_at_fpr)
-        np.testing.assert_allclose(to_numpy(got.risk_scores), want.scores)
+        np.testing.assert_allclose(to_numpy(got.risk_scores), want.scores, rtol=1e-5)
     assert [d.name for d in report.defenses] == ["gauss:0.1", "argmax"]
     assert report.defenses[1].defense.WhichOneof("defense") == "argmax"
     for got, want in zip(report.defenses, expected.defenses, strict=True):

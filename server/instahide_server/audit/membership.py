@@ -252,7 +252,7 @@ def report_message(report: MembershipReport, defense_messages: tuple,
     message = audit_pb2.AuditReport(device=report.device, seconds=report.seconds)
     for name, row in report.attacks.items():
         scores = _scores(row.metrics)
-        scores.risk_scores.CopyFrom(to_tensor(np.asarray(row.scores, dtype=np.float64)))
+        scores.risk_scores.CopyFrom(to_tensor(np.asarray(row.scores, dtype=np.float32)))
         for slice_name, metrics in row.slices.items():
             part = scores.slices.add(name=slice_name, examples=slice_sizes[slice_name])
             if metrics is not None:

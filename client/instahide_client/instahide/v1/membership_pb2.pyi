@@ -238,7 +238,7 @@ class MembershipScores(_message.Message):
 
     @_builtins.property
     def risk_scores(self) -> _tensor_pb2.Tensor:
-        """Each example's membership score (higher: more likely a member), FLOAT64
+        """Each example's membership score (higher: more likely a member), FLOAT32
         (N,): the per-example risk.
         """
 
