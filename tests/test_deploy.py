@@ -18,6 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
+from membership_set import membership_set
 from prometheus_client.parser import text_string_to_metric_families
 from serverproc import start_server
 
@@ -124,12 +125,16 @@ def exposition(tmp_path_factory, small_pool_path) -> dict[str, set[str]]:
             audit = client.start_audit(pixels, np.arange(8), k=4, encodings_per_image=3, seed=1,
                                        skipped_attacks=["key_aware"], timeout=60)
             client.wait_audit(audit.name, timeout=60)
+            scores = membership_set(60, seed=1)
+            audit = client.start_membership_audit(scores["outputs"], scores["labels"], scores["member"],
+                                                  attacks=["loss"], timeout=60)
+            client.wait_audit(audit.name, timeout=60)
         port = int(port_file.read_text())
         deadline = time.monotonic() + 10
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
                 text = response.read().decode()
-            if 'instahide_audits_total{state="succeeded"}' in text or time.monotonic() > deadline:
+            if "instahide_audit_membership_auc_count" in text or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
     samples: dict[str, set[str]] = {}
@@ -142,7 +147,8 @@ def exposition(tmp_path_factory, small_pool_path) -> dict[str, set[str]]:
 
 def test_the_reference_exposition_has_the_queried_families(exposition):
     for name in ("grpc_server_handled_total", "instahide_images_encoded_total", "instahide_encode_batch_seconds_bucket",
-                 "instahide_audit_max_ssim_bucket", "instahide_audit_max_ssim_count", "instahide_audit_queue_depth"):
+                 "instahide_audit_max_ssim_bucket", "instahide_audit_max_ssim_count", "instahide_audit_queue_depth",
+                 "instahide_audit_membership_auc_bucket"):
         assert name in exposition, name
 
 
