@@ -8,8 +8,8 @@ Examples:
     ...     audit = client.wait_audit(client.start_audit(images, labels, seed=1).name)
     ...     audit.report.write("report/")
 
-The torch data pipeline lives in ``instahide_client.torch_data`` (the ``[torch]`` extra) and is
-not imported here.
+The torch data pipeline lives in ``instahide_client.torch_data``, and a membership audit's arrays from a torch
+model in ``instahide_client.torch_outputs`` (the ``[torch]`` extra); neither is imported here.
 """
 
 from importlib import metadata as _metadata

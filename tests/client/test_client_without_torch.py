@@ -29,12 +29,13 @@ SCRIPT = textwrap.dedent("""
         out = client.encode(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4), return_keys=True)
     assert out.encoded.shape == (4, 32, 32, 3) and out.keys is not None
     assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
-    try:
-        import instahide_client.torch_data
-    except ImportError as exc:
-        assert "instahide-client[torch]" in str(exc), exc
-    else:
-        raise AssertionError("torch_data imported without torch")
+    for module in ("torch_data", "torch_outputs"):
+        try:
+            __import__(f"instahide_client.{module}")
+        except ImportError as exc:
+            assert "instahide-client[torch]" in str(exc), exc
+        else:
+            raise AssertionError(f"{module} imported without torch")
     print("ok", instahide_client.__version__)
 """)
 

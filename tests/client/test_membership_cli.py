@@ -110,3 +110,24 @@ def test_python_client(server, data):
     assert audit.report.membership.utility_name == "accuracy"
     np.testing.assert_allclose(noisy.sum(1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(noisy, again)  # seeded noise repeats
+
+
+def test_the_torch_helper_gives_what_an_audit_takes(server):
+    import torch
+    from instahide_client.torch_outputs import membership_inputs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    model.train()
+    members = [(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))) for _ in range(3)]
+    others = [(torch.randn(5, 3, 2, 2), torch.randint(0, 3, (5,))) for _ in range(2)]
+    arrays = membership_inputs(model, members, others)
+    assert model.training  # restored
+    assert arrays["outputs"].shape == (34, 3) and arrays["outputs"].dtype == np.float32
+    assert arrays["member"].tolist() == [True] * 24 + [False] * 10
+    with torch.no_grad():
+        np.testing.assert_allclose(arrays["outputs"][:8], model.eval()(members[0][0]).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(arrays["labels"][:8], members[0][1].numpy())
+    with InstaHideClient(server.target) as client:
+        audit = client.wait_audit(client.start_membership_audit(**arrays, attacks=["loss"]).name, timeout=60)
+    assert audit.state == "succeeded" and audit.report.membership.examples == 34
