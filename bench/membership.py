@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits, make_classification
 from torch import nn
 
-import instahide_ops.audits.membership.segmentation  # noqa: F401  (registers loss_map_cnn and posterior_cnn)
 from instahide_ops.audits.membership import MembershipData
 from instahide_ops.audits.membership.audit import MembershipReport, audit_membership
 from instahide_ops.grid import encode_png

@@ -43,7 +43,7 @@ def negative_entropy(log_probabilities: np.ndarray, labels: np.ndarray, *, ignor
 def negative_modified_entropy(log_probabilities: np.ndarray, labels: np.ndarray, *, ignore_index: int = 255
                               ) -> np.ndarray:
     """(N,) -Mentr: (1 - p_y) log p_y + sum_{i != y} p_i log(1 - p_i) (mean over non-ignored pixels)."""
-    probabilities = np.exp(log_probabilities)
+    probabilities = np.exp(log_probabilities.astype(np.float64))  # float32 rounds 1 - 1e-12 to 1
     log_complement = np.log1p(-np.minimum(probabilities, 1 - 1e-12))  # log(1 - p), finite at p = 1
     at_label = _label_mask(log_probabilities.shape, labels, ignore_index)
     terms = np.where(at_label, (1 - probabilities) * log_probabilities, probabilities * log_complement)
