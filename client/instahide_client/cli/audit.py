@@ -27,6 +27,7 @@ from instahide_client.cli.common import (
     client,
     connection_arguments,
     load_npz,
+    model_outputs,
     non_negative_int,
     positive_int,
     seed,
@@ -214,17 +215,11 @@ def _start_membership(client: InstaHideClient, args: argparse.Namespace) -> int:
     if args.outputs:
         arrays = load_npz(args.outputs, ("labels", "member"), ("outputs", "logits", "reference_outputs",
                                                                "reference_member"))
-        if "outputs" not in arrays and "logits" not in arrays:
-            raise CliError(f"{args.outputs} has neither `outputs` nor `logits`")
-        logits = "outputs" not in arrays
+        outputs, logits = model_outputs(arrays, args.outputs)
         kind = "logits" if logits and kind == "auto" else kind
-        outputs = arrays["logits" if logits else "outputs"]
-        reference = arrays.get("reference_outputs")
-        inputs = {"outputs": outputs.astype(np.float32) if outputs.dtype == np.float64 else outputs,
-                  "labels": arrays["labels"], "member": arrays["member"],
-                  "reference_outputs": None if reference is None else
-                  reference.astype(np.float32) if reference.dtype == np.float64 else reference,
-                  "reference_member": arrays.get("reference_member")}
+        references = {"reference_outputs": model_outputs({"outputs": arrays["reference_outputs"]}, args.outputs)[0],
+                      "reference_member": arrays.get("reference_member")} if "reference_outputs" in arrays else {}
+        inputs = {"outputs": outputs, "labels": arrays["labels"], "member": arrays["member"], **references}
     source = args.outputs or args.dataset
     try:
         audit = client.start_membership_audit(

@@ -34,6 +34,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def model_outputs(arrays: dict[str, np.ndarray], path: str) -> tuple[np.ndarray, bool]:
+    """A file's model outputs, ``outputs`` or else ``logits``, as float32 unless float16, and whether they came
+    as ``logits``; CliError when it has neither."""
+    if "outputs" not in arrays and "logits" not in arrays:
+        raise CliError(f"{path} has neither `outputs` nor `logits`")
+    logits = "outputs" not in arrays
+    outputs = np.asarray(arrays["logits" if logits else "outputs"])
+    return (outputs if outputs.dtype == np.float16 else outputs.astype(np.float32, copy=False)), logits
+
+
 def seed(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**64:

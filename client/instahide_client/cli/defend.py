@@ -7,7 +7,15 @@ import sys
 
 import numpy as np
 
-from instahide_client.cli.common import CliError, atomic_output, client, connection_arguments, load_npz, positive_int
+from instahide_client.cli.common import (
+    CliError,
+    atomic_output,
+    client,
+    connection_arguments,
+    load_npz,
+    model_outputs,
+    positive_int,
+)
 from instahide_client.cli.common import seed as seed_value
 from instahide_client.defenses import OUTPUT_KINDS
 
@@ -34,13 +42,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     arrays = load_npz(args.input, (), ("outputs", "logits", "labels"))
-    if "outputs" not in arrays and "logits" not in arrays:
-        raise CliError(f"{args.input} has neither `outputs` nor `logits`")
-    logits = "outputs" not in arrays
-    outputs = np.asarray(arrays["logits" if logits else "outputs"])
+    outputs, logits = model_outputs(arrays, args.input)
     kind = "logits" if logits and args.outputs_kind == "auto" else args.outputs_kind
-    if outputs.dtype == np.float64:
-        outputs = outputs.astype(np.float32)
     with atomic_output(args.output) as out_file, client(args) as service:
         try:
             defended = service.defend(outputs, args.defense, labels=arrays.get("labels"), outputs_kind=kind,
