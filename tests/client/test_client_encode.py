@@ -356,3 +356,13 @@ class TestAuth:
     def test_health_open_without_token(self, secured):
         with InstaHideClient(secured.target) as c:
             assert c.health() == "SERVING"
+
+
+def test_a_channels_first_batch_is_refused_with_a_hint_before_any_pool_is_cut(client, server):
+    with pytest.raises(InstaHideError) as caught:
+        client.encode(np.zeros((4, 3, 40, 40), np.uint8), np.arange(4), num_classes=4)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "images.shape" in caught.value.details and "looks like channels first (NCHW)" in caught.value.details
+    assert "[3, 40, 40]" not in server.log_path.read_text()  # no pool was built for the shape
+    out = client.encode(np.zeros((4, 40, 40, 3), np.uint8), np.arange(4), num_classes=4)  # the stream goes on
+    assert out.encoded.shape == (4, 40, 40, 3)

@@ -37,6 +37,18 @@ logger = logging.getLogger(__name__)
 Shape = tuple[int, int, int]
 
 
+def check_pool_channels(shape: Shape) -> None:
+    """InvalidArgument on ``images.shape`` for images a public pool cannot be mixed with (channels other than 1
+    or 3), with a hint when the batch looks channels-first."""
+    height, width, channels = shape
+    if channels in (1, 3):
+        return
+    hint = (f"; ({height}, {width}, {channels}) looks like channels first (NCHW): send (N, H, W, C), e.g. "
+            "images.transpose(0, 2, 3, 1)") if height in (1, 3) else ""
+    raise InvalidArgument(f"images.shape: InstaHide mixes images of 1 or 3 channels (N, H, W, C), got {channels} "
+                          f"channels{hint}", "images.shape")
+
+
 class PoolRegistry:
     """Public pools by image shape; thread-safe."""
 
@@ -96,6 +108,7 @@ class PoolRegistry:
             InvalidArgument: no pool can be made for this shape (e.g. channels other than 1 or 3).
             FailedPrecondition: the photos cannot fill a pool of ``size`` images (too few textured crops).
         """
+        check_pool_channels(shape)  # before seconds of cutting a pool no image of this shape could use
         with self._lock:
             pool = self._cached(shape)
             if pool is not None:
