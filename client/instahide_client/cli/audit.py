@@ -66,8 +66,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                              "(N,C,h,w), `labels`, `member` (bool (N,)), optionally `reference_outputs` "
                              "(K,N,...) and `reference_member` (K,N)")
     start.add_argument("--encodings", metavar="ENC.npz",
-                       help="audit encodings made elsewhere: arrays `encodings` (E,H,W,C) and `labels` "
-                            "(mixed, (E, classes)); needs --images for the originals")
+                       help="audit encodings made elsewhere: arrays `encodings` (or `encoded`, as `instahide "
+                            "encode` writes them) (E,H,W,C) and `labels` (mixed, (E, classes)); needs --images for "
+                            "the originals")
     start.add_argument("--mode", choices=("cross", "inside"), default="cross",
                        help="mixing mode under audit (default %(default)s)")
     start.add_argument("--k", type=positive_int, help="images per mix (default: the service's, 6)")
@@ -173,8 +174,12 @@ def _start(client: InstaHideClient, args: argparse.Namespace) -> int:
         if not args.images:
             raise CliError("--encodings needs --images (the original private images)")
         originals = load_npz(args.images, ("images",))
-        encoded = load_npz(args.encodings, ("encodings", "labels"))
-        inputs = {"images": originals["images"], "encodings": encoded["encodings"],
+        # `instahide encode` writes `encoded`; encodings made elsewhere may say `encodings`: either is read.
+        encoded = load_npz(args.encodings, ("labels",), ("encodings", "encoded"))
+        if "encodings" not in encoded and "encoded" not in encoded:
+            raise CliError(f"{args.encodings} has neither `encodings` nor `encoded` (what `instahide encode` "
+                           "writes)")
+        inputs = {"images": originals["images"], "encodings": encoded.get("encodings", encoded.get("encoded")),
                   "encoding_labels": encoded["labels"]}
     disguised = _disguised_nets(client, args)
     if args.images and not args.encodings:
