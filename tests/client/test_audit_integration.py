@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -261,3 +262,29 @@ def test_photo_aware_refusals(photo_server, audit_server, privates):
     with InstaHideClient(audit_server.target) as client, pytest.raises(InstaHideError) as info:
         client.start_audit(images, labels, extra_attacks=["photo_aware"])  # its pool was given as images (--pool)
     assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION and "--pool-photos" in info.value.details
+
+
+def test_encode_then_audit_the_encodings_it_wrote(audit_server, privates, tmp_path, capsys):
+    _, _, path = privates
+    encoded = tmp_path / "enc.npz"
+    assert main(["encode", "--target", audit_server.target, "--input", str(path), "--output", str(encoded),
+                 "--quiet"]) == 0
+    assert "encoded" in np.load(encoded).files
+    assert main(["audit", "start", "--target", audit_server.target, "--images", str(path), "--encodings",
+                 str(encoded), "--detach"]) == 0
+    name = capsys.readouterr().out.strip().splitlines()[-1]
+    assert name.startswith("audits/")
+    with InstaHideClient(audit_server.target) as client:
+        audit = client.wait_audit(name, timeout=120)
+    assert audit.state == "succeeded" and audit.spec.precomputed_encodings
+
+
+def test_listing_into_a_closed_pipe_ends_quietly(audit_server):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written (`| head -1` that already exited)
+    try:
+        done = subprocess.run([sys.executable, "-m", "instahide_client.cli", "audit", "list", "--target",
+                               audit_server.target], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
