@@ -112,7 +112,7 @@ def all_exprs() -> list[str]:
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory, small_pool_path) -> dict[str, set[str]]:
     """Sample name -> label names, scraped from a CPU server after an Encode stream and an audit."""
-    from instahide_client import InstaHideClient
+    from instahide_client import InstaHideClient, InstaHideError
 
     tmp_path = tmp_path_factory.mktemp("deploy")
     port_file = tmp_path / "mport"
@@ -122,6 +122,8 @@ def exposition(tmp_path_factory, small_pool_path) -> dict[str, set[str]]:
         pixels = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
         with InstaHideClient(server.target) as client:
             client.encode(pixels, np.arange(8) % 10, num_classes=10, batch_size=4, timeout=60)
+            with pytest.raises(InstaHideError):  # a refused batch: the per-request error counter
+                client.encode(pixels[:2], np.array([0, 99]), num_classes=10, timeout=60)
             audit = client.start_audit(pixels, np.arange(8), k=4, encodings_per_image=3, seed=1,
                                        skipped_attacks=["key_aware"], timeout=60)
             client.wait_audit(audit.name, timeout=60)

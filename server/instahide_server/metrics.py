@@ -17,6 +17,9 @@ Domain metrics (``instahide_*``):
   encode_batches_in_flight            Encode batches read but not yet answered, all streams (backpressure
                                       keeps it at most --max-in-flight-per-stream per stream)
   seeded_batches_total                batches encoded with an explicit seed
+  encode_request_errors_total{code,field}
+                                      Encode requests answered with a per-request error (the stream went on),
+                                      by status code and the request field named (e.g. "images.shape")
   audit_queue_depth                   audits waiting for a worker
   audits_total{state}                 audits ended, by final state (succeeded | failed | cancelled)
   audit_seconds                       running time of each audit that ran
@@ -82,6 +85,9 @@ class ServerMetrics:
                                               registry=registry)
         self.seeded_batches = Counter("instahide_seeded_batches_total",
                                       "Batches encoded with an explicit seed.", registry=registry)
+        self.encode_request_errors = Counter("instahide_encode_request_errors_total",
+                                             "Encode requests answered with a per-request error, by status code "
+                                             "and request field.", ("code", "field"), registry=registry)
         self.audit_queue_depth = Gauge("instahide_audit_queue_depth", "Audits waiting for a worker.",
                                        registry=registry)
         self.audits = Counter("instahide_audits_total", "Audits ended, by final state.", ("state",),

@@ -148,6 +148,11 @@ def test_encode_stream_counts(run):
     assert after.grpc("grpc_server_handling_seconds_count", ENCODE) == 1
     assert after.value("instahide_encode_batch_seconds_count") == len(BATCH_SIZES)  # encoded batches only
     assert after.value("instahide_seeded_batches_total") == 3  # the seeded config covers the whole stream
+    refused = {labels: v for (name, labels), v in after.samples.items()
+               if name == "instahide_encode_request_errors_total"}
+    assert list(refused.values()) == [1]  # the one refused batch, by its code and field
+    (labels,) = refused
+    assert dict(labels) == {"code": "INVALID_ARGUMENT", "field": responses[1].error.field}
     assert after.value("instahide_encode_bytes_received_total") == sum(r.ByteSize() for r in requests)
     assert after.value("instahide_encode_bytes_sent_total") == sum(r.ByteSize() for r in responses)
     assert after.value("instahide_encode_streams_in_flight") == 0

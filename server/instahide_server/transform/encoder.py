@@ -74,6 +74,7 @@ class BatchEncoder:
             status = status_of(exc)
             assert status is not None
             logger.info("request %r refused: %s %s", request.request_id[:64], status.code.name, status.message)
+            metrics.encode_request_errors.labels(code=status.code.name, field=field_label(status.field)).inc()
             outcome = Outcome(wire.error_response(request.request_id, status), 0, status)
         else:
             rest = transform_pb2.EncodeResponse()
@@ -86,6 +87,12 @@ class BatchEncoder:
             metrics.encode_batch_seconds.observe(time.perf_counter() - started)
         metrics.encode_bytes_sent.inc(len(outcome.payload))
         return outcome
+
+
+def field_label(field: str) -> str:
+    """A request field path as a metric label: indexes dropped ("labels[3]" -> "labels"), so the label's values
+    stay the small, fixed set of the request's fields."""
+    return field.split("[", 1)[0][:64] or "none"
 
 
 def _to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
