@@ -113,3 +113,21 @@ def test_python_client(server, privates):
     assert report.known_pairs == 1 and report.encodings == 19 and report.curves == []
     pairs = report.results["known_pairs"].scores
     assert pairs.permutation_accuracy == 1.0 and pairs.max_ssim >= 0.99 and pairs.attack_success is None
+
+
+def test_an_audit_gates_a_pipeline_and_speaks_json(server, privates, capsys):
+    _, _, folder = privates
+    argv = ["audit", "start", "--target", server.target, "--images", str(folder / "labelled.npz"), "--disguise",
+            "rmt", "--known-pairs", "1", "--no-curves", "--seed", "0", "--quiet", "--json"]
+    assert main([*argv, "--fail-above", "0.9"]) == 3  # one known pair gives back noise-free RMT exactly
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["state"] == "succeeded" and report["report"]["known_pairs"]["max_ssim"] > 0.99
+    assert "leak: known pairs (Level-2) Max_SSIM 1.0000 > 0.9 (--fail-above)" in captured.err
+    assert main([*argv, "--fail-above", "1.5"]) == 0
+    name = json.loads(capsys.readouterr().out)["name"]
+    assert main(["audit", "get", name, "--target", server.target, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"]["kind"] == "reconstruction"
+    assert main(["audit", "list", "--target", server.target, "--json", "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["name"] == name

@@ -15,6 +15,7 @@ Ctrl-C while following stops following only (exit 130; the audit goes on).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 
@@ -119,6 +120,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="images per upload message (default %(default)s)")
     _follow_arguments(start)
     start.add_argument("--detach", action="store_true", help="print the audit's name and return at once")
+    start.add_argument("--fail-above", type=float, metavar="LEVEL",
+                       help="exit 3 when the strongest attack without keys leaks above LEVEL: its Max_SSIM "
+                            "(reconstruction) or AUC (membership); gates a pipeline")
+    _json_argument(start)
 
     watch = actions.add_parser("watch", help="follow an audit to its end and print the summary")
     connection_arguments(watch)
@@ -130,17 +135,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     get.add_argument("audit", metavar="ID", help="the audit, `ID` or `audits/ID`")
     get.add_argument("--report-dir", metavar="DIR",
                      help="write report.json, grid.png and recoveries.npz here")
+    _json_argument(get)
 
     listing = actions.add_parser("list", help="list audits, newest first")
     connection_arguments(listing)
     listing.add_argument("--state", choices=tuple(STATE_VALUES), help="only audits in this state")
     listing.add_argument("--limit", type=positive_int, default=50, help="most audits shown (default %(default)s)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per audit and line")
 
     for action, text in (("cancel", "stop a queued or running audit"),
                          ("delete", "delete a finished audit and its report")):
         parser = actions.add_parser(action, help=text)
         connection_arguments(parser)
         parser.add_argument("audit", metavar="ID", help="the audit, `ID` or `audits/ID`")
+
+
+def _json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print the audit (and its report's numbers) as one JSON object instead of a table")
 
 
 def _follow_arguments(parser: argparse.ArgumentParser) -> None:
@@ -323,18 +335,51 @@ def _follow(client: InstaHideClient, name: str, args: argparse.Namespace) -> int
         return 130
     finally:
         bar.close()
-    return _finish(audit, args.report_dir)
+    return _finish(audit, args.report_dir, as_json=getattr(args, "json", False),
+                   fail_above=getattr(args, "fail_above", None))
 
 
-def _finish(audit: Audit, report_dir: str | None) -> int:
+def _finish(audit: Audit, report_dir: str | None, *, as_json: bool = False,
+            fail_above: float | None = None) -> int:
     if audit.state == "succeeded" and audit.report is not None:
-        print(format_summary(audit.report))
+        print(json.dumps(audit_json(audit), allow_nan=False) if as_json else format_summary(audit.report))
         if report_dir:
             _write_report(audit, report_dir)
-        return 0
+        return _gate(audit.report, fail_above)
+    if as_json:
+        print(json.dumps(audit_json(audit), allow_nan=False))
     reason = f": {audit.error}" if audit.error else ""
     print(f"error: {audit.name} {audit.state}{reason}", file=sys.stderr)
     return 1
+
+
+LEAKED = 3  # the exit status of an audit that leaked above --fail-above
+
+
+def _gate(report: AuditReport, fail_above: float | None) -> int:
+    """0, or ``LEAKED`` (with a line on stderr) when the strongest attack without keys leaks above the level."""
+    if fail_above is None:
+        return 0
+    name, scores = report.strongest_attack_without_keys()
+    if report.membership is not None:
+        name, scores = max(((n, r.scores) for n, r in report.results.items() if not r.bound),
+                           key=lambda item: item[1].auc)
+        measure, value = "AUC", scores.auc
+    else:
+        measure, value = "Max_SSIM", scores.max_ssim
+    if not value > fail_above:
+        return 0
+    print(f"leak: {report.results[name].title} {measure} {value:.4f} > {fail_above:g} (--fail-above)",
+          file=sys.stderr)
+    return LEAKED
+
+
+def audit_json(audit: Audit) -> dict:
+    """The audit and, once it has one, its report's numbers (``AuditReport.to_dict``), JSON-ready."""
+    out = audit.to_dict()
+    if audit.report is not None:
+        out["report"] = audit.report.to_dict()
+    return out
 
 
 def _write_report(audit: Audit, report_dir: str) -> None:
@@ -347,7 +392,7 @@ def _write_report(audit: Audit, report_dir: str) -> None:
 
 def _get(client: InstaHideClient, args: argparse.Namespace) -> int:
     audit = client.get_audit(args.audit, summary_only=not args.report_dir, timeout=args.timeout)
-    print(format_audit(audit))
+    print(json.dumps(audit_json(audit), allow_nan=False) if args.json else format_audit(audit))
     if args.report_dir:
         if audit.report is None:
             raise CliError(f"{audit.name} has no report yet (state {audit.state})")
@@ -361,6 +406,10 @@ def _list(client: InstaHideClient, args: argparse.Namespace) -> int:
         audits.append(audit)
         if len(audits) >= args.limit:
             break
+    if args.json:
+        for audit in audits:
+            print(json.dumps(audit_json(audit), allow_nan=False))
+        return 0
     rows = [(a.name, a.state, _when(a.create_time), *_headline(a.report)) for a in audits]
     print(_table(("name", "state", "created", "images", "strongest_attack", "leakage"), rows))
     return 0
