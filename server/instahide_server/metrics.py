@@ -6,6 +6,9 @@ registry of its own, not prometheus-client's global one, so tests and several se
 never collide. Base units (seconds, bytes); labels only with a small, fixed set of values — never a
 request id, a peer or an audit id.
 
+The standard process collector's ``process_*`` metrics (CPU seconds, resident and virtual memory, open file
+descriptors, start time) are exported beside them.
+
 Domain metrics (``instahide_*``):
   images_encoded_total{family,mode}   images encoded, by transform family (instahide | disguised_nets) and mode
                                       (InstaHide: cross | inside; DisguisedNets: rmt | aes)
@@ -41,7 +44,7 @@ from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -66,6 +69,7 @@ class ServerMetrics:
     def __init__(self, *, device: torch.device | None = None) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, fds, ...
         self.grpc = GrpcMetrics(registry)
         self.images_encoded = Counter("instahide_images_encoded_total", "Images encoded.", ("family", "mode"),
                                       registry=registry)

@@ -116,8 +116,9 @@ def test_the_exposition_parses_and_carries_the_families(run):
                  "instahide_encode_bytes_sent", "instahide_encode_batch_seconds", "instahide_encode_streams_in_flight",
                  "instahide_seeded_batches", "instahide_audit_queue_depth", "instahide_audits",
                  "instahide_audit_seconds", "instahide_audit_max_ssim", "instahide_device_info",
-                 "instahide_build_info"):
+                 "instahide_build_info", "process_cpu_seconds", "process_resident_memory_bytes"):
         assert name in names, name
+    assert run["after"].value("process_resident_memory_bytes") > 10 * 2**20  # a live Python process with torch
     assert run["after"].value("instahide_device_info", device="cpu") == 1
     assert "instahide_gpu_memory_bytes" not in names  # CPU server
     (build,) = [s for f in run["after"].families if f.name == "instahide_build_info" for s in f.samples]
