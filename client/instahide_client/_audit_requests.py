@@ -68,7 +68,7 @@ def audit_spec(*, mode: str = "cross", k: int | None = None, encodings_per_image
     if not isinstance(display_name, str):
         raise TypeError(f"display_name must be a str, got {type(display_name).__name__}")
     config = instahide_pb2.InstaHideConfig(
-        mode=MODES[mode], k=_check_count("k", k, minimum=2),
+        mode=MODES[mode], k=_check_count("k", k, minimum=3),  # the attacks need a public image beside two private
         num_classes=_check_count("num_classes", num_classes, minimum=1))
     if seed is not None:
         config.seed = _seed(seed)

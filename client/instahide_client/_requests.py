@@ -28,8 +28,10 @@ def _check_count(name: str, value: int | None, *, minimum: int) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not minimum <= value <= _UINT32_MAX:
-        raise ValueError(f"{name} must be in [{minimum}, {_UINT32_MAX}], got {value}")
+    if value < minimum:  # the service checks the upper bounds it enforces (`instahide info` lists them)
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if value > _UINT32_MAX:
+        raise ValueError(f"{name} must fit in 32 bits, got {value}")
     return int(value)
 
 
@@ -77,7 +79,7 @@ def encode_config(
     fields: dict[str, Any] = {
         "num_classes": _check_count("num_classes", num_classes, minimum=1),
         "mode": MODES[mode],
-        "k": _check_count("k", k, minimum=1),
+        "k": _check_count("k", k, minimum=2),  # Encode mixes at least two images (`instahide info`: the range)
         "private_per_mix": _check_count("private_per_mix", private_per_mix, minimum=1),
         "sign_flip": bool(sign_flip),
         "return_keys": bool(return_keys),

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from instahide_client import _health
 from instahide_client._audit_requests import audit_requests, check_audit_inputs
@@ -20,6 +21,8 @@ from instahide_client.errors import InstaHideError
 from instahide_client.instahide.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    info_pb2,
+    info_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
     tensor_pb2,
@@ -104,6 +107,7 @@ class InstaHideClient:
         self._transform = transform_pb2_grpc.TransformServiceStub(self._channel)
         self._audits = audit_pb2_grpc.AuditServiceStub(self._channel)
         self._keys = keys_pb2_grpc.KeyServiceStub(self._channel)
+        self._info = info_pb2_grpc.InfoServiceStub(self._channel)
         self._health_check = self._channel.unary_unary(_health.CHECK_METHOD)  # raw bytes in and out
 
     def close(self) -> None:
@@ -129,6 +133,18 @@ class InstaHideClient:
 
     def _call_metadata(self, metadata: Metadata | None) -> list[tuple[str, str | bytes]]:
         return [*self._metadata, *(metadata or ())]
+
+    def server_info(self, *, timeout: float | None = 10.0, metadata: Metadata | None = None) -> dict[str, Any]:
+        """What the server is and runs (``InfoService.GetServerInfo``) as a plain dict: version, device, families
+        with their parameters' defaults and ranges (for Encode and for audits), limits, the pools built so far,
+        audit kinds and their attacks, keys, transport and authentication (never a secret).
+
+        Raises:
+            InstaHideError: the call failed.
+        """
+        response = self._unary(self._info.GetServerInfo, info_pb2.GetServerInfoRequest(), timeout, metadata)
+        return json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
 
     def health(self, service: str = "", *, timeout: float | None = 10.0,
                metadata: Metadata | None = None) -> str:

@@ -108,7 +108,7 @@ class ServerMetrics:
                      registry=registry)
         build = Gauge("instahide_build_info", "1, for the installed instahide-server version.", ("version",),
                       registry=registry)
-        build.labels(_version()).set(1)
+        build.labels(version()).set(1)
         if device is not None:
             info.labels(str(device)).set(1)
             if device.type == "cuda":
@@ -158,7 +158,8 @@ def start_endpoint(metrics: ServerMetrics, host: str, port: int) -> MetricsEndpo
     return MetricsEndpoint(httpd, thread)
 
 
-def _version() -> str:
+def version() -> str:
+    """The installed instahide-server version (\"unknown\" when it is not installed)."""
     try:
         return importlib.metadata.version("instahide-server")
     except importlib.metadata.PackageNotFoundError:

@@ -44,7 +44,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from instahide_ops.audits.reconstruction import AttackSettings
+from instahide_ops.audits.reconstruction.audit import device_name as describe_device
 from instahide_ops.transforms.instahide.pool import load_photos, load_pool
+from instahide_server import info
 from instahide_server.audit import servicer as audit_servicer
 from instahide_server.audit.disguisednets import DisguisedNetsReconstruction
 from instahide_server.audit.jobs import AuditJobs, default_workers
@@ -60,6 +62,7 @@ from instahide_server.interceptors.metrics import MetricsInterceptor
 from instahide_server.keys import servicer as key_servicer
 from instahide_server.keys.store import open_key_store
 from instahide_server.metrics import MetricsEndpoint, ServerMetrics, start_endpoint
+from instahide_server.metrics import version as metrics_version
 from instahide_server.tls import load_tls, log_transport
 from instahide_server.transform import servicer as transform_servicer
 from instahide_server.transform.defenses import OutputDefenseFamily
@@ -73,7 +76,8 @@ logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Services whose health is reported: "" (the whole server) and each API service.
-HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME, key_servicer.SERVICE_NAME)
+HEALTH_CHECKED = ("", transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME, key_servicer.SERVICE_NAME,
+                  info.SERVICE_NAME)
 AUDIT_STOP_SECONDS = 10.0  # how long shutdown waits for running audits to stop
 
 
@@ -178,11 +182,17 @@ def build_server(config: ServerConfig, *, executor: Executor | None = None,
     key_servicer.add_to_server(key_servicer.KeyServicer(keys, principals, metrics), server)
     audit_servicer.add_to_server(audit_servicer.AuditServicer(
         jobs, kinds, data_root=audits.data_root, max_images=audits.max_images), server)
+    facts = info.ServerFacts(version=metrics_version(), device=describe_device(device), limits=limits,
+                             max_audit_images=audits.max_images,
+                             max_in_flight_per_stream=transforms.max_in_flight_per_stream, keys_enabled=keys.available,
+                             transport="plaintext" if tls is None else "mutual_tls" if tls.client_ca else "tls",
+                             principals=len(principals) if principals.enabled else 0)
+    info.add_to_server(info.InfoServicer(facts, pools, jobs), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((transform_servicer.SERVICE_NAME, audit_servicer.SERVICE_NAME,
-                                         key_servicer.SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME),
-                                        server)
+                                         key_servicer.SERVICE_NAME, info.SERVICE_NAME, HEALTH_SERVICE_NAME,
+                                         reflection.SERVICE_NAME), server)
 
     host = f"[{transport.host}]" if ":" in transport.host else transport.host
     try:

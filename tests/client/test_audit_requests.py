@@ -48,10 +48,10 @@ class TestAuditSpec:
 
     @pytest.mark.parametrize(("options", "error", "match"), [
         ({"mode": "mixed"}, ValueError, "unknown mode 'mixed'"),
-        ({"k": 1}, ValueError, r"k must be in \[2,"),
-        ({"k": 2**32}, ValueError, "k must be in"),
-        ({"encodings_per_image": 0}, ValueError, "encodings_per_image must be in"),
-        ({"num_classes": 0}, ValueError, "num_classes must be in"),
+        ({"k": 2}, ValueError, "k must be at least 3, got 2"),  # as the service audits (instahide info)
+        ({"k": 2**32}, ValueError, "k must fit in 32 bits"),
+        ({"encodings_per_image": 0}, ValueError, "encodings_per_image must be at least 1"),
+        ({"num_classes": 0}, ValueError, "num_classes must be at least 1"),
         ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
         ({"seed": 2**64}, ValueError, "seed must be in"),
         ({"seed": 1.5}, TypeError, "seed must be an int"),

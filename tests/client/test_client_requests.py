@@ -54,10 +54,10 @@ class TestEncodeConfig:
             encode_config(num_classes=2, output_dtype=dtype)
 
     @pytest.mark.parametrize(("option", "value", "message"), [
-        ("num_classes", 0, "num_classes must be in"),
-        ("k", 0, "k must be in"),
-        ("k", 2**32, "k must be in"),
-        ("private_per_mix", -1, "private_per_mix must be in"),
+        ("num_classes", 0, "num_classes must be at least 1"),
+        ("k", 0, "k must be at least 2"),
+        ("k", 2**32, "k must fit in 32 bits"),
+        ("private_per_mix", -1, "private_per_mix must be at least"),
         ("max_coefficient", 1.5, "max_coefficient must be in"),
         ("min_private_mass", -0.1, "min_private_mass must be in"),
         ("seed", -1, "seed must be in"),

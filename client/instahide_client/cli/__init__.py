@@ -4,10 +4,11 @@
     instahide keys create|list|get|delete|export|import ...
     instahide audit start|watch|get|list|cancel|delete ...
     instahide defend --target HOST:PORT --input outputs.npz --defense gauss:0.1 --output released.npz
+    instahide info --target HOST:PORT [--json]
     instahide health --target HOST:PORT [--service NAME]
 
-One module per command group (``encode``, ``keys``, ``audit``, ``defend``, ``health``), each adding its parser and
-its ``run``; ``common`` holds what they share. Every command takes the connection options: --target,
+One module per command group (``encode``, ``keys``, ``audit``, ``defend``, ``info``, ``health``), each adding its
+parser and its ``run``; ``common`` holds what they share. Every command takes the connection options: --target,
 --token/--token-file, TLS (--ca-file, --tls, --cert-file/--key-file for mutual TLS, --server-name) and --timeout;
 most also read INSTAHIDE_* variables.
 
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from instahide_client import __version__
-from instahide_client.cli import audit, defend, encode, health, keys
+from instahide_client.cli import audit, defend, encode, health, info, keys
 from instahide_client.cli.common import CliError, check_tls_arguments
 from instahide_client.errors import InstaHideError
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instahide", description="Client for the instahide service.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (encode, keys, audit, defend, health):
+    for group in (encode, keys, audit, defend, info, health):
         group.add_parser(commands)
     return parser
 

@@ -133,6 +133,11 @@ class PoolRegistry:
                     del self._building[shape]
         return pool
 
+    def built(self) -> list[tuple[Shape, PublicPool]]:
+        """The pools built so far, by image shape (least recently used first)."""
+        with self._lock:
+            return [(shape, pool) for shape, pool in self._pools.items() if isinstance(pool, PublicPool)]
+
     def _cached(self, shape: Shape) -> PublicPool | None:
         """The shape's pool, None when there is none yet; raises the failure kept for it (``_insert``)."""
         pool = self._pools.get(shape)
