@@ -52,7 +52,18 @@ class InstaHideError(Exception):
         """Wrap a ``grpc.RpcError`` raised by a call (callers re-raise it ``from None``)."""
         code = (error.code() if isinstance(error, grpc.Call) else None) or grpc.StatusCode.UNKNOWN
         details = error.details() if isinstance(error, grpc.Call) else str(error)
-        return cls(code, details or code.value[1])  # gRPC's description when the peer sent none
+        details = details or code.value[1]  # gRPC's description when the peer sent none
+        return cls(code, details + _hint(code, details))
+
+
+def _hint(code: grpc.StatusCode, details: str) -> str:
+    """What to do about gRPC's own terse failures, as a suffix ("" when none applies)."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
+        return ("; send fewer images a request (batch_size / --batch-size), or raise max_message_bytes on "
+                "both sides (the server's --max-message-bytes)")
+    if code == grpc.StatusCode.UNAVAILABLE and any(word in details for word in ("SSL", "ssl", "handshake", "TLS")):
+        return "; is the server plaintext (no --tls-cert-file)? Drop --tls/--ca-file, or check its certificate"
+    return ""
 
 
 def _rebuild(code_name: str, details: str, field: str, request_id: str | None) -> InstaHideError:

@@ -366,3 +366,11 @@ def test_a_channels_first_batch_is_refused_with_a_hint_before_any_pool_is_cut(cl
     assert "[3, 40, 40]" not in server.log_path.read_text()  # no pool was built for the shape
     out = client.encode(np.zeros((4, 40, 40, 3), np.uint8), np.arange(4), num_classes=4)  # the stream goes on
     assert out.encoded.shape == (4, 40, 40, 3)
+
+
+def test_a_request_over_the_message_limit_says_what_to_do(server):
+    with InstaHideClient(server.target, max_message_bytes=1 << 20) as small, \
+            pytest.raises(InstaHideError) as caught:
+        small.encode(np.zeros((8, 256, 256, 3), np.uint8), np.arange(8), num_classes=8, batch_size=8)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "batch_size / --batch-size" in caught.value.details, caught.value.details

@@ -129,3 +129,10 @@ class TestClientArguments:
     def test_a_server_name_needs_tls(self):
         with pytest.raises(ValueError, match="server_name applies to TLS only"):
             InstaHideClient("127.0.0.1:1", server_name="localhost")
+
+
+def test_tls_against_a_plaintext_server_says_so(server, pki):
+    proc = instahide("health", "--target", server.target, "--ca-file", str(pki.ca.cert_path), "--timeout", "5")
+    last = proc.stderr.strip().splitlines()[-1]  # gRPC core may log the handshake's raw error before it
+    assert proc.returncode == 1 and last.startswith("error: UNAVAILABLE: "), proc.stderr
+    assert "is the server plaintext" in last, proc.stderr
