@@ -82,7 +82,14 @@ AUDIT_STOP_SECONDS = 10.0  # how long shutdown waits for running audits to stop
 
 
 class HealthServicer(health_aio.HealthServicer):
-    """grpc's health servicer, but an unknown service's NOT_FOUND says so (grpc's carries no message)."""
+    """grpc's health servicer, but an unknown service's NOT_FOUND says so (grpc's carries no message), and
+    ``List`` answers (grpc's raises NotImplementedError, a traceback in the log for a plain query)."""
+
+    async def List(self, request: health_pb2.HealthListRequest,
+                   context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
+        statuses = {service: health_pb2.HealthCheckResponse(status=self._server_status.get(
+            service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)) for service in HEALTH_CHECKED}
+        return health_pb2.HealthListResponse(statuses=statuses)
 
     async def Check(self, request: health_pb2.HealthCheckRequest,
                     context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:

@@ -28,11 +28,20 @@ def test_health_reports_serving(server):
     assert caught.value.details().startswith("service: no health status for 'no.such.Service'")
 
 
+def test_health_lists_every_service_without_a_traceback(server):
+    with channel(server.target) as chan:
+        listed = health_pb2_grpc.HealthStub(chan).List(health_pb2.HealthListRequest(), timeout=10)
+    assert {name: status.status for name, status in listed.statuses.items()} == {
+        "": SERVING, "instahide.v1.TransformService": SERVING, "instahide.v1.AuditService": SERVING,
+        "instahide.v1.KeyService": SERVING, "instahide.v1.InfoService": SERVING}
+    assert "Traceback" not in server.log()
+
+
 def test_reflection_lists_the_services(server):
     with channel(server.target) as chan:
         database = ProtoReflectionDescriptorDatabase(chan)
         services = set(database.get_services())
-        assert {"instahide.v1.TransformService", "grpc.health.v1.Health",
+        assert {"instahide.v1.TransformService", "instahide.v1.InfoService", "grpc.health.v1.Health",
                 "grpc.reflection.v1alpha.ServerReflection"} <= services
         method = DescriptorPool(database).FindServiceByName("instahide.v1.TransformService").methods_by_name["Encode"]
         assert method.input_type.full_name == "instahide.v1.EncodeRequest"
