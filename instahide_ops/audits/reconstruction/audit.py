@@ -370,7 +370,9 @@ def _leakage_report(scored: dict[str, AttackReport], *, originals: torch.Tensor,
                     start: float, pool: PublicPool | None) -> LeakageReport:
     shown = min(GRID_PAIRS, len(originals))
     strongest = strongest_without_keys(scored.values())  # the picture shows the worst case without keys
-    grid = image_grid(originals[:shown], strongest.recovered[strongest.recovery.best_match[:shown]])
+    grid = image_grid(originals[:shown], strongest.recovered[strongest.recovery.best_match[:shown]],
+                      title=f"{strongest.attack.title}: Max_SSIM {strongest.scores.max_ssim:.3f}",
+                      captions=[f"{v:.2f}" for v in strongest.recovery.best_ssim[:shown].tolist()])
     return LeakageReport(scored, device_name(device), len(originals), encodings, encode_png(grid),
                          strongest.attack.name, time.perf_counter() - start,
                          pool_images=0 if pool is None else len(pool),
