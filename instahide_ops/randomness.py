@@ -29,7 +29,10 @@ class RandomSource:
         self.seeded = seed is not None
         if seed is None:
             self._rng = None
-            self._keystream = Cipher(algorithms.ChaCha20(os.urandom(32), os.urandom(16)), mode=None).encryptor()
+            # The 16-byte nonce is a 32-bit block counter then 96 bits of nonce: the counter starts at 0, so a
+            # source runs 2**32 blocks (256 GiB) before it would wrap, wherever a random counter would have begun.
+            nonce = bytes(4) + os.urandom(12)
+            self._keystream = Cipher(algorithms.ChaCha20(os.urandom(32), nonce), mode=None).encryptor()
         else:
             self._rng = np.random.Generator(np.random.PCG64(seed))
 
